@@ -1,0 +1,455 @@
+//! The token request (RFC 6749 §4.4.2) and the parsing of its answer (§5.1, §5.2).
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, OAuthError};
+use crate::token::Token;
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the form-urlencoded client id and secret (`client_secret_basic`).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    ClientSecretPost,
+}
+
+impl ClientAuthMethod {
+    /// The method's registered name (RFC 8414 `token_endpoint_auth_methods_supported`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
+            ClientAuthMethod::ClientSecretPost => "client_secret_post",
+        }
+    }
+}
+
+/// Everything that goes into a token request except the endpoint's URL.
+pub(crate) struct TokenRequest<'a> {
+    pub(crate) client_id: &'a str,
+    pub(crate) client_secret: &'a SecretString,
+    pub(crate) scope: Option<&'a str>,
+    pub(crate) params: &'a [(String, String)],
+    pub(crate) method: ClientAuthMethod,
+}
+
+impl TokenRequest<'_> {
+    pub(crate) fn build(&self, endpoint: &http::Uri) -> Result<Request<Full<Bytes>>, Error> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if let Some(scope) = self.scope {
+            form.append_pair("scope", scope);
+        }
+        for (name, value) in self.params {
+            form.append_pair(name, value);
+        }
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(endpoint.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json");
+        match self.method {
+            ClientAuthMethod::ClientSecretBasic => {
+                // RFC 6749 §2.3.1: both parts are form-urlencoded *before* base64. Servers
+                // decode them; skipping this breaks secrets with `:`, `%`, `+` or non-ASCII.
+                let mut credentials = String::new();
+                credentials.extend(form_urlencoded::byte_serialize(self.client_id.as_bytes()));
+                credentials.push(':');
+                credentials.extend(form_urlencoded::byte_serialize(
+                    self.client_secret.expose_secret().as_bytes(),
+                ));
+                let credentials = SecretString::from(credentials);
+                let encoded = SecretString::from(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(credentials.expose_secret().as_bytes())
+                ));
+                let mut value = HeaderValue::from_str(encoded.expose_secret())
+                    .map_err(|_| Error::config("the client credentials cannot be sent in a header"))?;
+                value.set_sensitive(true);
+                builder = builder.header(AUTHORIZATION, value);
+            }
+            ClientAuthMethod::ClientSecretPost => {
+                form.append_pair("client_id", self.client_id);
+                form.append_pair("client_secret", self.client_secret.expose_secret());
+            }
+        }
+        let body = SecretString::from(form.finish());
+        builder
+            .body(Full::new(Bytes::copy_from_slice(body.expose_secret().as_bytes())))
+            .map_err(|e| Error::config(format!("the token request could not be built: {e}")))
+    }
+}
+
+#[derive(Deserialize)]
+struct SuccessBody {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    scope: Option<serde_json::Value>,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default)]
+    error_uri: Option<String>,
+}
+
+/// Turns the token endpoint's answer into a token or a typed error. `now` is when the answer
+/// arrived, the start of the token's lifetime.
+pub(crate) fn parse_response(response: &Response<Bytes>, default_expiry_from_jwt: bool) -> Result<Token, Error> {
+    let status = response.status();
+    let body = response.body();
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    if !status.is_success() {
+        let retry_after = retry_after(response.headers(), SystemTime::now());
+        if let Ok(error) = serde_json::from_slice::<ErrorBody>(body) {
+            let oauth = OAuthError {
+                status,
+                error: clean(&error.error, 64),
+                error_description: error.error_description.map(|d| clean(&d, 512)),
+                error_uri: error.error_uri.map(|u| clean(&u, 512)),
+            };
+            let hint = hint_for(&oauth.error);
+            let message = match &oauth.error_description {
+                Some(description) => format!("HTTP {status}, `{}`: {description}; {hint}", oauth.error),
+                None => format!("HTTP {status}, `{}`; {hint}", oauth.error),
+            };
+            return Err(Error::new(ErrorKind::TokenEndpoint, message)
+                .with_oauth(oauth)
+                .with_retry_after(retry_after));
+        }
+        return Err(Error::new(
+            ErrorKind::InvalidTokenResponse,
+            format!(
+                "HTTP {status} with a {} body of type `{}` that is not an OAuth2 error; check \
+                 the token endpoint URL{}",
+                describe_len(body.len()),
+                clean(content_type, 100),
+                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                    " and the authorization server's health"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .with_status(status)
+        .with_retry_after(retry_after));
+    }
+    let parsed: SuccessBody = serde_json::from_slice(body).map_err(|e| {
+        // serde_json's message names the position and the kind of problem, never the content.
+        Error::new(
+            ErrorKind::InvalidTokenResponse,
+            format!(
+                "HTTP {status} with a {} body of type `{}` that is not a token response ({}); \
+                 check the token endpoint URL",
+                describe_len(body.len()),
+                clean(content_type, 100),
+                strip_serde_detail(&e)
+            ),
+        )
+        .with_status(status)
+    })?;
+    match parsed.token_type.as_deref() {
+        // Lenient: some servers omit it; RFC 6750 tokens are bearer tokens.
+        None => tracing::debug!("token response without token_type; assuming Bearer"),
+        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(other) => {
+            return Err(Error::new(
+                ErrorKind::InvalidTokenResponse,
+                format!(
+                    "the token endpoint issued a `{}` token; only Bearer tokens are supported",
+                    clean(other, 32)
+                ),
+            )
+            .with_status(status));
+        }
+    }
+    let lifetime = match parsed.expires_in.as_ref().map(seconds) {
+        Some(Ok(Some(seconds))) => Some(seconds),
+        Some(Ok(None)) => {
+            tracing::warn!("token response with an expires_in of zero or less; treating the lifetime as unknown");
+            None
+        }
+        Some(Err(())) => {
+            return Err(Error::new(
+                ErrorKind::InvalidTokenResponse,
+                "expires_in is neither a number nor a numeric string",
+            )
+            .with_status(status))
+        }
+        None => None,
+    };
+    let lifetime = lifetime.or_else(|| {
+        if !default_expiry_from_jwt {
+            return None;
+        }
+        let exp = Token::jwt_expiry_unverified(&parsed.access_token)?;
+        exp.duration_since(SystemTime::now()).ok()
+    });
+    let token = Token::bearer(parsed.access_token, lifetime)?;
+    let scope = match parsed.scope {
+        Some(serde_json::Value::String(s)) => Some(s),
+        // Some servers send an array of scopes.
+        Some(serde_json::Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    };
+    let token = match scope {
+        Some(scope) => token.with_scope(scope),
+        None => token,
+    };
+    Ok(token.with_extra(parsed.extra))
+}
+
+/// `expires_in` as a positive duration (`Ok(None)`: zero or negative), from a number or a
+/// numeric string.
+fn seconds(value: &serde_json::Value) -> Result<Option<Duration>, ()> {
+    let number = match value {
+        serde_json::Value::Number(n) => n.as_f64().ok_or(())?,
+        serde_json::Value::String(s) => s.trim().parse::<f64>().map_err(|_| ())?,
+        serde_json::Value::Null => return Ok(None),
+        _ => return Err(()),
+    };
+    if !number.is_finite() {
+        return Err(());
+    }
+    if number <= 0.0 {
+        return Ok(None);
+    }
+    // Clamped here so that no later Instant arithmetic can overflow; the cache clamps further.
+    Ok(Some(Duration::from_secs_f64(number.min(100.0 * 365.0 * 86400.0))))
+}
+
+/// The server's requested wait: `Retry-After` (seconds or HTTP date), else Okta's
+/// `X-Rate-Limit-Reset` (UTC epoch seconds) when the rate limit is exhausted.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(value) = headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()) {
+        let value = value.trim();
+        if let Ok(seconds) = value.parse::<u64>() {
+            return Some(Duration::from_secs(seconds.min(86_400)));
+        }
+        if let Ok(date) = httpdate::parse_http_date(value) {
+            return Some(date.duration_since(now).unwrap_or(Duration::ZERO));
+        }
+    }
+    let reset = headers
+        .get("x-rate-limit-reset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
+    let remaining = headers
+        .get("x-rate-limit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if remaining.is_some_and(|r| r > 0) {
+        return None;
+    }
+    let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+    Some(reset.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn hint_for(code: &str) -> &'static str {
+    match code {
+        "invalid_client" => "check the client id, the client secret and the client authentication method",
+        "unauthorized_client" => "check that the client is allowed the client_credentials grant",
+        "invalid_scope" => "check the requested scopes against those granted to the client",
+        "unsupported_grant_type" => "check that the authorization server supports client_credentials",
+        "invalid_request" => "check the extra parameters and the token endpoint URL",
+        "invalid_target" => "check the resource or audience parameter",
+        _ => "see the error description",
+    }
+}
+
+/// Text from the server, made safe to put in an error: no control characters, bounded length.
+fn clean(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+fn describe_len(len: usize) -> String {
+    if len == 0 {
+        "empty".to_string()
+    } else {
+        format!("{len}-byte")
+    }
+}
+
+fn strip_serde_detail(e: &serde_json::Error) -> String {
+    // serde_json errors can quote a string value (e.g. "invalid type: string \"...\""); keep
+    // only the category and position so a token never leaks through it.
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "wrong or missing fields; `access_token` is required",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{category} at line {} column {}", e.line(), e.column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, content_type: &str, body: &str) -> Response<Bytes> {
+        Response::builder()
+            .status(status)
+            .header(CONTENT_TYPE, content_type)
+            .body(Bytes::from(body.to_string()))
+            .unwrap()
+    }
+
+    #[test]
+    fn basic_auth_form_encodes_before_base64() {
+        let secret = SecretString::from("s3cr:t %+é");
+        let request = TokenRequest {
+            client_id: "my client",
+            client_secret: &secret,
+            scope: Some("role:app organization:read"),
+            params: &[("audience".into(), "api://x".into())],
+            method: ClientAuthMethod::ClientSecretBasic,
+        }
+        .build(&"https://idp.example/token".parse().unwrap())
+        .unwrap();
+        let auth = request.headers()[AUTHORIZATION].to_str().unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(decoded, b"my+client:s3cr%3At+%25%2B%C3%A9");
+        assert!(request.headers()[AUTHORIZATION].is_sensitive());
+        assert_eq!(request.headers()[CONTENT_TYPE], "application/x-www-form-urlencoded");
+        assert_eq!(request.headers()[ACCEPT], "application/json");
+    }
+
+    #[test]
+    fn post_auth_puts_credentials_in_body() {
+        use http_body_util::BodyExt;
+        let secret = SecretString::from("pw");
+        let request = TokenRequest {
+            client_id: "id",
+            client_secret: &secret,
+            scope: None,
+            params: &[],
+            method: ClientAuthMethod::ClientSecretPost,
+        }
+        .build(&"https://idp.example/token".parse().unwrap())
+        .unwrap();
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        let body = futures_lite_block_on(request.into_body().collect()).unwrap().to_bytes();
+        assert_eq!(&body[..], b"grant_type=client_credentials&client_id=id&client_secret=pw");
+    }
+
+    fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn parses_lenient_success() {
+        let token = parse_response(
+            &response(200, "application/json", r#"{"access_token":"abc","token_type":"BEARER","expires_in":"3600","scope":"a b","foo":1}"#),
+            true,
+        )
+        .unwrap();
+        assert_eq!(token.lifetime(), Some(Duration::from_secs(3600)));
+        assert_eq!(token.scope(), Some("a b"));
+        assert_eq!(token.extra()["foo"], 1);
+        let token = parse_response(&response(200, "application/json", r#"{"access_token":"abc","token_type":"bearer","expires_in":60.5}"#), true).unwrap();
+        assert_eq!(token.lifetime(), Some(Duration::from_secs_f64(60.5)));
+    }
+
+    #[test]
+    fn zero_or_negative_expires_in_is_unknown() {
+        for v in ["0", "-5", "\"-1\""] {
+            let body = format!(r#"{{"access_token":"abc","token_type":"Bearer","expires_in":{v}}}"#);
+            let token = parse_response(&response(200, "application/json", &body), true).unwrap();
+            assert_eq!(token.lifetime(), None, "{v}");
+        }
+        let body = r#"{"access_token":"abc","token_type":"Bearer","expires_in":"soon"}"#;
+        assert_eq!(parse_response(&response(200, "application/json", body), true).unwrap_err().kind(), ErrorKind::InvalidTokenResponse);
+    }
+
+    #[test]
+    fn non_bearer_is_rejected() {
+        let err = parse_response(&response(200, "application/json", r#"{"access_token":"abc","token_type":"mac"}"#), true).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
+        assert!(err.to_string().contains("mac"));
+    }
+
+    #[test]
+    fn oauth_error_is_typed() {
+        let err = parse_response(
+            &response(401, "application/json", r#"{"error":"invalid_client","error_description":"Client authentication failed."}"#),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TokenEndpoint);
+        assert_eq!(err.oauth_error().unwrap().error, "invalid_client");
+        assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("check the client id"));
+    }
+
+    #[test]
+    fn garbage_is_typed_without_echoing_it() {
+        let err = parse_response(&response(502, "text/html", "<html>bad gateway token=abc</html>"), true).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
+        assert_eq!(err.status(), Some(StatusCode::BAD_GATEWAY));
+        assert!(err.to_string().contains("text/html"));
+        assert!(!err.to_string().contains("abc"));
+        let err = parse_response(&response(200, "application/json", ""), true).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let err = parse_response(&response(200, "application/json", r#"{"access_token":12}"#), true).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
+        let err = parse_response(&response(200, "application/json", r#"{"token_type":"Bearer","leak":"supersecret"}"#), true).unwrap_err();
+        assert!(!err.to_string().contains("supersecret"));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_str(&httpdate::fmt_http_date(now + Duration::from_secs(20))).unwrap(),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(20)));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-rate-limit-reset", HeaderValue::from_static("1000042"));
+        headers.insert("x-rate-limit-remaining", HeaderValue::from_static("0"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(42)));
+    }
+}

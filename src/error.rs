@@ -1,0 +1,288 @@
+//! The crate's one error type.
+//!
+//! An [`Error`] is cheap to clone (an `Arc` inside): a single failed token refresh is handed to
+//! every request that waited on it. Its message says what went wrong and what to check, and by
+//! construction never holds the client secret, an access token or an API key: the crate only ever
+//! builds errors from static text, URLs, status codes and the authorization server's own
+//! `error`/`error_description` fields.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed error, the conventional error type of tower services.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What kind of failure an [`Error`] is; match on it to decide what to do.
+///
+/// # Example
+///
+/// ```
+/// use tower_client_credentials::{ClientCredentials, ErrorKind};
+///
+/// let err = ClientCredentials::builder()
+///     .token_endpoint("not a url")
+///     .unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Configuration);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The crate was configured wrongly: a bad URL, header, client id, scope, or a missing part.
+    /// Fix the configuration; retrying will not help.
+    Configuration,
+    /// The authorization server's metadata (RFC 8414 / OpenID discovery) could not be fetched or
+    /// did not describe the configured issuer.
+    Discovery,
+    /// The token or discovery request did not get an HTTP answer: connection refused, DNS, TLS,
+    /// timeout, a redirect that was not followed, or a body over the size limit.
+    Transport,
+    /// The token endpoint answered with an OAuth2 error (RFC 6749 §5.2); see
+    /// [`Error::oauth_error`].
+    TokenEndpoint,
+    /// The token endpoint answered, but not with a usable token response: not JSON, a missing
+    /// `access_token`, a token type other than `Bearer`, ...
+    InvalidTokenResponse,
+    /// No valid token is available because the last refresh failed and the next attempt is not
+    /// due yet (see [`Error::retry_after`]); the cache is backing off to protect the endpoint.
+    BackingOff,
+    /// The background refresh task stopped without a result (its runtime was shut down).
+    RefreshAborted,
+    /// A custom [`TokenSource`](crate::TokenSource) failed.
+    Source,
+}
+
+impl ErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Configuration => "configuration error",
+            ErrorKind::Discovery => "authorization server discovery failed",
+            ErrorKind::Transport => "token endpoint request failed",
+            ErrorKind::TokenEndpoint => "token endpoint returned an error",
+            ErrorKind::InvalidTokenResponse => "invalid token response",
+            ErrorKind::BackingOff => "no valid access token (backing off after a failed refresh)",
+            ErrorKind::RefreshAborted => "token refresh aborted",
+            ErrorKind::Source => "token source failed",
+        }
+    }
+}
+
+/// The RFC 6749 §5.2 error an authorization server returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// HTTP status of the answer.
+    pub status: http::StatusCode,
+    /// The `error` code, e.g. `invalid_client`, `invalid_scope`.
+    pub error: String,
+    /// The optional `error_description`.
+    pub error_description: Option<String>,
+    /// The optional `error_uri`.
+    pub error_uri: Option<String>,
+}
+
+impl OAuthError {
+    /// Whether retrying the same request can succeed. `invalid_client`, `invalid_grant`,
+    /// `unauthorized_client`, `unsupported_grant_type`, `invalid_scope` and `invalid_request`
+    /// cannot: the configuration or the registration must change.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.error.as_str(),
+            "invalid_client"
+                | "invalid_grant"
+                | "unauthorized_client"
+                | "unsupported_grant_type"
+                | "invalid_scope"
+                | "invalid_request"
+                | "invalid_target"
+        )
+    }
+}
+
+/// The error returned by every fallible operation of this crate.
+///
+/// Cheap to clone. `Display` gives one line: what happened, then what to check. It never
+/// contains a client secret, a token or an API key.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    oauth: Option<OAuthError>,
+    status: Option<http::StatusCode>,
+    retry_after: Option<Duration>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                oauth: None,
+                status: None,
+                retry_after: None,
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Configuration, message)
+    }
+
+    /// A failure of a custom [`TokenSource`](crate::TokenSource). `message` should say what
+    /// failed and what to check; it must not contain secrets.
+    pub fn source_failed(
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self::new(ErrorKind::Source, message).with_source(source)
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner_mut().source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn with_status(mut self, status: http::StatusCode) -> Self {
+        self.inner_mut().status = Some(status);
+        self
+    }
+
+    pub(crate) fn with_oauth(mut self, oauth: OAuthError) -> Self {
+        let inner = self.inner_mut();
+        inner.status = Some(oauth.status);
+        inner.oauth = Some(oauth);
+        self
+    }
+
+    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.inner_mut().retry_after = retry_after;
+        self
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("errors are only mutated while being built")
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The OAuth2 error the token endpoint returned, for [`ErrorKind::TokenEndpoint`].
+    pub fn oauth_error(&self) -> Option<&OAuthError> {
+        self.inner.oauth.as_ref()
+    }
+
+    /// The HTTP status of the answer that caused this error, if there was one.
+    pub fn status(&self) -> Option<http::StatusCode> {
+        self.inner.status
+    }
+
+    /// How long to wait before the next attempt is worth making: the server's `Retry-After` (or
+    /// Okta's `X-Rate-Limit-Reset`) on a token endpoint error, or the remaining backoff for
+    /// [`ErrorKind::BackingOff`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Whether a later attempt with the same configuration may succeed. Configuration errors and
+    /// permanent OAuth2 errors (`invalid_client`, `invalid_scope`, ...) and 400/401 answers are
+    /// not; transport failures, 5xx, 429 and garbage answers are.
+    pub fn is_transient(&self) -> bool {
+        match self.inner.kind {
+            ErrorKind::Configuration => false,
+            ErrorKind::TokenEndpoint => {
+                let permanent_code = self.inner.oauth.as_ref().is_some_and(|e| e.is_permanent());
+                let permanent_status = matches!(
+                    self.inner.status.map(|s| s.as_u16()),
+                    Some(400 | 401 | 403)
+                );
+                !(permanent_code || permanent_status)
+            }
+            _ => true,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.inner.kind.as_str(), self.inner.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(oauth) = &self.inner.oauth {
+            d.field("oauth", oauth);
+        } else if let Some(status) = &self.inner.status {
+            d.field("status", status);
+        }
+        if let Some(retry_after) = &self.inner.retry_after {
+            d.field("retry_after", retry_after);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| &**s as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_kind_and_message() {
+        let err = Error::config("client id is empty; set it with `.client_id(..)`");
+        assert_eq!(
+            err.to_string(),
+            "configuration error: client id is empty; set it with `.client_id(..)`"
+        );
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn permanent_oauth_errors_are_not_transient() {
+        let oauth = OAuthError {
+            status: http::StatusCode::UNAUTHORIZED,
+            error: "invalid_client".into(),
+            error_description: None,
+            error_uri: None,
+        };
+        let err = Error::new(ErrorKind::TokenEndpoint, "x").with_oauth(oauth);
+        assert!(!err.is_transient());
+        let err = Error::new(ErrorKind::TokenEndpoint, "x")
+            .with_status(http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(err.is_transient());
+        let err = Error::new(ErrorKind::TokenEndpoint, "x")
+            .with_status(http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn error_is_send_sync_and_cheap_to_clone() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Error>();
+        let err = Error::config("x");
+        let clone = err.clone();
+        assert!(Arc::ptr_eq(&err.inner, &clone.inner));
+    }
+}

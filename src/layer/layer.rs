@@ -1,0 +1,104 @@
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use tower_layer::Layer;
+
+use super::BearerAuth;
+use crate::cache::TokenCache;
+use crate::error::Error;
+use crate::source::TokenSource;
+
+/// Layer that authenticates every request with a bearer token from a shared cache and adds
+/// fixed headers such as `X-Api-Key`. See the [module docs](crate::layer) for an example.
+///
+/// Every clone of the layer, and every service it makes, shares one [`TokenCache`].
+#[derive(Clone)]
+pub struct BearerAuthLayer {
+    pub(crate) cache: TokenCache,
+    pub(crate) headers: Arc<[(HeaderName, HeaderValue)]>,
+}
+
+impl BearerAuthLayer {
+    /// A layer with its own token cache over `source`, with the default cache settings.
+    pub fn new(source: impl TokenSource) -> Self {
+        Self::from_cache(TokenCache::new(source))
+    }
+
+    /// A layer over an existing cache, shared with whoever else holds it.
+    pub fn from_cache(cache: TokenCache) -> Self {
+        BearerAuthLayer {
+            cache,
+            headers: Arc::from(Vec::new()),
+        }
+    }
+
+    /// Adds a header sent with every request, marked sensitive (kept out of logs and HPACK
+    /// tables): typically `x-api-key`. Replaces a header of the same name on the request.
+    ///
+    /// Fails, without echoing the value, if the name or value is not valid HTTP or the name is
+    /// `authorization` (the layer sets that one).
+    pub fn with_header(self, name: impl AsRef<str>, value: impl AsRef<str>) -> Result<Self, Error> {
+        let name_str = name.as_ref();
+        let name = HeaderName::from_bytes(name_str.trim().as_bytes()).map_err(|_| {
+            Error::config(format!(
+                "`{}` is not a valid HTTP header name",
+                name_str.escape_debug()
+            ))
+        })?;
+        let value = HeaderValue::from_str(value.as_ref()).map_err(|_| {
+            Error::config(format!(
+                "the value for the `{name}` header is not a valid HTTP header value; check it for \
+                 line breaks or other control characters"
+            ))
+        })?;
+        self.with_header_value(name, value)
+    }
+
+    /// Like [`with_header`](Self::with_header), with a typed name and value. The value is marked
+    /// sensitive.
+    pub fn with_header_value(self, name: HeaderName, mut value: HeaderValue) -> Result<Self, Error> {
+        if name == AUTHORIZATION {
+            return Err(Error::config(
+                "the `authorization` header is set by the layer from the token; add other headers",
+            ));
+        }
+        value.set_sensitive(true);
+        let mut headers: Vec<_> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != name)
+            .cloned()
+            .collect();
+        headers.push((name, value));
+        Ok(BearerAuthLayer {
+            cache: self.cache,
+            headers: headers.into(),
+        })
+    }
+
+    /// The shared token cache, e.g. to [`invalidate`](TokenCache::invalidate) a rejected token.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+impl<S> Layer<S> for BearerAuthLayer {
+    type Service = BearerAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerAuth::new(inner, self.clone())
+    }
+}
+
+impl fmt::Debug for BearerAuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuthLayer")
+            .field("cache", &self.cache)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}

@@ -1,0 +1,56 @@
+//! [`BearerAuthLayer`]: adds `Authorization: Bearer <token>` and fixed headers such as an API key
+//! to every request, with tokens from a shared [`TokenCache`](crate::TokenCache).
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenSource};
+//!
+//! # struct Static;
+//! # impl TokenSource for Static {
+//! #     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+//! #         Box::pin(async { Token::bearer("t0k3n", Some(Duration::from_secs(3600))) })
+//! #     }
+//! # }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // In real code the source is `ClientCredentials::builder()...build()?`.
+//! let layer = BearerAuthLayer::new(Static).with_header("x-api-key", "my-api-key")?;
+//!
+//! let mut client = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|request: Request<String>| async move {
+//!         assert_eq!(request.headers()["authorization"], "Bearer t0k3n");
+//!         assert_eq!(request.headers()["x-api-key"], "my-api-key");
+//!         assert!(request.headers()["authorization"].is_sensitive());
+//!         Ok::<_, Infallible>(Response::new(String::new()))
+//!     });
+//!
+//! let response = client.ready().await?.call(Request::new(String::new())).await?;
+//! # let _ = response;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Waiting for a token, and failures
+//!
+//! A request that finds no valid token waits in `poll_ready` (before the inner service is
+//! polled, so no slot of a tonic `Channel` or a concurrency limit is held meanwhile) for the one
+//! refresh shared by every clone. A token failure is not returned from `poll_ready` (tower reads
+//! that as "discard this service"): the service reports ready, and the next `call` returns a
+//! future that fails at once with the crate's [`Error`](crate::Error), boxed into
+//! [`BoxError`](crate::BoxError). Downcast to read its [`ErrorKind`](crate::ErrorKind). The inner
+//! service's own errors pass through unchanged (boxed).
+
+mod future;
+#[allow(clippy::module_inception)]
+mod layer;
+mod service;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::BearerAuthLayer;
+pub use self::service::BearerAuth;

@@ -1,0 +1,79 @@
+//! OAuth2 client-credentials authentication for any tower HTTP or gRPC client.
+//!
+//! An API such as Floriday's gives an application a client id, a client secret and an API key:
+//! the id and secret are exchanged at an OAuth2 token endpoint (RFC 6749 §4.4) for an access
+//! token, and every API call carries `Authorization: Bearer <token>` and `X-Api-Key: <key>`.
+//! [`BearerAuthLayer`] does all of it for any `tower::Service<http::Request<B>>`: a hyper-util
+//! client, a tonic `Channel`, a `ServiceBuilder` stack.
+//!
+//! ```no_run
+//! use tower::ServiceBuilder;
+//! use tower_client_credentials::{BearerAuthLayer, ClientCredentials};
+//! # use http_body_util::Full; use bytes::Bytes;
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+//! #     .build_http::<Full<Bytes>>();
+//! # let api_key = "api-key";
+//! let credentials = ClientCredentials::builder()
+//!     .issuer("https://idm.staging.floriday.io/oauth2/ausmw6b47z1BnlHkw0h7")? // RFC 8414 discovery
+//!     // or .token_endpoint("https://idm.staging.floriday.io/oauth2/ausmw6b47z1BnlHkw0h7/v1/token")?
+//!     .client_id("my-client-id")
+//!     .client_secret("my-client-secret")
+//!     .scopes(["role:app", "organization:read"])
+//!     .build()?;
+//!
+//! let client = ServiceBuilder::new()
+//!     .layer(BearerAuthLayer::new(credentials).with_header("x-api-key", api_key)?)
+//!     .service(hyper_client);
+//! # let _ = client;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What it guarantees
+//!
+//! * **One token request** however many requests race for an expired token; every clone of
+//!   the layer and its services shares one [`TokenCache`].
+//! * **No needless waiting**: a token is refreshed ahead of expiry while the old one keeps
+//!   serving; only a request that finds no valid token waits.
+//! * **A cheap hot path**: with a valid token, a request costs a lock-free load and header
+//!   inserts, no allocation, lock or await.
+//! * **Bounded failure**: a failing token endpoint gets one attempt per backoff step, honouring
+//!   `Retry-After`; errors are typed ([`ErrorKind`]) and never contain a secret, token or key.
+//!
+//! # Modules
+//!
+//! * [`layer`]: [`BearerAuthLayer`], [`BearerAuth`], [`ResponseFuture`](layer::ResponseFuture).
+//! * [`cache`]: [`TokenCache`], refresh and failure behaviour.
+//! * [`client_credentials`]: [`ClientCredentials`], the token endpoint client, with discovery.
+//! * [`source`]: the [`TokenSource`] trait for tokens from elsewhere.
+//! * `testing` (feature `test-util`): a real authorization server on loopback.
+//!
+//! # Cargo features
+//!
+//! * `rustls` (default): the built-in HTTPS client for token and discovery requests.
+//! * `test-util`: the `testing` module.
+//! * `metrics`: cache metrics through the `metrics` facade.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod cache;
+pub mod client_credentials;
+mod discovery;
+mod endpoint;
+mod error;
+pub mod layer;
+pub mod source;
+mod token;
+mod transport;
+
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use crate::cache::{TokenCache, TokenCacheBuilder};
+pub use crate::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use crate::endpoint::ClientAuthMethod;
+pub use crate::error::{BoxError, Error, ErrorKind, OAuthError};
+pub use crate::layer::{BearerAuth, BearerAuthLayer};
+pub use crate::source::{BoxFuture, TokenSource};
+pub use crate::token::Token;

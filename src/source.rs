@@ -1,0 +1,56 @@
+//! Where tokens come from.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::{Error, Token};
+
+/// A boxed, `Send` future, the return type of [`TokenSource::fetch_token`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Something that can get a new access token: "give me a fresh token".
+///
+/// [`ClientCredentials`](crate::ClientCredentials) is the implementation for an OAuth2 token
+/// endpoint. Implement it for tokens from elsewhere (a file, a sidecar, another grant) to get the
+/// same caching, single-flight refresh and header injection from
+/// [`BearerAuthLayer`](crate::BearerAuthLayer).
+///
+/// `fetch_token` is only called by the cache, at most once at a time per cache, from a task of
+/// its own: an implementation need not deduplicate or cache anything.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_client_credentials::{BoxFuture, Error, Token, TokenSource};
+///
+/// #[derive(Debug)]
+/// struct FromEnvironment;
+///
+/// impl TokenSource for FromEnvironment {
+///     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+///         Box::pin(async {
+///             let text = std::env::var("ACCESS_TOKEN")
+///                 .map_err(|e| Error::source_failed("ACCESS_TOKEN is not set", e))?;
+///             Token::bearer(text, Some(Duration::from_secs(300)))
+///         })
+///     }
+/// }
+/// ```
+pub trait TokenSource: Send + Sync + 'static {
+    /// Gets a new token. Errors must not contain secrets.
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>>;
+}
+
+impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        (**self).fetch_token()
+    }
+}
+
+impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        (**self).fetch_token()
+    }
+}

@@ -1,0 +1,218 @@
+//! The access token, as the cache keeps it.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::HeaderValue;
+use secrecy::SecretString;
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+/// An access token with its lifetime.
+///
+/// The token text is kept as a [`SecretString`] (zeroized on drop) and `Debug` never prints it.
+/// Expiry is monotonic ([`tokio::time::Instant`]), computed when the token was received.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_client_credentials::Token;
+///
+/// let token = Token::bearer("abc", Some(Duration::from_secs(3600)))?;
+/// assert!(token.remaining_lifetime().unwrap() <= Duration::from_secs(3600));
+/// assert!(!format!("{token:?}").contains("abc"));
+/// # Ok::<(), tower_client_credentials::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Token {
+    access_token: SecretString,
+    header: HeaderValue,
+    received_at: Instant,
+    lifetime: Option<Duration>,
+    scope: Option<String>,
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Token {
+    /// A bearer token that expires `lifetime` from now (`None`: no known expiry).
+    ///
+    /// Fails if the token is empty or holds characters not allowed in an HTTP header (RFC 6750
+    /// `b64token`s are always allowed).
+    pub fn bearer(access_token: impl Into<String>, lifetime: Option<Duration>) -> Result<Self, Error> {
+        let access_token: String = access_token.into();
+        let header = bearer_header(&access_token)?;
+        Ok(Token {
+            access_token: SecretString::from(access_token),
+            header,
+            received_at: Instant::now(),
+            lifetime,
+            scope: None,
+            extra: serde_json::Map::new(),
+        })
+    }
+
+    /// Sets the scopes the server granted (space separated, as in RFC 6749 §5.1).
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    pub(crate) fn with_extra(mut self, extra: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.extra = extra;
+        self
+    }
+
+    /// The access token itself. Handle with care: never log it.
+    pub fn secret(&self) -> &SecretString {
+        &self.access_token
+    }
+
+    /// The prebuilt `Authorization: Bearer ...` value, marked sensitive.
+    pub(crate) fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// The lifetime the server gave the token when it was received (`None`: unknown).
+    pub fn lifetime(&self) -> Option<Duration> {
+        self.lifetime
+    }
+
+    /// The instant the token expires, as the client computes it.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.lifetime.map(|l| self.received_at + l)
+    }
+
+    /// How long the token remains valid from now (`None`: unknown; zero: expired).
+    pub fn remaining_lifetime(&self) -> Option<Duration> {
+        self.expires_at()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// The instant the token was received.
+    pub fn received_at(&self) -> Instant {
+        self.received_at
+    }
+
+    /// The granted scopes as the server returned them, if it did.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// The granted scopes, split on spaces.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty())
+    }
+
+    /// Fields of the token response this crate does not interpret, kept as received.
+    pub fn extra(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.extra
+    }
+
+    /// The `exp` claim of the token if it is a JWT, read without verifying anything. Used only to
+    /// learn a lifetime the server did not state.
+    pub(crate) fn jwt_expiry_unverified(access_token: &str) -> Option<std::time::SystemTime> {
+        let mut parts = access_token.split('.');
+        let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || payload.len() > 16 * 1024 {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        #[derive(serde::Deserialize)]
+        struct Claims {
+            exp: Option<serde_json::Number>,
+        }
+        let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+        let exp = claims.exp?.as_f64()?;
+        if !(0.0..=4_102_444_800.0).contains(&exp) {
+            return None;
+        }
+        Some(std::time::UNIX_EPOCH + Duration::from_secs(exp as u64))
+    }
+}
+
+pub(crate) fn bearer_header(access_token: &str) -> Result<HeaderValue, Error> {
+    if access_token.is_empty() {
+        return Err(Error::new(
+            crate::ErrorKind::InvalidTokenResponse,
+            "the access token is empty",
+        ));
+    }
+    let mut value = String::with_capacity(7 + access_token.len());
+    value.push_str("Bearer ");
+    value.push_str(access_token);
+    let mut header = HeaderValue::from_str(&value).map_err(|_| {
+        // Never echo the token: say only what is wrong with it.
+        Error::new(
+            crate::ErrorKind::InvalidTokenResponse,
+            "the access token holds characters that are not allowed in an HTTP header",
+        )
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"[redacted]")
+            .field("lifetime", &self.lifetime)
+            .field("remaining_lifetime", &self.remaining_lifetime())
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            e.encode(r#"{"alg":"RS256"}"#),
+            e.encode(payload),
+            e.encode("sig")
+        )
+    }
+
+    #[test]
+    fn header_is_sensitive_and_prefixed() {
+        let token = Token::bearer("abc.def", None).unwrap();
+        assert_eq!(token.header(), "Bearer abc.def");
+        assert!(token.header().is_sensitive());
+    }
+
+    #[test]
+    fn bad_token_text_is_an_error_without_the_token() {
+        let err = Token::bearer("secret\ntoken", None).unwrap_err();
+        assert!(!err.to_string().contains("secret"));
+        assert!(Token::bearer("", None).is_err());
+    }
+
+    #[test]
+    fn jwt_exp_is_read_unverified() {
+        let exp = Token::jwt_expiry_unverified(&jwt(r#"{"exp":2000000000,"sub":"x"}"#)).unwrap();
+        assert_eq!(exp, std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000));
+        assert!(Token::jwt_expiry_unverified(&jwt(r#"{"sub":"x"}"#)).is_none());
+        assert!(Token::jwt_expiry_unverified("opaque-token").is_none());
+        assert!(Token::jwt_expiry_unverified("a.!!!.c").is_none());
+        assert!(Token::jwt_expiry_unverified(&jwt(r#"{"exp":-5}"#)).is_none());
+        assert!(Token::jwt_expiry_unverified(&jwt(r#"{"exp":"soon"}"#)).is_none());
+    }
+
+    #[test]
+    fn debug_redacts() {
+        let token = Token::bearer("very-secret-token", Some(Duration::from_secs(5)))
+            .unwrap()
+            .with_scope("a b");
+        let dbg = format!("{token:?}");
+        assert!(!dbg.contains("very-secret-token"), "{dbg}");
+        assert_eq!(token.scopes().collect::<Vec<_>>(), ["a", "b"]);
+    }
+}
