@@ -215,10 +215,7 @@ impl TokenCache {
                 if let Some(token) = self.shared.valid_now() {
                     return Ok(token);
                 }
-                match self.shared.join_or_start(&mut flight) {
-                    Ok(receiver) => Ok(receiver),
-                    Err(backoff) => Err(backoff),
-                }
+                self.shared.join_or_start(&mut flight)
             };
             match waiting {
                 Ok(mut receiver) => {
@@ -247,7 +244,11 @@ impl TokenCache {
 
     /// The cached token, valid or not, without refreshing.
     pub fn cached(&self) -> Option<Token> {
-        self.shared.current.load().as_ref().map(|c| (*c.token).clone())
+        self.shared
+            .current
+            .load()
+            .as_ref()
+            .map(|c| (*c.token).clone())
     }
 
     /// Drops `token` if it is still the cached one and starts one refresh for everyone; call it
@@ -273,7 +274,9 @@ impl TokenCache {
         let now = Instant::now();
         if let Some(last) = flight.last_invalidation {
             if now < last + self.shared.config.min_invalidate_interval {
-                tracing::debug!("token rejected again within the minimum invalidation interval; keeping it");
+                tracing::debug!(
+                    "token rejected again within the minimum invalidation interval; keeping it"
+                );
                 return false;
             }
         }
@@ -361,7 +364,10 @@ impl Shared {
     }
 
     /// Starts the refresh task. Called with the flight lock held and no refresh in flight.
-    fn start(self: &Arc<Self>, flight: &mut Flight) -> Result<watch::Receiver<Option<Outcome>>, Error> {
+    fn start(
+        self: &Arc<Self>,
+        flight: &mut Flight,
+    ) -> Result<watch::Receiver<Option<Outcome>>, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config(
                 "a token refresh was needed outside a tokio runtime; call the service from \
@@ -621,7 +627,11 @@ impl TokenCacheBuilder {
     /// that replicas do not refresh in lockstep. Default 0.5; 0 turns jitter off. Clamped to
     /// `0.0..=1.0`.
     pub fn refresh_jitter(mut self, fraction: f64) -> Self {
-        self.config.refresh_jitter = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
+        self.config.refresh_jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
         self
     }
 
@@ -776,7 +786,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refresh_ahead_serves_old_token_and_refreshes_once() {
         let source = scripted(100, 100, 0);
-        let cache = TokenCache::builder(source.clone()).refresh_jitter(0.0).build();
+        let cache = TokenCache::builder(source.clone())
+            .refresh_jitter(0.0)
+            .build();
         assert_eq!(cache.header().await.unwrap(), "Bearer token-0");
         // Margin: max(30 s, 10 s) capped at 50 s = 30 s: refresh point at 70 s.
         tokio::time::advance(Duration::from_secs(69)).await;
@@ -795,7 +807,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn expired_token_is_never_served() {
         let source = scripted(0, 10, 0);
-        let cache = TokenCache::builder(source.clone()).refresh_jitter(0.0).build();
+        let cache = TokenCache::builder(source.clone())
+            .refresh_jitter(0.0)
+            .build();
         cache.header().await.unwrap();
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(cache.valid_header().is_none());
@@ -815,7 +829,10 @@ mod tests {
         assert!(err.retry_after().unwrap() <= Duration::from_secs(1));
         assert_eq!(source.calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(cache.header().await.unwrap_err().kind(), ErrorKind::Transport);
+        assert_eq!(
+            cache.header().await.unwrap_err().kind(),
+            ErrorKind::Transport
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(cache.header().await.unwrap(), "Bearer token-2");
         assert_eq!(source.calls.load(Ordering::SeqCst), 3);
@@ -856,11 +873,16 @@ mod tests {
 
     #[test]
     fn schedule_respects_margin_rules() {
-        let cache = TokenCache::builder(scripted(0, 1, 0)).refresh_jitter(0.0).build();
+        let cache = TokenCache::builder(scripted(0, 1, 0))
+            .refresh_jitter(0.0)
+            .build();
         let at = |lifetime: u64| {
             let token = Token::bearer("t", Some(Duration::from_secs(lifetime))).unwrap();
             let (refresh, expires) = cache.shared.schedule(&token);
-            ((expires - refresh).as_secs(), (expires - token.received_at()).as_secs())
+            (
+                (expires - refresh).as_secs(),
+                (expires - token.received_at()).as_secs(),
+            )
         };
         assert_eq!(at(3600), (360, 3600)); // 10 %
         assert_eq!(at(120), (30, 120)); // 30 s floor

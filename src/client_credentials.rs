@@ -112,10 +112,12 @@ impl ClientCredentials {
     /// The client authentication method in use: the configured one, or the one that worked, or
     /// `None` before the first token request when none was configured.
     pub fn auth_method(&self) -> Option<ClientAuthMethod> {
-        self.inner.explicit_method.or_else(|| match self.inner.detected_method.load(Ordering::Relaxed) {
-            1 => Some(ClientAuthMethod::ClientSecretBasic),
-            2 => Some(ClientAuthMethod::ClientSecretPost),
-            _ => None,
+        self.inner.explicit_method.or_else(|| {
+            match self.inner.detected_method.load(Ordering::Relaxed) {
+                1 => Some(ClientAuthMethod::ClientSecretBasic),
+                2 => Some(ClientAuthMethod::ClientSecretPost),
+                _ => None,
+            }
         })
     }
 
@@ -123,10 +125,18 @@ impl ClientCredentials {
     /// otherwise it is fetched at the first token request. Does nothing for a fixed token
     /// endpoint.
     pub async fn discover(&self) -> Result<(), Error> {
-        self.inner.endpoint.resolve(&self.inner.http).await.map(drop)
+        self.inner
+            .endpoint
+            .resolve(&self.inner.http)
+            .await
+            .map(drop)
     }
 
-    async fn request(&self, endpoint: &http::Uri, method: ClientAuthMethod) -> Result<Token, Error> {
+    async fn request(
+        &self,
+        endpoint: &http::Uri,
+        method: ClientAuthMethod,
+    ) -> Result<Token, Error> {
         let inner = &self.inner;
         let request = TokenRequest {
             client_id: &inner.client_id,
@@ -165,22 +175,38 @@ impl ClientCredentials {
                 match (basic, post) {
                     (false, true) => &[ClientAuthMethod::ClientSecretPost],
                     (true, false) => &[ClientAuthMethod::ClientSecretBasic],
-                    _ => &[ClientAuthMethod::ClientSecretBasic, ClientAuthMethod::ClientSecretPost],
+                    _ => &[
+                        ClientAuthMethod::ClientSecretBasic,
+                        ClientAuthMethod::ClientSecretPost,
+                    ],
                 }
             }
-            None => &[ClientAuthMethod::ClientSecretBasic, ClientAuthMethod::ClientSecretPost],
+            None => &[
+                ClientAuthMethod::ClientSecretBasic,
+                ClientAuthMethod::ClientSecretPost,
+            ],
         };
         let mut last = None;
         for &method in candidates {
             match self.request(endpoint, method).await {
                 Ok(token) => {
-                    let code = if method == ClientAuthMethod::ClientSecretBasic { 1 } else { 2 };
+                    let code = if method == ClientAuthMethod::ClientSecretBasic {
+                        1
+                    } else {
+                        2
+                    };
                     inner.detected_method.store(code, Ordering::Relaxed);
-                    tracing::debug!(method = method.as_str(), "client authentication method detected");
+                    tracing::debug!(
+                        method = method.as_str(),
+                        "client authentication method detected"
+                    );
                     return Ok(token);
                 }
                 Err(error) if rejected_client_auth(&error) => {
-                    tracing::debug!(method = method.as_str(), "client authentication method rejected");
+                    tracing::debug!(
+                        method = method.as_str(),
+                        "client authentication method rejected"
+                    );
                     last = Some(error);
                 }
                 Err(error) => return Err(error),
@@ -192,7 +218,9 @@ impl ClientCredentials {
 
 fn rejected_client_auth(error: &Error) -> bool {
     error.kind() == ErrorKind::TokenEndpoint
-        && (error.oauth_error().is_some_and(|e| e.error == "invalid_client")
+        && (error
+            .oauth_error()
+            .is_some_and(|e| e.error == "invalid_client")
             || matches!(error.status().map(|s| s.as_u16()), Some(400 | 401)))
 }
 
@@ -207,7 +235,10 @@ impl ClientCredentialsBuilder {
     ///
     /// Must be `https`, or `http` to a loopback address, unless [`allow_http`](Self::allow_http).
     pub fn token_endpoint(mut self, url: &str) -> Result<Self, Error> {
-        self.endpoint = Some(EndpointConfig::Token(transport::parse_url(url, "token endpoint")?));
+        self.endpoint = Some(EndpointConfig::Token(transport::parse_url(
+            url,
+            "token endpoint",
+        )?));
         Ok(self)
     }
 
@@ -267,7 +298,10 @@ impl ClientCredentialsBuilder {
     /// and `client_secret` are set by the crate and refused here.
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let name = name.into();
-        if matches!(name.as_str(), "grant_type" | "scope" | "client_id" | "client_secret") {
+        if matches!(
+            name.as_str(),
+            "grant_type" | "scope" | "client_id" | "client_secret"
+        ) {
             self.error.get_or_insert_with(|| {
                 Error::config(format!(
                     "the form parameter `{name}` is set by the crate; use the builder's own method"
@@ -343,19 +377,25 @@ impl ClientCredentialsBuilder {
         }
         let client_id = self.client_id.unwrap_or_default();
         if client_id.trim().is_empty() {
-            return Err(Error::config("the client id is empty; set it with `.client_id(..)`"));
+            return Err(Error::config(
+                "the client id is empty; set it with `.client_id(..)`",
+            ));
         }
         if client_id.chars().any(char::is_control) {
-            return Err(Error::config("the client id contains control characters; check for a stray newline"));
+            return Err(Error::config(
+                "the client id contains control characters; check for a stray newline",
+            ));
         }
-        let client_secret = self.client_secret.ok_or_else(|| {
-            Error::config("no client secret; set it with `.client_secret(..)`")
-        })?;
+        let client_secret = self
+            .client_secret
+            .ok_or_else(|| Error::config("no client secret; set it with `.client_secret(..)`"))?;
         {
             use secrecy::ExposeSecret;
             let secret = client_secret.expose_secret();
             if secret.is_empty() {
-                return Err(Error::config("the client secret is empty; set it with `.client_secret(..)`"));
+                return Err(Error::config(
+                    "the client secret is empty; set it with `.client_secret(..)`",
+                ));
             }
             if secret.chars().any(char::is_control) {
                 return Err(Error::config(
@@ -365,7 +405,10 @@ impl ClientCredentialsBuilder {
         }
         for scope in &self.scopes {
             // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-            if !scope.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)) {
+            if !scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+            {
                 return Err(Error::config(format!(
                     "the scope `{}` has characters RFC 6749 does not allow (quotes, backslashes, \
                      non-ASCII or control characters)",
@@ -459,15 +502,25 @@ mod tests {
 
     #[test]
     fn build_errors_name_what_to_fix() {
-        let err = ClientCredentials::builder().client_secret("x").build().unwrap_err();
+        let err = ClientCredentials::builder()
+            .client_secret("x")
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("client id"), "{err}");
         let err = builder().client_id("").build().unwrap_err();
         assert!(err.to_string().contains("client id is empty"));
-        let err = ClientCredentials::builder().client_id("a").client_secret("b").build().unwrap_err();
+        let err = ClientCredentials::builder()
+            .client_id("a")
+            .client_secret("b")
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("token endpoint"));
         let err = builder().scopes(["bad\"scope"]).build().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Configuration);
-        let err = builder().param("grant_type", "password").build().unwrap_err();
+        let err = builder()
+            .param("grant_type", "password")
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("grant_type"));
         let err = ClientCredentials::builder()
             .token_endpoint("http://idp.example/token")
@@ -485,13 +538,22 @@ mod tests {
         assert!(!format!("{credentials:?}").contains("top-secret-value"));
         let b = builder();
         assert!(!format!("{b:?}").contains("top-secret-value"));
-        let err = builder().client_secret("line\nbreak-secret").build().unwrap_err();
+        let err = builder()
+            .client_secret("line\nbreak-secret")
+            .build()
+            .unwrap_err();
         assert!(!err.to_string().contains("break-secret"));
     }
 
     #[test]
     fn scopes_are_split_and_joined() {
-        let credentials = builder().scopes(["role:app catalog:read", "organization:read"]).build().unwrap();
-        assert_eq!(credentials.inner.scope.as_deref(), Some("role:app catalog:read organization:read"));
+        let credentials = builder()
+            .scopes(["role:app catalog:read", "organization:read"])
+            .build()
+            .unwrap();
+        assert_eq!(
+            credentials.inner.scope.as_deref(),
+            Some("role:app catalog:read organization:read")
+        );
     }
 }

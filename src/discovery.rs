@@ -59,11 +59,9 @@ impl TokenEndpoint {
     pub(crate) async fn resolve(&self, http: &HttpClient) -> Result<Arc<Resolved>, Error> {
         match self {
             TokenEndpoint::Fixed(resolved) => Ok(resolved.clone()),
-            TokenEndpoint::Discovered(d) => d
-                .resolved
-                .get_or_try_init(|| d.fetch(http))
-                .await
-                .cloned(),
+            TokenEndpoint::Discovered(d) => {
+                d.resolved.get_or_try_init(|| d.fetch(http)).await.cloned()
+            }
         }
     }
 }
@@ -120,7 +118,9 @@ impl Discovery {
                 .uri(uri)
                 .header(ACCEPT, "application/json")
                 .body(Full::new(Bytes::new()))
-                .map_err(|e| Error::new(ErrorKind::Discovery, format!("bad metadata request: {e}")))?;
+                .map_err(|e| {
+                    Error::new(ErrorKind::Discovery, format!("bad metadata request: {e}"))
+                })?;
             let response = http.send(request).await.map_err(|e| {
                 Error::new(
                     ErrorKind::Discovery,
@@ -130,7 +130,8 @@ impl Discovery {
             })?;
             let status = response.status();
             if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
-                let retry_after = crate::endpoint::retry_after(response.headers(), std::time::SystemTime::now());
+                let retry_after =
+                    crate::endpoint::retry_after(response.headers(), std::time::SystemTime::now());
                 return Err(Error::new(
                     ErrorKind::Discovery,
                     format!("the metadata at {url} answered HTTP {status}; check the authorization server's health"),
@@ -246,11 +247,26 @@ mod tests {
             token_endpoint: Some(endpoint.into()),
             token_endpoint_auth_methods_supported: None,
         };
-        assert!(d.check("u", meta("https://idm.example/oauth2/aus1/", "https://idm.example/t")).is_ok());
-        let err = d.check("u", meta("https://evil.example/", "https://idm.example/t")).unwrap_err();
+        assert!(d
+            .check(
+                "u",
+                meta("https://idm.example/oauth2/aus1/", "https://idm.example/t")
+            )
+            .is_ok());
+        let err = d
+            .check("u", meta("https://evil.example/", "https://idm.example/t"))
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Discovery);
-        assert!(err.to_string().contains("evil.example") && err.to_string().contains("idm.example/oauth2/aus1"));
-        let err = d.check("u", meta("https://idm.example/oauth2/aus1", "http://idm.example/t")).unwrap_err();
+        assert!(
+            err.to_string().contains("evil.example")
+                && err.to_string().contains("idm.example/oauth2/aus1")
+        );
+        let err = d
+            .check(
+                "u",
+                meta("https://idm.example/oauth2/aus1", "http://idm.example/t"),
+            )
+            .unwrap_err();
         assert!(err.to_string().contains("http"), "{err}");
     }
 }

@@ -73,8 +73,9 @@ impl TokenRequest<'_> {
                     base64::engine::general_purpose::STANDARD
                         .encode(credentials.expose_secret().as_bytes())
                 ));
-                let mut value = HeaderValue::from_str(encoded.expose_secret())
-                    .map_err(|_| Error::config("the client credentials cannot be sent in a header"))?;
+                let mut value = HeaderValue::from_str(encoded.expose_secret()).map_err(|_| {
+                    Error::config("the client credentials cannot be sent in a header")
+                })?;
                 value.set_sensitive(true);
                 builder = builder.header(AUTHORIZATION, value);
             }
@@ -85,7 +86,9 @@ impl TokenRequest<'_> {
         }
         let body = SecretString::from(form.finish());
         builder
-            .body(Full::new(Bytes::copy_from_slice(body.expose_secret().as_bytes())))
+            .body(Full::new(Bytes::copy_from_slice(
+                body.expose_secret().as_bytes(),
+            )))
             .map_err(|e| Error::config(format!("the token request could not be built: {e}")))
     }
 }
@@ -114,7 +117,10 @@ struct ErrorBody {
 
 /// Turns the token endpoint's answer into a token or a typed error. `now` is when the answer
 /// arrived, the start of the token's lifetime.
-pub(crate) fn parse_response(response: &Response<Bytes>, default_expiry_from_jwt: bool) -> Result<Token, Error> {
+pub(crate) fn parse_response(
+    response: &Response<Bytes>,
+    default_expiry_from_jwt: bool,
+) -> Result<Token, Error> {
     let status = response.status();
     let body = response.body();
     let content_type = response
@@ -133,7 +139,9 @@ pub(crate) fn parse_response(response: &Response<Bytes>, default_expiry_from_jwt
             };
             let hint = hint_for(&oauth.error);
             let message = match &oauth.error_description {
-                Some(description) => format!("HTTP {status}, `{}`: {description}; {hint}", oauth.error),
+                Some(description) => {
+                    format!("HTTP {status}, `{}`: {description}; {hint}", oauth.error)
+                }
                 None => format!("HTTP {status}, `{}`; {hint}", oauth.error),
             };
             return Err(Error::new(ErrorKind::TokenEndpoint, message)
@@ -244,13 +252,18 @@ fn seconds(value: &serde_json::Value) -> Result<Option<Duration>, ()> {
         return Ok(None);
     }
     // Clamped here so that no later Instant arithmetic can overflow; the cache clamps further.
-    Ok(Some(Duration::from_secs_f64(number.min(100.0 * 365.0 * 86400.0))))
+    Ok(Some(Duration::from_secs_f64(
+        number.min(100.0 * 365.0 * 86400.0),
+    )))
 }
 
 /// The server's requested wait: `Retry-After` (seconds or HTTP date), else Okta's
 /// `X-Rate-Limit-Reset` (UTC epoch seconds) when the rate limit is exhausted.
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(value) = headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+    {
         let value = value.trim();
         if let Ok(seconds) = value.parse::<u64>() {
             return Some(Duration::from_secs(seconds.min(86_400)));
@@ -276,10 +289,14 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
 
 fn hint_for(code: &str) -> &'static str {
     match code {
-        "invalid_client" => "check the client id, the client secret and the client authentication method",
+        "invalid_client" => {
+            "check the client id, the client secret and the client authentication method"
+        }
         "unauthorized_client" => "check that the client is allowed the client_credentials grant",
         "invalid_scope" => "check the requested scopes against those granted to the client",
-        "unsupported_grant_type" => "check that the authorization server supports client_credentials",
+        "unsupported_grant_type" => {
+            "check that the authorization server supports client_credentials"
+        }
         "invalid_request" => "check the extra parameters and the token endpoint URL",
         "invalid_target" => "check the resource or audience parameter",
         _ => "see the error description",
@@ -288,11 +305,7 @@ fn hint_for(code: &str) -> &'static str {
 
 /// Text from the server, made safe to put in an error: no control characters, bounded length.
 fn clean(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(max)
-        .collect();
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(max).collect();
     if text.chars().count() > max {
         out.push('…');
     }
@@ -349,7 +362,10 @@ mod tests {
             .unwrap();
         assert_eq!(decoded, b"my+client:s3cr%3At+%25%2B%C3%A9");
         assert!(request.headers()[AUTHORIZATION].is_sensitive());
-        assert_eq!(request.headers()[CONTENT_TYPE], "application/x-www-form-urlencoded");
+        assert_eq!(
+            request.headers()[CONTENT_TYPE],
+            "application/x-www-form-urlencoded"
+        );
         assert_eq!(request.headers()[ACCEPT], "application/json");
     }
 
@@ -367,12 +383,20 @@ mod tests {
         .build(&"https://idp.example/token".parse().unwrap())
         .unwrap();
         assert!(request.headers().get(AUTHORIZATION).is_none());
-        let body = futures_lite_block_on(request.into_body().collect()).unwrap().to_bytes();
-        assert_eq!(&body[..], b"grant_type=client_credentials&client_id=id&client_secret=pw");
+        let body = futures_lite_block_on(request.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        assert_eq!(
+            &body[..],
+            b"grant_type=client_credentials&client_id=id&client_secret=pw"
+        );
     }
 
     fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -385,24 +409,46 @@ mod tests {
         assert_eq!(token.lifetime(), Some(Duration::from_secs(3600)));
         assert_eq!(token.scope(), Some("a b"));
         assert_eq!(token.extra()["foo"], 1);
-        let token = parse_response(&response(200, "application/json", r#"{"access_token":"abc","token_type":"bearer","expires_in":60.5}"#), true).unwrap();
+        let token = parse_response(
+            &response(
+                200,
+                "application/json",
+                r#"{"access_token":"abc","token_type":"bearer","expires_in":60.5}"#,
+            ),
+            true,
+        )
+        .unwrap();
         assert_eq!(token.lifetime(), Some(Duration::from_secs_f64(60.5)));
     }
 
     #[test]
     fn zero_or_negative_expires_in_is_unknown() {
         for v in ["0", "-5", "\"-1\""] {
-            let body = format!(r#"{{"access_token":"abc","token_type":"Bearer","expires_in":{v}}}"#);
+            let body =
+                format!(r#"{{"access_token":"abc","token_type":"Bearer","expires_in":{v}}}"#);
             let token = parse_response(&response(200, "application/json", &body), true).unwrap();
             assert_eq!(token.lifetime(), None, "{v}");
         }
         let body = r#"{"access_token":"abc","token_type":"Bearer","expires_in":"soon"}"#;
-        assert_eq!(parse_response(&response(200, "application/json", body), true).unwrap_err().kind(), ErrorKind::InvalidTokenResponse);
+        assert_eq!(
+            parse_response(&response(200, "application/json", body), true)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidTokenResponse
+        );
     }
 
     #[test]
     fn non_bearer_is_rejected() {
-        let err = parse_response(&response(200, "application/json", r#"{"access_token":"abc","token_type":"mac"}"#), true).unwrap_err();
+        let err = parse_response(
+            &response(
+                200,
+                "application/json",
+                r#"{"access_token":"abc","token_type":"mac"}"#,
+            ),
+            true,
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
         assert!(err.to_string().contains("mac"));
     }
@@ -410,7 +456,11 @@ mod tests {
     #[test]
     fn oauth_error_is_typed() {
         let err = parse_response(
-            &response(401, "application/json", r#"{"error":"invalid_client","error_description":"Client authentication failed."}"#),
+            &response(
+                401,
+                "application/json",
+                r#"{"error":"invalid_client","error_description":"Client authentication failed."}"#,
+            ),
             true,
         )
         .unwrap_err();
@@ -423,16 +473,32 @@ mod tests {
 
     #[test]
     fn garbage_is_typed_without_echoing_it() {
-        let err = parse_response(&response(502, "text/html", "<html>bad gateway token=abc</html>"), true).unwrap_err();
+        let err = parse_response(
+            &response(502, "text/html", "<html>bad gateway token=abc</html>"),
+            true,
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
         assert_eq!(err.status(), Some(StatusCode::BAD_GATEWAY));
         assert!(err.to_string().contains("text/html"));
         assert!(!err.to_string().contains("abc"));
         let err = parse_response(&response(200, "application/json", ""), true).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
-        let err = parse_response(&response(200, "application/json", r#"{"access_token":12}"#), true).unwrap_err();
+        let err = parse_response(
+            &response(200, "application/json", r#"{"access_token":12}"#),
+            true,
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
-        let err = parse_response(&response(200, "application/json", r#"{"token_type":"Bearer","leak":"supersecret"}"#), true).unwrap_err();
+        let err = parse_response(
+            &response(
+                200,
+                "application/json",
+                r#"{"token_type":"Bearer","leak":"supersecret"}"#,
+            ),
+            true,
+        )
+        .unwrap_err();
         assert!(!err.to_string().contains("supersecret"));
     }
 

@@ -136,10 +136,7 @@ impl Error {
 
     /// A failure of a custom [`TokenSource`](crate::TokenSource). `message` should say what
     /// failed and what to check; it must not contain secrets.
-    pub fn source_failed(
-        message: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn source_failed(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::new(ErrorKind::Source, message).with_source(source)
     }
 
@@ -199,10 +196,8 @@ impl Error {
             ErrorKind::Configuration => false,
             ErrorKind::TokenEndpoint => {
                 let permanent_code = self.inner.oauth.as_ref().is_some_and(|e| e.is_permanent());
-                let permanent_status = matches!(
-                    self.inner.status.map(|s| s.as_u16()),
-                    Some(400 | 401 | 403)
-                );
+                let permanent_status =
+                    matches!(self.inner.status.map(|s| s.as_u16()), Some(400 | 401 | 403));
                 !(permanent_code || permanent_status)
             }
             _ => true,

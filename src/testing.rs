@@ -394,7 +394,10 @@ impl State {
         };
         match location {
             Some(location) if self.locations.contains(&location) => self.metadata().await,
-            _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found"})),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found"}),
+            ),
         }
     }
 
@@ -429,9 +432,17 @@ impl State {
         response
     }
 
-    async fn token_inner(&self, request: Request<Incoming>, behavior: Option<Behavior>) -> Response<Full<Bytes>> {
+    async fn token_inner(
+        &self,
+        request: Request<Incoming>,
+        behavior: Option<Behavior>,
+    ) -> Response<Full<Bytes>> {
         if request.method() != Method::POST {
-            return oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST");
+            return oauth_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "use POST",
+            );
         }
         let header = |name: header::HeaderName| {
             request
@@ -445,7 +456,13 @@ impl State {
         let authorization = header(header::AUTHORIZATION);
         let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
             Ok(body) => body.to_bytes(),
-            Err(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body unreadable"),
+            Err(_) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "body unreadable",
+                )
+            }
         };
         let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
@@ -456,7 +473,9 @@ impl State {
             if !scheme.eq_ignore_ascii_case("basic") {
                 return None;
             }
-            let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
             let decoded = String::from_utf8(decoded).ok()?;
             let (id, secret) = decoded.split_once(':')?;
             let decode = |s: &str| {
@@ -466,21 +485,36 @@ impl State {
             };
             Some((decode(id)?, decode(secret)?))
         });
-        let post = field("client_secret").map(|secret| (field("client_id").unwrap_or_default(), secret));
+        let post =
+            field("client_secret").map(|secret| (field("client_id").unwrap_or_default(), secret));
         let (method, id, secret) = match (basic, post) {
             (Some(_), Some(_)) => {
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "more than one client authentication method")
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "more than one client authentication method",
+                )
             }
             (Some((id, secret)), None) => (ClientAuthMethod::ClientSecretBasic, id, secret),
             (None, Some((id, secret))) => (ClientAuthMethod::ClientSecretPost, id, secret),
-            (None, None) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "no client authentication"),
+            (None, None) => {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "no client authentication",
+                )
+            }
         };
         *lock(&self.last_request) = Some(TokenRequestSeen {
             method: Some(method),
             form: form
                 .iter()
                 .map(|(k, v)| {
-                    let v = if k == "client_secret" { "[redacted]".to_string() } else { v.clone() };
+                    let v = if k == "client_secret" {
+                        "[redacted]".to_string()
+                    } else {
+                        v.clone()
+                    };
                     (k.clone(), v)
                 })
                 .collect(),
@@ -491,23 +525,55 @@ impl State {
             return response;
         }
         if content_type.as_deref() != Some("application/x-www-form-urlencoded") {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the body must be form-urlencoded");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the body must be form-urlencoded",
+            );
         }
         let Some(client) = self.clients.get(&id) else {
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed.");
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed.",
+            );
         };
         if client.secret != secret || client.method.is_some_and(|m| m != method) {
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed.");
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed.",
+            );
         }
         match field("grant_type").as_deref() {
             Some("client_credentials") => {}
-            Some(_) => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials"),
-            None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing"),
+            Some(_) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    "only client_credentials",
+                )
+            }
+            None => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "grant_type is missing",
+                )
+            }
         }
         let scope = field("scope").unwrap_or_default();
         if let Some(allowed) = &client.scopes {
-            if let Some(bad) = scope.split(' ').filter(|s| !s.is_empty()).find(|s| !allowed.iter().any(|a| a == s)) {
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &format!("scope {bad} is not allowed"));
+            if let Some(bad) = scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .find(|s| !allowed.iter().any(|a| a == s))
+            {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    &format!("scope {bad} is not allowed"),
+                );
             }
         }
         let lifetime = *lock(&self.lifetime);
@@ -526,7 +592,9 @@ impl State {
             body["expires_in"] = expires_in;
         }
         let mut response = json(StatusCode::OK, body);
-        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
 
@@ -577,21 +645,41 @@ async fn misbehave(behavior: Option<&Behavior>) -> Option<Response<Full<Bytes>>>
                 .unwrap_or_default(),
         ),
         Behavior::RateLimited(seconds) => {
-            let mut response = oauth_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+            let mut response =
+                oauth_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
             Some(response)
         }
         Behavior::OktaRateLimited(seconds) => {
-            let mut response = oauth_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
-            let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() + seconds;
-            response.headers_mut().insert("x-rate-limit-limit", HeaderValue::from(600));
-            response.headers_mut().insert("x-rate-limit-remaining", HeaderValue::from(0));
-            response.headers_mut().insert("x-rate-limit-reset", HeaderValue::from(reset));
+            let mut response =
+                oauth_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
+            let reset = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+                + seconds;
+            response
+                .headers_mut()
+                .insert("x-rate-limit-limit", HeaderValue::from(600));
+            response
+                .headers_mut()
+                .insert("x-rate-limit-remaining", HeaderValue::from(0));
+            response
+                .headers_mut()
+                .insert("x-rate-limit-reset", HeaderValue::from(reset));
             Some(response)
         }
         Behavior::Unavailable(seconds) => {
-            let mut response = oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try later");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+            let mut response = oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "try later",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
             Some(response)
         }
         Behavior::Redirect(location) => Some(
@@ -613,7 +701,10 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Full<Bytes>> {
-    json(status, serde_json::json!({"error": error, "error_description": description}))
+    json(
+        status,
+        serde_json::json!({"error": error, "error_description": description}),
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -706,11 +797,17 @@ impl ApiState {
         match token {
             Some(token) if key_ok && self.auth.is_valid(token) => {
                 self.accepted.fetch_add(1, Ordering::SeqCst);
-                json(StatusCode::OK, serde_json::json!({"ok": true, "path": request.uri().path()}))
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"ok": true, "path": request.uri().path()}),
+                )
             }
             _ => {
                 self.rejected.fetch_add(1, Ordering::SeqCst);
-                let mut response = json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "invalid_token"}));
+                let mut response = json(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"error": "invalid_token"}),
+                );
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(r#"Bearer error="invalid_token""#),

@@ -41,7 +41,10 @@ impl Token {
     ///
     /// Fails if the token is empty or holds characters not allowed in an HTTP header (RFC 6750
     /// `b64token`s are always allowed).
-    pub fn bearer(access_token: impl Into<String>, lifetime: Option<Duration>) -> Result<Self, Error> {
+    pub fn bearer(
+        access_token: impl Into<String>,
+        lifetime: Option<Duration>,
+    ) -> Result<Self, Error> {
         let access_token: String = access_token.into();
         let header = bearer_header(&access_token)?;
         Ok(Token {
@@ -103,7 +106,11 @@ impl Token {
 
     /// The granted scopes, split on spaces.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        self.scope.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty())
+        self.scope
+            .as_deref()
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
     }
 
     /// Fields of the token response this crate does not interpret, kept as received.
@@ -198,7 +205,10 @@ mod tests {
     #[test]
     fn jwt_exp_is_read_unverified() {
         let exp = Token::jwt_expiry_unverified(&jwt(r#"{"exp":2000000000,"sub":"x"}"#)).unwrap();
-        assert_eq!(exp, std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000));
+        assert_eq!(
+            exp,
+            std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000)
+        );
         assert!(Token::jwt_expiry_unverified(&jwt(r#"{"sub":"x"}"#)).is_none());
         assert!(Token::jwt_expiry_unverified("opaque-token").is_none());
         assert!(Token::jwt_expiry_unverified("a.!!!.c").is_none());

@@ -23,7 +23,11 @@ pub(crate) const DEFAULT_MAX_RESPONSE_SIZE: usize = 64 * 1024;
 
 /// A type-erased HTTP client: sends a request, returns the status, headers and whole body.
 trait SendRequest: Send + Sync {
-    fn send(&self, request: Request<Full<Bytes>>, limit: usize) -> BoxFuture<'static, Result<Response<Bytes>, Error>>;
+    fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Response<Bytes>, Error>>;
 }
 
 struct ServiceClient<S>(S);
@@ -37,7 +41,11 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    fn send(&self, request: Request<Full<Bytes>>, limit: usize) -> BoxFuture<'static, Result<Response<Bytes>, Error>> {
+    fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Response<Bytes>, Error>> {
         let mut service = self.0.clone();
         Box::pin(async move {
             std::future::poll_fn(|cx| service.poll_ready(cx))
@@ -131,7 +139,10 @@ impl HttpClient {
     }
 
     /// Sends `request`; a redirect is an error (never followed), so is a timeout.
-    pub(crate) async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Bytes>, Error> {
+    pub(crate) async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, Error> {
         let uri = request.uri().clone();
         let response = tokio::time::timeout(
             self.timeout,

@@ -1,1 +1,424 @@
+//! Behaviour of the layer and the client-credentials source against real servers on loopback:
+//! the crate's authorization server and a protected API, through a hyper-util client.
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use secrecy::ExposeSecret;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_client_credentials::testing::{ApiServer, AuthServer, Behavior};
+use tower_client_credentials::{
+    BearerAuth, BearerAuthLayer, BoxError, ClientAuthMethod, ClientCredentials, Error, ErrorKind,
+    TokenSource,
+};
+
+const API_KEY: &str = "api-key-3f1b9c";
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn hyper_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn credentials(server: &AuthServer) -> ClientCredentials {
+    ClientCredentials::builder()
+        .token_endpoint(&server.token_endpoint())
+        .unwrap()
+        .client_id(AuthServer::CLIENT_ID)
+        .client_secret(AuthServer::CLIENT_SECRET)
+        .scopes(["role:app", "organization:read"])
+        .build()
+        .unwrap()
+}
+
+fn layered(source: impl TokenSource) -> BearerAuth<HttpClient> {
+    ServiceBuilder::new()
+        .layer(
+            BearerAuthLayer::new(source)
+                .with_header("x-api-key", API_KEY)
+                .unwrap(),
+        )
+        .service(hyper_client())
+}
+
+async fn get(client: &mut BearerAuth<HttpClient>, url: &str) -> Result<StatusCode, BoxError> {
+    let request = Request::get(url).body(Full::default()).unwrap();
+    let response = client.ready().await?.call(request).await?;
+    Ok(response.status())
+}
+
+fn crate_error(error: BoxError) -> Error {
+    match error.downcast::<Error>() {
+        Ok(error) => *error,
+        Err(other) => panic!("expected the crate's Error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn injects_bearer_token_and_api_key() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let mut client = layered(credentials(&auth));
+    for _ in 0..3 {
+        assert_eq!(get(&mut client, &api.url()).await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(api.accepted(), 3);
+    assert_eq!(auth.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn the_api_rejects_requests_without_the_layer() {
+    // Guards the test above: the API really checks what the layer adds.
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let client = hyper_client();
+    let response = client
+        .request(
+            Request::get(api.url())
+                .header("x-api-key", API_KEY)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let mut wrong_key = ServiceBuilder::new()
+        .layer(
+            BearerAuthLayer::new(credentials(&auth))
+                .with_header("x-api-key", "wrong")
+                .unwrap(),
+        )
+        .service(hyper_client());
+    assert_eq!(
+        get(&mut wrong_key, &api.url()).await.unwrap(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn client_secret_basic_on_the_wire() {
+    let auth = AuthServer::builder()
+        .client(
+            AuthServer::CLIENT_ID,
+            AuthServer::CLIENT_SECRET,
+            Some(ClientAuthMethod::ClientSecretBasic),
+        )
+        .start()
+        .await
+        .unwrap();
+    let credentials = credentials(&auth);
+    let token = credentials.fetch_token().await.unwrap();
+    assert!(auth.is_valid_token(token.secret().expose_secret()));
+    let seen = auth.last_request().unwrap();
+    assert_eq!(seen.method, Some(ClientAuthMethod::ClientSecretBasic));
+    assert_eq!(
+        seen.content_type.as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(seen.accept.as_deref(), Some("application/json"));
+    assert_eq!(
+        seen.form,
+        [
+            ("grant_type".to_string(), "client_credentials".to_string()),
+            (
+                "scope".to_string(),
+                "role:app organization:read".to_string()
+            ),
+        ]
+    );
+    assert_eq!(token.scope(), Some("role:app organization:read"));
+    assert_eq!(
+        credentials.auth_method(),
+        Some(ClientAuthMethod::ClientSecretBasic)
+    );
+}
+
+#[tokio::test]
+async fn client_secret_post_on_the_wire() {
+    let auth = AuthServer::builder()
+        .client(
+            AuthServer::CLIENT_ID,
+            AuthServer::CLIENT_SECRET,
+            Some(ClientAuthMethod::ClientSecretPost),
+        )
+        .start()
+        .await
+        .unwrap();
+    let credentials = ClientCredentials::builder()
+        .token_endpoint(&auth.token_endpoint())
+        .unwrap()
+        .client_id(AuthServer::CLIENT_ID)
+        .client_secret(AuthServer::CLIENT_SECRET)
+        .auth_method(ClientAuthMethod::ClientSecretPost)
+        .audience("https://api.example")
+        .build()
+        .unwrap();
+    credentials.fetch_token().await.unwrap();
+    let seen = auth.last_request().unwrap();
+    assert_eq!(seen.method, Some(ClientAuthMethod::ClientSecretPost));
+    assert_eq!(
+        seen.form,
+        [
+            ("grant_type".to_string(), "client_credentials".to_string()),
+            ("audience".to_string(), "https://api.example".to_string()),
+            ("client_id".to_string(), AuthServer::CLIENT_ID.to_string()),
+            ("client_secret".to_string(), "[redacted]".to_string()),
+        ]
+    );
+    assert_eq!(auth.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn explicit_method_is_not_second_guessed() {
+    let auth = AuthServer::builder()
+        .client(
+            AuthServer::CLIENT_ID,
+            AuthServer::CLIENT_SECRET,
+            Some(ClientAuthMethod::ClientSecretPost),
+        )
+        .start()
+        .await
+        .unwrap();
+    let credentials = ClientCredentials::builder()
+        .token_endpoint(&auth.token_endpoint())
+        .unwrap()
+        .client_id(AuthServer::CLIENT_ID)
+        .client_secret(AuthServer::CLIENT_SECRET)
+        .auth_method(ClientAuthMethod::ClientSecretBasic)
+        .build()
+        .unwrap();
+    let err = credentials.fetch_token().await.unwrap_err();
+    assert_eq!(err.oauth_error().unwrap().error, "invalid_client");
+    assert_eq!(auth.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn undeclared_method_falls_back_to_post_and_is_remembered() {
+    let auth = AuthServer::builder()
+        .client(
+            AuthServer::CLIENT_ID,
+            AuthServer::CLIENT_SECRET,
+            Some(ClientAuthMethod::ClientSecretPost),
+        )
+        .start()
+        .await
+        .unwrap();
+    let credentials = credentials(&auth);
+    credentials.fetch_token().await.unwrap();
+    assert_eq!(auth.token_requests(), 2, "basic first, then post");
+    assert_eq!(
+        credentials.auth_method(),
+        Some(ClientAuthMethod::ClientSecretPost)
+    );
+    credentials.fetch_token().await.unwrap();
+    assert_eq!(auth.token_requests(), 3, "post remembered");
+}
+
+#[tokio::test]
+async fn oauth_errors_reach_the_caller_typed() {
+    let auth = AuthServer::builder()
+        .client(AuthServer::CLIENT_ID, "another-secret", None)
+        .start()
+        .await
+        .unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let mut client = layered(credentials(&auth));
+    let error = crate_error(get(&mut client, &api.url()).await.unwrap_err());
+    assert_eq!(error.kind(), ErrorKind::TokenEndpoint);
+    let oauth = error.oauth_error().unwrap();
+    assert_eq!(oauth.error, "invalid_client");
+    assert_eq!(oauth.status, StatusCode::UNAUTHORIZED);
+    assert!(!error.is_transient());
+    let text = format!("{error} {error:?}");
+    assert!(!text.contains(AuthServer::CLIENT_SECRET), "{text}");
+    assert!(!text.contains(API_KEY), "{text}");
+    assert_eq!(
+        api.accepted() + api.rejected(),
+        0,
+        "no API call without a token"
+    );
+}
+
+#[tokio::test]
+async fn invalid_scope_is_typed() {
+    let auth = AuthServer::builder()
+        .client(AuthServer::CLIENT_ID, AuthServer::CLIENT_SECRET, None)
+        .allowed_scopes(AuthServer::CLIENT_ID, &["role:app"])
+        .start()
+        .await
+        .unwrap();
+    let err = credentials(&auth).fetch_token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TokenEndpoint);
+    assert_eq!(err.oauth_error().unwrap().error, "invalid_scope");
+    assert!(
+        err.to_string().contains("check the requested scopes"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_answers_are_typed() {
+    let auth = AuthServer::start().await.unwrap();
+    let credentials = credentials(&auth);
+    auth.push_behavior([
+        Behavior::garbage(),
+        Behavior::Raw(StatusCode::OK, "application/json", String::new()),
+        Behavior::Raw(StatusCode::OK, "text/plain", "access_token=abc".into()),
+        Behavior::server_error(),
+    ]);
+    let err = credentials.fetch_token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
+    assert_eq!(err.status(), Some(StatusCode::BAD_GATEWAY));
+    assert!(err.to_string().contains("text/html"), "{err}");
+    assert!(err.is_transient());
+    let err = credentials.fetch_token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
+    assert!(err.to_string().contains("empty"), "{err}");
+    let err = credentials.fetch_token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
+    assert!(!err.to_string().contains("abc"), "{err}");
+    let err = credentials.fetch_token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TokenEndpoint);
+    assert_eq!(err.oauth_error().unwrap().error, "server_error");
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_a_transport_error() {
+    // Bind and drop to get a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let credentials = ClientCredentials::builder()
+        .token_endpoint(&format!("http://127.0.0.1:{port}/token"))
+        .unwrap()
+        .client_id("id")
+        .client_secret("secret-xyz")
+        .build()
+        .unwrap();
+    let err = credentials.fetch_token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport);
+    assert!(!format!("{err:?}").contains("secret-xyz"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_cold_requests_make_one_token_request() {
+    let auth = AuthServer::start().await.unwrap();
+    auth.push_behavior([Behavior::Delay(Duration::from_millis(200))]);
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let client = layered(credentials(&auth));
+    let url = api.url();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let mut client = client.clone();
+        let url = url.clone();
+        tasks.spawn(async move { get(&mut client, &url).await.map_err(|e| e.to_string()) });
+    }
+    let mut ok = 0;
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.unwrap().unwrap(), StatusCode::OK);
+        ok += 1;
+    }
+    assert_eq!(ok, 1000);
+    assert_eq!(auth.token_requests(), 1);
+    assert_eq!(api.accepted(), 1000);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_replaced() {
+    let auth = AuthServer::builder()
+        .token_lifetime(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let mut client = layered(credentials(&auth));
+    assert_eq!(get(&mut client, &api.url()).await.unwrap(), StatusCode::OK);
+    let before = client.cache().cached().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(before.remaining_lifetime(), Some(Duration::ZERO));
+    assert_eq!(get(&mut client, &api.url()).await.unwrap(), StatusCode::OK);
+    let after = client.cache().cached().unwrap();
+    assert_ne!(
+        before.secret().expose_secret(),
+        after.secret().expose_secret()
+    );
+    assert_eq!(auth.token_requests(), 2);
+    assert_eq!(api.accepted(), 2);
+    assert_eq!(api.rejected(), 0);
+}
+
+#[tokio::test]
+async fn a_dropped_caller_does_not_wedge_the_cache() {
+    let auth = AuthServer::start().await.unwrap();
+    auth.push_behavior([Behavior::Delay(Duration::from_millis(300))]);
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let client = layered(credentials(&auth));
+    let caller = {
+        let mut client = client.clone();
+        let url = api.url();
+        tokio::spawn(async move { get(&mut client, &url).await.map_err(|e| e.to_string()) })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    // A caller with a deadline shorter than the refresh gives up too.
+    let mut impatient = client.clone();
+    let timed_out =
+        tokio::time::timeout(Duration::from_millis(50), get(&mut impatient, &api.url())).await;
+    assert!(timed_out.is_err());
+    // The refresh went on for everyone: the next caller gets its token.
+    let mut next = client.clone();
+    assert_eq!(get(&mut next, &api.url()).await.unwrap(), StatusCode::OK);
+    assert_eq!(auth.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn bad_configuration_is_a_clear_error() {
+    let err = BearerAuthLayer::new(credentials(&AuthServer::start().await.unwrap()))
+        .with_header("x-api-key", "line\nbreak-key")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration);
+    assert!(!err.to_string().contains("break-key"), "{err}");
+    assert!(err.to_string().contains("x-api-key"), "{err}");
+    let err = BearerAuthLayer::new(credentials(&AuthServer::start().await.unwrap()))
+        .with_header("bad header", "v")
+        .unwrap_err();
+    assert!(err.to_string().contains("header name"), "{err}");
+    let err = ClientCredentials::builder()
+        .token_endpoint("::not a url::")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration);
+}
+
+#[tokio::test]
+async fn nothing_secret_in_debug_output() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let layer = BearerAuthLayer::new(credentials(&auth))
+        .with_header("x-api-key", API_KEY)
+        .unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(hyper_client());
+    assert_eq!(get(&mut client, &api.url()).await.unwrap(), StatusCode::OK);
+    let token = layer.cache().cached().unwrap();
+    let token_text = token.secret().expose_secret().to_string();
+    for text in [
+        format!("{layer:?}"),
+        format!("{client:?}"),
+        format!("{token:?}"),
+        format!("{:?}", credentials(&auth)),
+        format!("{:?}", layer.cache()),
+    ] {
+        assert!(!text.contains(AuthServer::CLIENT_SECRET), "{text}");
+        assert!(!text.contains(&token_text), "{text}");
+        assert!(!text.contains(API_KEY), "{text}");
+    }
+}

@@ -57,7 +57,11 @@ impl BearerAuthLayer {
 
     /// Like [`with_header`](Self::with_header), with a typed name and value. The value is marked
     /// sensitive.
-    pub fn with_header_value(self, name: HeaderName, mut value: HeaderValue) -> Result<Self, Error> {
+    pub fn with_header_value(
+        self,
+        name: HeaderName,
+        mut value: HeaderValue,
+    ) -> Result<Self, Error> {
         if name == AUTHORIZATION {
             return Err(Error::config(
                 "the `authorization` header is set by the layer from the token; add other headers",
@@ -97,7 +101,11 @@ impl fmt::Debug for BearerAuthLayer {
             .field("cache", &self.cache)
             .field(
                 "headers",
-                &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                &self
+                    .headers
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }

@@ -122,22 +122,21 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let token = match std::mem::replace(&mut self.state, State::Idle) {
-            State::Ready(token) => token,
-            State::Failed(error) => return ResponseFuture::failed(error),
-            State::Idle | State::Waiting(_) => match self.cache.valid_header() {
-                // Called without `poll_ready`: the caller broke the tower contract; the inner
-                // service decides what that means.
-                Some(token) => token,
-                None => {
-                    return ResponseFuture::failed(Error::new(
+        let token =
+            match std::mem::replace(&mut self.state, State::Idle) {
+                State::Ready(token) => token,
+                State::Failed(error) => return ResponseFuture::failed(error),
+                State::Idle | State::Waiting(_) => match self.cache.valid_header() {
+                    // Called without `poll_ready`: the caller broke the tower contract; the inner
+                    // service decides what that means.
+                    Some(token) => token,
+                    None => return ResponseFuture::failed(Error::new(
                         ErrorKind::Configuration,
                         "`call` was made before `poll_ready` returned ready and no valid token \
                          is cached; drive the service with `ServiceExt::ready` first",
-                    ))
-                }
-            },
-        };
+                    )),
+                },
+            };
         self.authorize(&mut request, token);
         ResponseFuture::new(self.inner.call(request))
     }
@@ -169,7 +168,11 @@ impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
             .field("state", &state)
             .field(
                 "headers",
-                &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                &self
+                    .headers
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
