@@ -16,8 +16,9 @@
 //!
 //! # Failure behaviour
 //!
-//! A failed refresh is followed by exponential backoff with full jitter (100 ms base, ×2, capped
-//! at 30 s by default); an answer carrying `Retry-After` or Okta's `X-Rate-Limit-Reset` sets a
+//! A failed refresh is followed by exponential backoff with jitter (100 ms base, ×2, capped at
+//! 30 s by default; each wait is a random point in the upper half of its step, so it is at least
+//! half the step); an answer carrying `Retry-After` or Okta's `X-Rate-Limit-Reset` sets a
 //! floor, capped by [`TokenCacheBuilder::max_retry_after`]. However many requests arrive, the
 //! source sees at most one attempt per backoff step. A failed refresh never replaces a token
 //! that is still valid: it keeps being served until it expires.
@@ -458,10 +459,11 @@ impl Shared {
             .backoff_base
             .saturating_mul(exp)
             .min(self.config.max_backoff);
-        // Full jitter, but never less than a tenth of the base: a delay of zero would let the
-        // next request retry at once.
-        let floor = self.config.backoff_base / 10;
-        let jittered = step.mul_f64(fastrand::f64()).max(floor);
+        // Jitter over the upper half of the step ("equal jitter"), not the whole of it ("full
+        // jitter"): replicas still spread out, and every step waits at least half its length,
+        // which is what bounds the attempts an outage can cause (full jitter allows a run of
+        // near-zero waits, so no such bound holds).
+        let jittered = step / 2 + (step / 2).mul_f64(fastrand::f64());
         match error.retry_after() {
             Some(server) => jittered.max(server.min(self.config.max_retry_after)),
             None => jittered,

@@ -46,6 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -125,6 +126,7 @@ struct State {
     lifetime: Mutex<Duration>,
     clients: HashMap<String, Client>,
     script: Mutex<VecDeque<Behavior>>,
+    default_behavior: Mutex<Option<Behavior>>,
     discovery_script: Mutex<VecDeque<Behavior>>,
     locations: Vec<MetadataLocation>,
     wrong_issuer: bool,
@@ -230,6 +232,23 @@ impl AuthServer {
         lock(&self.state.script).extend(behaviors);
     }
 
+    /// The answer to every token request once the queue of [`push_behavior`](Self::push_behavior)
+    /// is empty: `Some(Behavior::server_error())` for an outage, `None` to end it.
+    pub fn set_default_behavior(&self, behavior: Option<Behavior>) {
+        *lock(&self.state.default_behavior) = behavior;
+    }
+
+    /// A client that reaches this server in-process, without a socket: pass it to
+    /// [`ClientCredentialsBuilder::http_client`](crate::ClientCredentialsBuilder::http_client).
+    /// The server's logic is the same; what it adds is determinism under tokio's paused clock
+    /// (`#[tokio::test(start_paused = true)]`), where real socket I/O would let the clock jump
+    /// past timeouts while a response is in flight.
+    pub fn in_process_client(&self) -> InProcessClient {
+        InProcessClient {
+            state: self.state.clone(),
+        }
+    }
+
     /// Queues answers for the next metadata requests.
     pub fn push_discovery_behavior(&self, behaviors: impl IntoIterator<Item = Behavior>) {
         lock(&self.state.discovery_script).extend(behaviors);
@@ -320,6 +339,7 @@ impl AuthServerBuilder {
             lifetime: Mutex::new(self.lifetime),
             clients: self.clients,
             script: Mutex::new(VecDeque::new()),
+            default_behavior: Mutex::new(None),
             discovery_script: Mutex::new(VecDeque::new()),
             locations: self.locations,
             wrong_issuer: self.wrong_issuer,
@@ -377,7 +397,12 @@ async fn serve<T: Send + Sync + 'static>(
 }
 
 impl State {
-    async fn route(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route<B>(self: Arc<Self>, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body + Send,
+        B::Data: Send,
+        B::Error: Into<crate::BoxError>,
+    {
         let path = request.uri().path().to_string();
         let issuer = &self.issuer_path;
         if path == format!("{issuer}/v1/token") {
@@ -425,18 +450,30 @@ impl State {
         json(StatusCode::OK, document)
     }
 
-    async fn token(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let behavior = lock(&self.script).pop_front();
+    async fn token<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body + Send,
+        B::Data: Send,
+        B::Error: Into<crate::BoxError>,
+    {
+        let behavior = lock(&self.script)
+            .pop_front()
+            .or_else(|| lock(&self.default_behavior).clone());
         let response = self.token_inner(request, behavior).await;
         self.token_requests.fetch_add(1, Ordering::SeqCst);
         response
     }
 
-    async fn token_inner(
+    async fn token_inner<B>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         behavior: Option<Behavior>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Full<Bytes>>
+    where
+        B: Body + Send,
+        B::Data: Send,
+        B::Error: Into<crate::BoxError>,
+    {
         if request.method() != Method::POST {
             return oauth_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -444,16 +481,20 @@ impl State {
                 "use POST",
             );
         }
-        let header = |name: header::HeaderName| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+        let (content_type, accept, authorization) = {
+            let header = |name: header::HeaderName| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            (
+                header(header::CONTENT_TYPE),
+                header(header::ACCEPT),
+                header(header::AUTHORIZATION),
+            )
         };
-        let content_type = header(header::CONTENT_TYPE);
-        let accept = header(header::ACCEPT);
-        let authorization = header(header::AUTHORIZATION);
         let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
@@ -732,6 +773,42 @@ impl fmt::Debug for Client {
             .field("secret", &"[redacted]")
             .field("method", &self.method)
             .finish()
+    }
+}
+
+/// A tower service that hands requests to an [`AuthServer`] in-process; see
+/// [`AuthServer::in_process_client`].
+#[derive(Clone)]
+pub struct InProcessClient {
+    state: Arc<State>,
+}
+
+impl<B> tower_service::Service<Request<B>> for InProcessClient
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<crate::BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = crate::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move { Ok(state.route(request).await) })
+    }
+}
+
+impl fmt::Debug for InProcessClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessClient").finish_non_exhaustive()
     }
 }
 
