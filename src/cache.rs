@@ -175,17 +175,23 @@ impl TokenCache {
     /// In the refresh-ahead window it also starts the one background refresh (cold path).
     #[inline]
     pub(crate) fn valid_header(&self) -> Option<HeaderValue> {
+        self.with_valid(|token| token.header().clone())
+    }
+
+    /// Applies `f` to the current token if it is valid now, starting a refresh-ahead when its
+    /// refresh point has passed.
+    #[inline]
+    fn with_valid<R>(&self, f: impl FnOnce(&Arc<Token>) -> R) -> Option<R> {
         let current = self.shared.current.load();
         let current = current.as_ref()?;
         let now = Instant::now();
-        if now < current.refresh_at {
-            return Some(current.token.header().clone());
+        if now >= current.expires_at {
+            return None;
         }
-        if now < current.expires_at {
+        if now >= current.refresh_at {
             self.shared.refresh_ahead(current.generation);
-            return Some(current.token.header().clone());
         }
-        None
+        Some(f(&current.token))
     }
 
     /// A token valid now: the cached one, or the result of the (single, shared) refresh.
@@ -207,7 +213,7 @@ impl TokenCache {
 
     async fn valid_token(&self) -> Result<Arc<Token>, Error> {
         loop {
-            if let Some(token) = self.shared.valid_now() {
+            if let Some(token) = self.with_valid(Arc::clone) {
                 return Ok(token);
             }
             let waiting = {
