@@ -296,6 +296,15 @@ impl TokenCache {
         true
     }
 
+    /// The header of the cached token, valid or not (no refresh triggered).
+    pub(crate) fn current_header(&self) -> Option<HeaderValue> {
+        self.shared
+            .current
+            .load()
+            .as_ref()
+            .map(|c| c.token.header().clone())
+    }
+
     /// Fetches a token now if none is valid, so that the first request does not wait; with
     /// background refresh on, this also starts the refresh schedule.
     pub async fn prefetch(&self) -> Result<(), Error> {

@@ -122,10 +122,19 @@ impl Discovery {
                     Error::new(ErrorKind::Discovery, format!("bad metadata request: {e}"))
                 })?;
             let response = http.send(request).await.map_err(|e| {
-                Error::new(
+                // The transport's message without its kind's label, which speaks of the token
+                // endpoint; the status (a redirect's) is kept.
+                let text = e.to_string();
+                let label = Error::new(e.kind(), "").to_string();
+                let cause = text.strip_prefix(&label).unwrap_or(&text);
+                let error = Error::new(
                     ErrorKind::Discovery,
-                    format!("the metadata at {url} could not be fetched: {e}"),
-                )
+                    format!("the metadata at {url} could not be fetched: {cause}"),
+                );
+                match e.status() {
+                    Some(status) => error.with_status(status),
+                    None => error,
+                }
                 .with_source(e)
             })?;
             let status = response.status();

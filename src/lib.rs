@@ -67,6 +67,8 @@ pub mod source;
 mod token;
 mod transport;
 
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
@@ -75,5 +77,7 @@ pub use crate::client_credentials::{ClientCredentials, ClientCredentialsBuilder}
 pub use crate::endpoint::ClientAuthMethod;
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError};
 pub use crate::layer::{BearerAuth, BearerAuthLayer};
+#[cfg(feature = "reqwest")]
+pub use crate::reqwest::BearerAuthMiddleware;
 pub use crate::source::{BoxFuture, TokenSource};
 pub use crate::token::Token;

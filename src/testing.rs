@@ -7,10 +7,10 @@
 //!   client authentication (`client_secret_basic` with RFC 6749 §2.3.1 decoding, or
 //!   `client_secret_post`) and the scopes, and issues JWT-shaped tokens;
 //! * authorization server metadata at the RFC 8414 and Okta well-known locations (and,
-//!   on request, the OpenID ones);
+//!   on request, the OpenID ones, see [`MetadataLocation`]);
 //! * scripted misbehaviour ([`Behavior`]): errors, garbage, delays, hangs, rate limits.
 //!
-//! It counts the token requests it answered. [`ApiServer`] answers 200 only to requests that
+//! It counts the token and metadata requests it answered and records every request path. [`ApiServer`] answers 200 only to requests that
 //! carry a token this server issued (unexpired) and the right API key.
 //!
 //! # Example
@@ -113,6 +113,8 @@ pub enum MetadataLocation {
     Okta,
     /// `{issuer}/.well-known/openid-configuration` (OpenID Connect Discovery).
     OpenId,
+    /// `/.well-known/openid-configuration{issuer path}` (the RFC 8414 §5 compatibility form).
+    OpenIdInserted,
 }
 
 struct Client {
@@ -133,6 +135,7 @@ struct State {
     advertised_methods: Option<Vec<String>>,
     token_requests: AtomicUsize,
     discovery_requests: AtomicUsize,
+    request_paths: Mutex<Vec<String>>,
     issued: Mutex<HashMap<String, SystemTime>>,
     last_request: Mutex<Option<TokenRequestSeen>>,
     addr: Mutex<Option<SocketAddr>>,
@@ -217,9 +220,18 @@ impl AuthServer {
         self.state.token_requests.load(Ordering::SeqCst)
     }
 
-    /// How many metadata requests the server answered.
+    /// How many metadata requests the server answered with a document (or a scripted
+    /// [`push_discovery_behavior`](Self::push_discovery_behavior) answer); requests for
+    /// locations it does not serve are not counted (see [`request_paths`](Self::request_paths)).
     pub fn discovery_requests(&self) -> usize {
         self.state.discovery_requests.load(Ordering::SeqCst)
+    }
+
+    /// The path of every request the server received, in order: token, metadata, and paths it
+    /// does not serve (answered 404). Shows which well-known locations a client tried, and that
+    /// a redirect target was never requested.
+    pub fn request_paths(&self) -> Vec<String> {
+        lock(&self.state.request_paths).clone()
     }
 
     /// What the server saw of the last token request.
@@ -346,6 +358,7 @@ impl AuthServerBuilder {
             advertised_methods: self.advertised_methods,
             token_requests: AtomicUsize::new(0),
             discovery_requests: AtomicUsize::new(0),
+            request_paths: Mutex::new(Vec::new()),
             issued: Mutex::new(HashMap::new()),
             last_request: Mutex::new(None),
             addr: Mutex::new(None),
@@ -404,25 +417,34 @@ impl State {
         B::Error: Into<crate::BoxError>,
     {
         let path = request.uri().path().to_string();
+        lock(&self.request_paths).push(path.clone());
         let issuer = &self.issuer_path;
         if path == format!("{issuer}/v1/token") {
             return self.token(request).await;
         }
-        let location = if path == format!("/.well-known/oauth-authorization-server{issuer}") {
-            Some(MetadataLocation::Rfc8414)
-        } else if path == format!("{issuer}/.well-known/oauth-authorization-server") {
-            Some(MetadataLocation::Okta)
-        } else if path == format!("{issuer}/.well-known/openid-configuration") {
-            Some(MetadataLocation::OpenId)
+        // With an empty issuer path two forms name the same URL: serve it if either is served.
+        let served = self.locations.iter().any(|location| {
+            let served_path = match location {
+                MetadataLocation::Rfc8414 => {
+                    format!("/.well-known/oauth-authorization-server{issuer}")
+                }
+                MetadataLocation::Okta => {
+                    format!("{issuer}/.well-known/oauth-authorization-server")
+                }
+                MetadataLocation::OpenId => format!("{issuer}/.well-known/openid-configuration"),
+                MetadataLocation::OpenIdInserted => {
+                    format!("/.well-known/openid-configuration{issuer}")
+                }
+            };
+            served_path == path
+        });
+        if served {
+            self.metadata().await
         } else {
-            None
-        };
-        match location {
-            Some(location) if self.locations.contains(&location) => self.metadata().await,
-            _ => json(
+            json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found"}),
-            ),
+            )
         }
     }
 

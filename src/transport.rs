@@ -165,7 +165,8 @@ impl HttpClient {
                 .headers()
                 .get(http::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
-                .unwrap_or("(none)");
+                .map(|l| l.chars().take(300).collect::<String>())
+                .unwrap_or_else(|| "(none)".to_string());
             return Err(Error::new(
                 ErrorKind::Transport,
                 format!(

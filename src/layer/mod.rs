@@ -49,8 +49,13 @@
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
+mod retry;
 mod service;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::BearerAuthLayer;
+pub use self::retry::{
+    is_invalid_token, is_unauthorized, RejectionPredicate, RetryUnauthorized,
+    RetryUnauthorizedLayer,
+};
 pub use self::service::BearerAuth;

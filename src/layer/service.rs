@@ -122,23 +122,51 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let token =
-            match std::mem::replace(&mut self.state, State::Idle) {
-                State::Ready(token) => token,
-                State::Failed(error) => return ResponseFuture::failed(error),
-                State::Idle | State::Waiting(_) => match self.cache.valid_header() {
-                    // Called without `poll_ready`: the caller broke the tower contract; the inner
-                    // service decides what that means.
-                    Some(token) => token,
-                    None => return ResponseFuture::failed(Error::new(
-                        ErrorKind::Configuration,
-                        "`call` was made before `poll_ready` returned ready and no valid token \
-                         is cached; drive the service with `ServiceExt::ready` first",
-                    )),
-                },
-            };
-        self.authorize(&mut request, token);
-        ResponseFuture::new(self.inner.call(request))
+        match self.take_token() {
+            Ok(token) => {
+                self.authorize(&mut request, token);
+                ResponseFuture::new(self.inner.call(request))
+            }
+            Err(error) => ResponseFuture::failed(error),
+        }
+    }
+}
+
+impl<S> BearerAuth<S> {
+    /// The token `poll_ready` got for this call, or the error to fail it with.
+    #[inline]
+    fn take_token(&mut self) -> Result<HeaderValue, Error> {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Ready(token) => Ok(token),
+            State::Failed(error) => Err(error),
+            State::Idle | State::Waiting(_) => match self.cache.valid_header() {
+                // Called without `poll_ready`: the caller broke the tower contract; the inner
+                // service decides what that means.
+                Some(token) => Ok(token),
+                None => Err(Error::new(
+                    ErrorKind::Configuration,
+                    "`call` was made before `poll_ready` returned ready and no valid token is \
+                     cached; drive the service with `ServiceExt::ready` first",
+                )),
+            },
+        }
+    }
+
+    /// Like `call`, and also returns the token sent (for the 401 retry).
+    pub(crate) fn call_reporting<B>(
+        &mut self,
+        mut request: Request<B>,
+    ) -> (ResponseFuture<S::Future>, Option<HeaderValue>)
+    where
+        S: Service<Request<B>>,
+    {
+        match self.take_token() {
+            Ok(token) => {
+                self.authorize(&mut request, token.clone());
+                (ResponseFuture::new(self.inner.call(request)), Some(token))
+            }
+            Err(error) => (ResponseFuture::failed(error), None),
+        }
     }
 }
 
