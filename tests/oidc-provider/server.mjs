@@ -115,7 +115,9 @@ server.listen(port, HOST, () => {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
-      introspection: { enabled: true },
+      // Lets a test inspect the opaque (no `resource`) tokens; any
+      // authenticated confidential client may introspect any token.
+      introspection: { enabled: true, allowedPolicy: async () => true },
       resourceIndicators: {
         enabled: true,
         // No implicit resource: a request without `resource` gets an opaque

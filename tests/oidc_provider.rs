@@ -1,0 +1,607 @@
+//! Behaviour against a real third-party authorization server: panva's `oidc-provider` 9.13.3,
+//! run by `tests/oidc-provider/server.mjs` (see its README), one instance per test, with
+//! `STRICT_CLIENT_AUTH=1` so that a client using the wrong authentication method is refused.
+//!
+//! Needs `node` and `npm ci --prefix tests/oidc-provider`. Without them each test prints a loud
+//! skip notice and passes, unless `REQUIRE_OIDC_PROVIDER=1` (CI) makes it fail instead.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tower::{service_fn, Service, ServiceExt};
+use tower_client_credentials::{
+    BearerAuthLayer, ClientAuthMethod, ClientCredentials, ClientCredentialsBuilder, ErrorKind,
+    TokenSource,
+};
+
+const BASIC_CLIENT: &str = "basic-client";
+const BASIC_SECRET: &str = "basic secret:with%special&chars";
+const POST_CLIENT: &str = "post-client";
+const POST_SECRET: &str = "post-secret";
+const RESOURCE: &str = "https://api.example.test";
+const API_KEY: &str = "api-key-7d2e41";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `server.mjs`. Dropping it closes the server's stdin (it exits on EOF) and kills it.
+struct OidcProvider {
+    issuer: String,
+    // Field order is drop order: stdin closes first, then the child is killed and reaped.
+    _stdin: ChildStdin,
+    _stdout: Lines<BufReader<ChildStdout>>,
+    _child: Child,
+}
+
+impl OidcProvider {
+    /// Starts the server, or returns `None` (after a loud notice) when node or the npm packages
+    /// are missing and `REQUIRE_OIDC_PROVIDER` is not set. Any other failure panics.
+    async fn start(test: &str) -> Option<Self> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
+        let node = Command::new("node")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        let missing = match node {
+            Err(e) => Some(format!("`node` could not be run ({e})")),
+            Ok(out) if !out.status.success() => {
+                Some(format!("`node --version` failed ({})", out.status))
+            }
+            Ok(_)
+                if !dir
+                    .join("node_modules/oidc-provider/package.json")
+                    .is_file() =>
+            {
+                Some(format!(
+                    "{} is missing; run `npm ci --prefix tests/oidc-provider`",
+                    dir.join("node_modules/oidc-provider").display()
+                ))
+            }
+            Ok(_) => None,
+        };
+        if let Some(reason) = missing {
+            let required = std::env::var("REQUIRE_OIDC_PROVIDER")
+                .is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"));
+            if required {
+                panic!("REQUIRE_OIDC_PROVIDER is set but the oidc-provider harness cannot run: {reason}");
+            }
+            eprintln!(
+                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                 !!! SKIPPED {test}: {reason}.\n\
+                 !!! This test did NOT run against oidc-provider; set REQUIRE_OIDC_PROVIDER=1 to\n\
+                 !!! make this a failure.\n\
+                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+            );
+            return None;
+        }
+
+        let mut child = Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .current_dir(&dir)
+            .env("PORT", "0")
+            .env("STRICT_CLIENT_AUTH", "1")
+            .env_remove("OIDC_EXIT_ON_STDIN_EOF")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node tests/oidc-provider/server.mjs");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let line = match tokio::time::timeout(START_TIMEOUT, stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => {
+                let status = child.wait().await;
+                panic!("server.mjs exited before listening ({status:?}); see its stderr above")
+            }
+            Ok(Err(e)) => panic!("reading server.mjs stdout: {e}"),
+            Err(_) => panic!("server.mjs did not print LISTENING within {START_TIMEOUT:?}"),
+        };
+        let issuer = line
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("unexpected first stdout line from server.mjs: {line:?}"))
+            .trim()
+            .to_string();
+        Some(OidcProvider {
+            issuer,
+            _stdin: stdin,
+            _stdout: stdout,
+            _child: child,
+        })
+    }
+
+    fn token_endpoint(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    /// Asks the server whether it considers `token` active (RFC 7662), authenticating as
+    /// `basic-client`. Only opaque tokens can be introspected by oidc-provider.
+    async fn introspect(&self, token: &str) -> serde_json::Value {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let basic = format!(
+            "{}:{}",
+            form_urlencoded::byte_serialize(BASIC_CLIENT.as_bytes()).collect::<String>(),
+            form_urlencoded::byte_serialize(BASIC_SECRET.as_bytes()).collect::<String>()
+        );
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", token)
+            .finish();
+        let request = Request::post(format!("{}/token/introspection", self.issuer))
+            .header(
+                AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(basic)
+                ),
+            )
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+/// Starts the server or skips the test (see [`OidcProvider::start`]).
+macro_rules! provider_or_skip {
+    ($test:literal) => {
+        match OidcProvider::start($test).await {
+            Some(provider) => provider,
+            None => return,
+        }
+    };
+}
+
+/// The paths of the HTTP requests the credentials made, in order.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn token_requests(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == "/token")
+            .count()
+    }
+}
+
+/// Sends the credentials' token and discovery requests through a plain hyper-util client that
+/// records each request's path, so a test can count what actually reached oidc-provider.
+fn recorded(builder: ClientCredentialsBuilder, recorder: &Recorder) -> ClientCredentialsBuilder {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let recorder = recorder.clone();
+    builder.http_client(service_fn(move |request: Request<Full<Bytes>>| {
+        recorder
+            .0
+            .lock()
+            .unwrap()
+            .push(request.uri().path().to_string());
+        client.request(request)
+    }))
+}
+
+fn jwt_part(jwt: &str, index: usize) -> serde_json::Value {
+    let part = jwt.split('.').nth(index).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url JWT part");
+    serde_json::from_slice(&bytes).expect("JSON JWT part")
+}
+
+#[tokio::test]
+async fn token_through_discovery() {
+    let provider = provider_or_skip!("token_through_discovery");
+    let credentials = ClientCredentials::builder()
+        .issuer(&provider.issuer)
+        .unwrap()
+        .client_id(BASIC_CLIENT)
+        .client_secret(BASIC_SECRET)
+        .scopes(["api:read", "api:write"])
+        .build()
+        .unwrap();
+    assert_eq!(credentials.token_endpoint(), None, "nothing fetched yet");
+    credentials.discover().await.unwrap();
+    assert_eq!(
+        credentials.token_endpoint().map(|u| u.to_string()),
+        Some(provider.token_endpoint())
+    );
+    let token = credentials.fetch_token().await.unwrap();
+    assert!(!token.secret().expose_secret().is_empty());
+    assert_eq!(token.lifetime(), Some(Duration::from_secs(300)));
+    assert_eq!(token.scope(), Some("api:read api:write"));
+    // Both methods are advertised: Basic is tried first and, with STRICT_CLIENT_AUTH, accepted.
+    assert_eq!(
+        credentials.auth_method(),
+        Some(ClientAuthMethod::ClientSecretBasic)
+    );
+    let introspection = provider.introspect(token.secret().expose_secret()).await;
+    assert_eq!(introspection["active"], true, "{introspection}");
+    assert_eq!(introspection["client_id"], BASIC_CLIENT);
+}
+
+#[tokio::test]
+async fn token_through_the_token_endpoint() {
+    let provider = provider_or_skip!("token_through_the_token_endpoint");
+    let credentials = ClientCredentials::builder()
+        .token_endpoint(&provider.token_endpoint())
+        .unwrap()
+        .client_id(POST_CLIENT)
+        .client_secret(POST_SECRET)
+        .auth_method(ClientAuthMethod::ClientSecretPost)
+        .build()
+        .unwrap();
+    assert_eq!(
+        credentials.token_endpoint().map(|u| u.to_string()),
+        Some(provider.token_endpoint())
+    );
+    let token = credentials.fetch_token().await.unwrap();
+    // No scope requested: oidc-provider grants none and sends no `scope` member.
+    assert_eq!(token.scope(), None);
+    assert_eq!(token.lifetime(), Some(Duration::from_secs(300)));
+    let introspection = provider.introspect(token.secret().expose_secret()).await;
+    assert_eq!(introspection["active"], true, "{introspection}");
+    assert_eq!(introspection["client_id"], POST_CLIENT);
+}
+
+#[tokio::test]
+async fn client_secret_basic_encodes_special_characters() {
+    // RFC 6749 §2.3.1: id and secret are form-urlencoded before base64. oidc-provider answers a
+    // raw `%sp` with 400 invalid_request, and STRICT_CLIENT_AUTH refuses the body method.
+    let provider = provider_or_skip!("client_secret_basic_encodes_special_characters");
+    let credentials = ClientCredentials::builder()
+        .token_endpoint(&provider.token_endpoint())
+        .unwrap()
+        .client_id(BASIC_CLIENT)
+        .client_secret(BASIC_SECRET)
+        .scopes(["api:read api:write"])
+        .auth_method(ClientAuthMethod::ClientSecretBasic)
+        .build()
+        .unwrap();
+    let token = credentials.fetch_token().await.unwrap();
+    assert_eq!(token.scope(), Some("api:read api:write"));
+    let introspection = provider.introspect(token.secret().expose_secret()).await;
+    assert_eq!(introspection["active"], true, "{introspection}");
+}
+
+#[tokio::test]
+async fn strict_server_refuses_the_wrong_explicit_method() {
+    // Guards the other tests: STRICT_CLIENT_AUTH really tells the two methods apart, and an
+    // explicit method is not second-guessed.
+    let provider = provider_or_skip!("strict_server_refuses_the_wrong_explicit_method");
+    for (id, secret, method) in [
+        (
+            BASIC_CLIENT,
+            BASIC_SECRET,
+            ClientAuthMethod::ClientSecretPost,
+        ),
+        (
+            POST_CLIENT,
+            POST_SECRET,
+            ClientAuthMethod::ClientSecretBasic,
+        ),
+    ] {
+        let recorder = Recorder::default();
+        let credentials = recorded(
+            ClientCredentials::builder()
+                .token_endpoint(&provider.token_endpoint())
+                .unwrap()
+                .client_id(id)
+                .client_secret(secret)
+                .auth_method(method),
+            &recorder,
+        )
+        .build()
+        .unwrap();
+        let err = credentials.fetch_token().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TokenEndpoint, "{err}");
+        let oauth = err.oauth_error().unwrap();
+        assert_eq!(oauth.error, "invalid_client", "{err}");
+        assert!(
+            oauth
+                .error_description
+                .as_deref()
+                .is_some_and(|d| d.contains("but used")),
+            "{err}"
+        );
+        assert_eq!(recorder.token_requests(), 1, "no fallback for {id}");
+    }
+}
+
+#[tokio::test]
+async fn client_secret_post_explicit() {
+    let provider = provider_or_skip!("client_secret_post_explicit");
+    let credentials = ClientCredentials::builder()
+        .issuer(&provider.issuer)
+        .unwrap()
+        .client_id(POST_CLIENT)
+        .client_secret(POST_SECRET)
+        .scopes(["api:read", "api:write"])
+        .auth_method(ClientAuthMethod::ClientSecretPost)
+        .build()
+        .unwrap();
+    let token = credentials.fetch_token().await.unwrap();
+    assert_eq!(token.scope(), Some("api:read api:write"));
+    assert_eq!(
+        credentials.auth_method(),
+        Some(ClientAuthMethod::ClientSecretPost)
+    );
+}
+
+#[tokio::test]
+async fn auto_detection_falls_back_to_post_and_remembers_it() {
+    let provider = provider_or_skip!("auto_detection_falls_back_to_post_and_remembers_it");
+    let recorder = Recorder::default();
+    let credentials = recorded(
+        ClientCredentials::builder()
+            .issuer(&provider.issuer)
+            .unwrap()
+            .client_id(POST_CLIENT)
+            .client_secret(POST_SECRET)
+            .scopes(["api:read"]),
+        &recorder,
+    )
+    .build()
+    .unwrap();
+    assert_eq!(credentials.auth_method(), None);
+    let token = credentials.fetch_token().await.unwrap();
+    assert_eq!(token.scope(), Some("api:read"));
+    assert_eq!(
+        credentials.auth_method(),
+        Some(ClientAuthMethod::ClientSecretPost)
+    );
+    // Discovery lists both methods: Basic first (401 invalid_client from the strict server),
+    // then the form body.
+    assert_eq!(recorder.token_requests(), 2, "{:?}", recorder.0);
+    credentials.fetch_token().await.unwrap();
+    assert_eq!(
+        recorder.token_requests(),
+        3,
+        "post remembered: {:?}",
+        recorder.0
+    );
+    let paths = recorder.0.lock().unwrap().clone();
+    assert!(
+        paths[0].starts_with("/.well-known/"),
+        "discovery first: {paths:?}"
+    );
+    assert_eq!(
+        paths
+            .iter()
+            .filter(|p| p.starts_with("/.well-known/"))
+            .count(),
+        1,
+        "metadata fetched once: {paths:?}"
+    );
+}
+
+#[tokio::test]
+async fn auto_detection_keeps_basic_for_basic_client() {
+    let provider = provider_or_skip!("auto_detection_keeps_basic_for_basic_client");
+    let recorder = Recorder::default();
+    let credentials = recorded(
+        ClientCredentials::builder()
+            .token_endpoint(&provider.token_endpoint())
+            .unwrap()
+            .client_id(BASIC_CLIENT)
+            .client_secret(BASIC_SECRET),
+        &recorder,
+    )
+    .build()
+    .unwrap();
+    credentials.fetch_token().await.unwrap();
+    assert_eq!(
+        credentials.auth_method(),
+        Some(ClientAuthMethod::ClientSecretBasic)
+    );
+    assert_eq!(recorder.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn requested_scopes_are_granted() {
+    let provider = provider_or_skip!("requested_scopes_are_granted");
+    for (scopes, granted) in [
+        (&["api:read", "api:write"][..], Some("api:read api:write")),
+        (&["api:write"][..], Some("api:write")),
+        // oidc-provider drops unknown scopes without an error.
+        (&["api:admin"][..], None),
+    ] {
+        let credentials = ClientCredentials::builder()
+            .token_endpoint(&provider.token_endpoint())
+            .unwrap()
+            .client_id(BASIC_CLIENT)
+            .client_secret(BASIC_SECRET)
+            .scopes(scopes.iter().copied())
+            .build()
+            .unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        assert_eq!(token.scope(), granted, "requested {scopes:?}");
+    }
+}
+
+#[tokio::test]
+async fn resource_indicator_gives_a_jwt_for_that_audience() {
+    let provider = provider_or_skip!("resource_indicator_gives_a_jwt_for_that_audience");
+    for (id, secret) in [(BASIC_CLIENT, BASIC_SECRET), (POST_CLIENT, POST_SECRET)] {
+        let credentials = ClientCredentials::builder()
+            .issuer(&provider.issuer)
+            .unwrap()
+            .client_id(id)
+            .client_secret(secret)
+            .scopes(["api:read", "api:write"])
+            .resource(RESOURCE)
+            .build()
+            .unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        let jwt = token.secret().expose_secret();
+        assert_eq!(jwt.split('.').count(), 3, "a JWT access token");
+        let header = jwt_part(jwt, 0);
+        assert_eq!(header["typ"], "at+jwt", "{header}");
+        let claims = jwt_part(jwt, 1);
+        assert_eq!(claims["aud"], RESOURCE, "{claims}");
+        assert_eq!(claims["client_id"], id, "{claims}");
+        assert_eq!(claims["sub"], id, "{claims}");
+        assert_eq!(claims["iss"], provider.issuer.as_str(), "{claims}");
+        assert_eq!(claims["scope"], "api:read api:write", "{claims}");
+        let (iat, exp) = (
+            claims["iat"].as_u64().unwrap(),
+            claims["exp"].as_u64().unwrap(),
+        );
+        assert_eq!(exp - iat, 300, "{claims}");
+        assert_eq!(token.lifetime(), Some(Duration::from_secs(300)));
+        assert_eq!(token.scope(), Some("api:read api:write"));
+    }
+}
+
+#[tokio::test]
+async fn unknown_resource_is_invalid_target() {
+    let provider = provider_or_skip!("unknown_resource_is_invalid_target");
+    let credentials = ClientCredentials::builder()
+        .token_endpoint(&provider.token_endpoint())
+        .unwrap()
+        .client_id(BASIC_CLIENT)
+        .client_secret(BASIC_SECRET)
+        .auth_method(ClientAuthMethod::ClientSecretBasic)
+        .resource("https://other.example.test")
+        .build()
+        .unwrap();
+    let err = credentials.fetch_token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TokenEndpoint, "{err}");
+    assert_eq!(err.oauth_error().unwrap().error, "invalid_target");
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn wrong_secret_is_invalid_client_without_the_secret() {
+    let provider = provider_or_skip!("wrong_secret_is_invalid_client_without_the_secret");
+    const WRONG: &str = "wrong-secret-5b7f0c";
+    for (id, method) in [
+        (BASIC_CLIENT, Some(ClientAuthMethod::ClientSecretBasic)),
+        (POST_CLIENT, Some(ClientAuthMethod::ClientSecretPost)),
+        (POST_CLIENT, None),
+    ] {
+        let mut builder = ClientCredentials::builder()
+            .issuer(&provider.issuer)
+            .unwrap()
+            .client_id(id)
+            .client_secret(WRONG);
+        if let Some(method) = method {
+            builder = builder.auth_method(method);
+        }
+        let credentials = builder.build().unwrap();
+        let err = credentials.fetch_token().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TokenEndpoint, "{err}");
+        let oauth = err.oauth_error().unwrap();
+        assert_eq!(oauth.error, "invalid_client", "{err}");
+        assert_eq!(oauth.status, StatusCode::UNAUTHORIZED);
+        assert!(!err.is_transient());
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(WRONG), "{text}");
+        if method.is_none() {
+            assert_eq!(credentials.auth_method(), None, "nothing worked");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_the_layer_share_one_token() {
+    let provider = provider_or_skip!("concurrent_requests_through_the_layer_share_one_token");
+    let recorder = Recorder::default();
+    let credentials = recorded(
+        ClientCredentials::builder()
+            .issuer(&provider.issuer)
+            .unwrap()
+            .client_id(BASIC_CLIENT)
+            .client_secret(BASIC_SECRET)
+            .scopes(["api:read", "api:write"]),
+        &recorder,
+    )
+    .build()
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let api = {
+        let seen = seen.clone();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let seen = seen.clone();
+            async move {
+                let headers = request.headers();
+                let bearer = headers
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                let key_ok = headers.get("x-api-key").is_some_and(|v| v == API_KEY);
+                let status = match bearer {
+                    Some(token) if key_ok => {
+                        seen.lock().unwrap().push(token);
+                        StatusCode::OK
+                    }
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .body(Full::<Bytes>::default())
+                        .unwrap(),
+                )
+            }
+        })
+    };
+    let layer = BearerAuthLayer::new(credentials.clone())
+        .with_header("x-api-key", API_KEY)
+        .unwrap();
+    let client = tower::ServiceBuilder::new().layer(layer).service(api);
+
+    const N: usize = 20;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let mut client = client.clone();
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let request = Request::get(format!("http://api.example.test/items/{i}"))
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            client.ready().await?.call(request).await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        let response = result.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), N);
+    assert!(
+        seen.iter().all(|t| t == &seen[0]),
+        "every request carried the same token"
+    );
+    assert_eq!(
+        recorder.token_requests(),
+        1,
+        "one token request for {N} concurrent calls: {:?}",
+        recorder.0
+    );
+    let introspection = provider.introspect(&seen[0]).await;
+    assert_eq!(introspection["active"], true, "{introspection}");
+    assert_eq!(introspection["client_id"], BASIC_CLIENT);
+}
