@@ -46,6 +46,29 @@ use crate::error::{Error, ErrorKind};
 use crate::source::TokenSource;
 use crate::token::Token;
 
+/// Names of the metrics recorded with the `metrics` feature, through the `metrics` facade.
+#[cfg(feature = "metrics")]
+pub mod metric {
+    /// Counter: token requests (calls of the token source), label `outcome` = `success` |
+    /// `failure`.
+    pub const TOKEN_REQUESTS: &str = "tower_client_credentials_token_requests_total";
+    /// Histogram: duration of a token request in seconds, failures included.
+    pub const REFRESH_DURATION: &str = "tower_client_credentials_refresh_duration_seconds";
+    /// Counter: callers that found no valid token and waited for a refresh.
+    pub const WAITERS: &str = "tower_client_credentials_refresh_waiters_total";
+    /// Counter: refreshes started ahead of expiry.
+    pub const REFRESH_AHEAD: &str = "tower_client_credentials_refresh_ahead_total";
+    /// Counter: requests served with a token in its refresh-ahead window (past its refresh
+    /// point). A rising count with no new token means refreshes are failing.
+    pub const SERVED_DURING_REFRESH_AHEAD: &str =
+        "tower_client_credentials_served_during_refresh_ahead_total";
+    /// Gauge: Unix time (seconds) at which the current token expires; the remaining lifetime
+    /// is this minus the current time.
+    pub const TOKEN_EXPIRY: &str = "tower_client_credentials_token_expiry_timestamp_seconds";
+    /// Gauge: lifetime in seconds of the current token when it was received.
+    pub const TOKEN_LIFETIME: &str = "tower_client_credentials_token_lifetime_seconds";
+}
+
 const DEFAULT_MIN_MARGIN: Duration = Duration::from_secs(30);
 const ONE_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -189,6 +212,8 @@ impl TokenCache {
             return None;
         }
         if now >= current.refresh_at {
+            #[cfg(feature = "metrics")]
+            metrics::counter!(metric::SERVED_DURING_REFRESH_AHEAD).increment(1);
             self.shared.refresh_ahead(current.generation);
         }
         Some(f(&current.token))
@@ -227,7 +252,7 @@ impl TokenCache {
             match waiting {
                 Ok(mut receiver) => {
                     #[cfg(feature = "metrics")]
-                    metrics::counter!("tower_client_credentials_waiters_total").increment(1);
+                    metrics::counter!(metric::WAITERS).increment(1);
                     let outcome = match receiver.wait_for(Option::is_some).await {
                         Ok(outcome) => outcome.clone(),
                         Err(_) => None,
@@ -424,7 +449,7 @@ impl Shared {
             return;
         }
         #[cfg(feature = "metrics")]
-        metrics::counter!("tower_client_credentials_refresh_ahead_total").increment(1);
+        metrics::counter!(metric::REFRESH_AHEAD).increment(1);
         if self.start(&mut flight).is_ok() {
             // Until it ends, requests need not come here again: move the refresh point to expiry.
             self.postpone_refresh(generation, None);
@@ -519,8 +544,17 @@ impl Shared {
                     "access token refreshed"
                 );
                 #[cfg(feature = "metrics")]
-                metrics::gauge!("tower_client_credentials_token_lifetime_seconds")
-                    .set((expires_at - now).as_secs_f64());
+                {
+                    // An expiry timestamp rather than a "remaining lifetime" gauge, which would go
+                    // stale between refreshes: remaining = expiry − now, at any moment.
+                    let lifetime = expires_at - now;
+                    let expiry = std::time::SystemTime::now() + lifetime;
+                    let epoch = expiry
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    metrics::gauge!(metric::TOKEN_EXPIRY).set(epoch.as_secs_f64());
+                    metrics::gauge!(metric::TOKEN_LIFETIME).set(lifetime.as_secs_f64());
+                }
                 if self.config.background_refresh {
                     self.schedule_background(refresh_at, generation);
                 }
@@ -605,10 +639,8 @@ impl RefreshGuard {
         #[cfg(feature = "metrics")]
         {
             let outcome = if result.is_ok() { "success" } else { "failure" };
-            metrics::counter!("tower_client_credentials_token_requests_total", "outcome" => outcome)
-                .increment(1);
-            metrics::histogram!("tower_client_credentials_refresh_seconds")
-                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(metric::TOKEN_REQUESTS, "outcome" => outcome).increment(1);
+            metrics::histogram!(metric::REFRESH_DURATION).record(started.elapsed().as_secs_f64());
         }
         let _ = started;
         let outcome = self.shared.finish(result);
