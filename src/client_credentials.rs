@@ -247,7 +247,15 @@ impl ClientCredentialsBuilder {
     /// supported client authentication methods are found through its metadata (RFC 8414, then
     /// OpenID Connect Discovery), fetched once.
     pub fn issuer(mut self, url: &str) -> Result<Self, Error> {
-        self.endpoint = Some(EndpointConfig::Issuer(transport::parse_url(url, "issuer")?));
+        let issuer = transport::parse_url(url, "issuer")?;
+        if issuer.query().is_some() {
+            // RFC 8414 §2: the issuer has no query or fragment component.
+            return Err(Error::config(format!(
+                "the issuer must not have a query (RFC 8414 §2), got {}?…",
+                transport::redacted_uri(&issuer)
+            )));
+        }
+        self.endpoint = Some(EndpointConfig::Issuer(issuer));
         Ok(self)
     }
 

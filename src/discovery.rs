@@ -122,14 +122,13 @@ impl Discovery {
                     Error::new(ErrorKind::Discovery, format!("bad metadata request: {e}"))
                 })?;
             let response = http.send(request).await.map_err(|e| {
-                // The transport's message without its kind's label, which speaks of the token
-                // endpoint; the status (a redirect's) is kept.
-                let text = e.to_string();
-                let label = Error::new(e.kind(), "").to_string();
-                let cause = text.strip_prefix(&label).unwrap_or(&text);
+                // The status (a redirect's) is kept.
                 let error = Error::new(
                     ErrorKind::Discovery,
-                    format!("the metadata at {url} could not be fetched: {cause}"),
+                    format!(
+                        "the metadata at {url} could not be fetched: {}",
+                        e.message()
+                    ),
                 );
                 match e.status() {
                     Some(status) => error.with_status(status),

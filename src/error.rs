@@ -57,7 +57,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Configuration => "configuration error",
             ErrorKind::Discovery => "authorization server discovery failed",
-            ErrorKind::Transport => "token endpoint request failed",
+            ErrorKind::Transport => "request to the authorization server failed",
             ErrorKind::TokenEndpoint => "token endpoint returned an error",
             ErrorKind::InvalidTokenResponse => "invalid token response",
             ErrorKind::BackingOff => "no valid access token (backing off after a failed refresh)",
@@ -141,29 +141,40 @@ impl Error {
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.inner_mut().source = Some(source.into());
+        let source = source.into();
+        self.update(|inner| inner.source = Some(source));
         self
     }
 
     pub(crate) fn with_status(mut self, status: http::StatusCode) -> Self {
-        self.inner_mut().status = Some(status);
+        self.update(|inner| inner.status = Some(status));
         self
     }
 
     pub(crate) fn with_oauth(mut self, oauth: OAuthError) -> Self {
-        let inner = self.inner_mut();
-        inner.status = Some(oauth.status);
-        inner.oauth = Some(oauth);
+        self.update(|inner| {
+            inner.status = Some(oauth.status);
+            inner.oauth = Some(oauth);
+        });
         self
     }
 
     pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
-        self.inner_mut().retry_after = retry_after;
+        self.update(|inner| inner.retry_after = retry_after);
         self
     }
 
-    fn inner_mut(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.inner).expect("errors are only mutated while being built")
+    /// Errors are only built up before they are shared, so the `Arc` is unique here; were it
+    /// not, the detail is dropped rather than panicking.
+    fn update(&mut self, f: impl FnOnce(&mut Inner)) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            f(inner);
+        }
+    }
+
+    /// The message without the kind's label.
+    pub(crate) fn message(&self) -> &str {
+        &self.inner.message
     }
 
     /// What kind of failure this is.

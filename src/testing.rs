@@ -79,7 +79,7 @@ pub enum Behavior {
     /// HTTP 503 with `Retry-After: <seconds>`.
     Unavailable(u64),
     /// A redirect to this location.
-    Redirect(&'static str),
+    Redirect(String),
 }
 
 impl Behavior {
@@ -748,7 +748,7 @@ async fn misbehave(behavior: Option<&Behavior>) -> Option<Response<Full<Bytes>>>
         Behavior::Redirect(location) => Some(
             Response::builder()
                 .status(StatusCode::FOUND)
-                .header(header::LOCATION, *location)
+                .header(header::LOCATION, location.as_str())
                 .body(Full::default())
                 .unwrap_or_default(),
         ),
