@@ -113,7 +113,10 @@ struct Inner {
     oauth: Option<OAuthError>,
     status: Option<http::StatusCode>,
     retry_after: Option<Duration>,
-    source: Option<BoxError>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// The gRPC view of this error, made on first use (feature `tonic`).
+    #[cfg(feature = "tonic")]
+    grpc: std::sync::OnceLock<tonic::Status>,
 }
 
 impl Error {
@@ -126,6 +129,8 @@ impl Error {
                 status: None,
                 retry_after: None,
                 source: None,
+                #[cfg(feature = "tonic")]
+                grpc: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -141,7 +146,7 @@ impl Error {
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        let source = source.into();
+        let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(source.into());
         self.update(|inner| inner.source = Some(source));
         self
     }
@@ -175,6 +180,13 @@ impl Error {
     /// The message without the kind's label.
     pub(crate) fn message(&self) -> &str {
         &self.inner.message
+    }
+
+    /// The underlying cause (for [`ErrorKind::BackingOff`]: the error of the last attempt),
+    /// whatever the cargo features; [`source()`](std::error::Error::source) may put a
+    /// `tonic::Status` before it.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.inner.source.as_deref()
     }
 
     /// What kind of failure this is.
@@ -243,11 +255,52 @@ impl fmt::Debug for Error {
 }
 
 impl std::error::Error for Error {
+    /// The underlying cause. With the `tonic` feature, a [`tonic::Status`] comes first (its own
+    /// source is the underlying cause): tonic finds it in the chain, so a gRPC caller gets
+    /// `Unauthenticated` for a failure retrying cannot fix and `Unavailable` for a transient
+    /// one, instead of `Unknown`.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner
-            .source
-            .as_ref()
-            .map(|s| &**s as &(dyn std::error::Error + 'static))
+        #[cfg(feature = "tonic")]
+        {
+            Some(self.grpc_status())
+        }
+        #[cfg(not(feature = "tonic"))]
+        {
+            self.inner
+                .source
+                .as_ref()
+                .map(|s| &**s as &(dyn std::error::Error + 'static))
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl Error {
+    /// This error as a gRPC status: `Unauthenticated` when [`is_transient`](Self::is_transient)
+    /// is false, `Unavailable` otherwise, with this error's message.
+    pub fn grpc_status(&self) -> &tonic::Status {
+        self.inner.grpc.get_or_init(|| {
+            let code = if self.is_transient() {
+                tonic::Code::Unavailable
+            } else {
+                tonic::Code::Unauthenticated
+            };
+            let mut status = tonic::Status::new(code, self.to_string());
+            if let Some(source) = &self.inner.source {
+                status.set_source(source.clone());
+            }
+            status
+        })
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let status = error.grpc_status();
+        let mut copy = tonic::Status::new(status.code(), status.message());
+        copy.set_source(Arc::new(error));
+        copy
     }
 }
 

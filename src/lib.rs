@@ -48,12 +48,17 @@
 //! * [`client_credentials`]: [`ClientCredentials`], the token endpoint client, with discovery.
 //! * [`source`]: the [`TokenSource`] trait for tokens from elsewhere.
 //! * `testing` (feature `test-util`): a real authorization server on loopback.
+//! * `reqwest` (feature `reqwest`): the middleware for reqwest.
 //!
 //! # Cargo features
 //!
 //! * `rustls` (default): the built-in HTTPS client for token and discovery requests.
 //! * `test-util`: the `testing` module.
-//! * `metrics`: cache metrics through the `metrics` facade.
+//! * `metrics`: cache metrics through the `metrics` facade (names in `cache::metric`).
+//! * `reqwest`: `reqwest::BearerAuthMiddleware`, the same cache and headers for a
+//!   `reqwest-middleware` client.
+//! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
+//!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 

@@ -17,9 +17,9 @@
 //! service takes, keeps the channel's `Response = http::Response<tonic::body::Body>`, and has
 //! `Error = BoxError`. [`assert_tonic_transport`] checks this at compile time. tonic turns an
 //! error of the transport into a `Status` with `Status::from_error`: a `Status` found in the
-//! error's `source()` chain keeps its code; anything else, such as a failed token request, is
-//! `Code::Unknown` with the error's message
-//! ([`tonic_token_failure_surfaces_as_unknown_status`]).
+//! error's `source()` chain keeps its code. With the crate's `tonic` feature a failed token
+//! request carries one (`Unauthenticated` or `Unavailable`); without it, it is `Code::Unknown`
+//! with the error's message ([`tonic_token_failure_surfaces_as_a_grpc_status`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -313,32 +313,54 @@ async fn tonic_client_without_the_layer_or_with_a_wrong_key_is_unauthenticated()
 }
 
 #[tokio::test]
-async fn tonic_token_failure_surfaces_as_unknown_status() {
+async fn tonic_token_failure_surfaces_as_a_grpc_status() {
     let auth = Arc::new(AuthServer::start().await.unwrap());
-    auth.set_default_behavior(Some(Behavior::invalid_client()));
+    auth.push_behavior([Behavior::invalid_client(), Behavior::server_error()]);
     let addr = grpc_server(auth.clone()).await;
-    let mut client = HealthClient::new(
-        ServiceBuilder::new()
-            .layer(auth_layer(&auth))
-            .service(channel(addr)),
-    );
+    let layer = BearerAuthLayer::from_cache(
+        // An explicit method: no fallback from Basic to the form body after `invalid_client`.
+        tower_client_credentials::TokenCache::builder(
+            ClientCredentials::builder()
+                .token_endpoint(&auth.token_endpoint())
+                .unwrap()
+                .client_id(AuthServer::CLIENT_ID)
+                .client_secret(AuthServer::CLIENT_SECRET)
+                .auth_method(tower_client_credentials::ClientAuthMethod::ClientSecretBasic)
+                .build()
+                .unwrap(),
+        )
+        .backoff_base(Duration::ZERO)
+        .build(),
+    )
+    .with_header("x-api-key", API_KEY)
+    .unwrap();
+    let mut client = HealthClient::new(ServiceBuilder::new().layer(layer).service(channel(addr)));
+    // With the `tonic` feature the crate's error carries a `Status` in its source chain: a
+    // failure retrying cannot fix is `Unauthenticated`, a transient one `Unavailable`. Without
+    // it, tonic reports `Unknown` with the same message.
+    let expected = |code: Code| {
+        if cfg!(feature = "tonic") {
+            code
+        } else {
+            Code::Unknown
+        }
+    };
     let status = client.check(health_check()).await.unwrap_err();
-    // The crate's error carries no `Status`, so tonic reports `Unknown` with its message.
-    assert_eq!(status.code(), Code::Unknown);
+    assert_eq!(status.code(), expected(Code::Unauthenticated), "{status:?}");
     assert!(
         status
             .message()
             .starts_with("token endpoint returned an error"),
         "{status:?}"
     );
+    assert!(status.message().contains("invalid_client"), "{status:?}");
     assert!(!status.message().contains(AuthServer::CLIENT_SECRET));
-    // The crate's error is the status's source, for callers that want its kind.
-    let source = std::error::Error::source(&status).expect("a source");
-    let error = source
-        .downcast_ref::<Error>()
-        .expect("the crate's error as the source");
-    assert_eq!(error.kind(), ErrorKind::TokenEndpoint);
-    assert_eq!(error.oauth_error().unwrap().error, "invalid_client");
+    let status = client.check(health_check()).await.unwrap_err();
+    assert_eq!(status.code(), expected(Code::Unavailable), "{status:?}");
+    assert!(status.message().contains("server_error"), "{status:?}");
+    // The endpoint recovers: the next call is authenticated.
+    client.check(health_check()).await.unwrap();
+    assert_eq!(auth.token_requests(), 3);
 }
 
 // ----- axum -------------------------------------------------------------------------------------

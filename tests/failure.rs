@@ -184,10 +184,7 @@ async fn permanent_errors_surface_at_once_and_are_not_retried_in_a_loop() {
     for _ in 0..100 {
         let err = cache.token().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BackingOff);
-        let source = std::error::Error::source(&err)
-            .unwrap()
-            .downcast_ref::<Error>()
-            .unwrap();
+        let source = err.cause().unwrap().downcast_ref::<Error>().unwrap();
         assert_eq!(source.oauth_error().unwrap().error, "invalid_client");
     }
     assert_eq!(auth.token_requests(), 1);
