@@ -255,7 +255,7 @@ impl fmt::Debug for Error {
 }
 
 impl std::error::Error for Error {
-    /// The underlying cause. With the `tonic` feature, a [`tonic::Status`] comes first (its own
+    /// The underlying cause. With the `tonic` feature, a `tonic::Status` comes first (its own
     /// source is the underlying cause): tonic finds it in the chain, so a gRPC caller gets
     /// `Unauthenticated` for a failure retrying cannot fix and `Unavailable` for a transient
     /// one, instead of `Unknown`.
