@@ -196,9 +196,30 @@ impl TokenCache {
     /// This is the per-request hot path: a lock-free load, a monotonic clock read (vDSO, no
     /// syscall) and a reference-count bump of the prebuilt header. No allocation, lock or await.
     /// In the refresh-ahead window it also starts the one background refresh (cold path).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn valid_header(&self) -> Option<HeaderValue> {
-        self.with_valid(|token| token.header().clone())
+        let current = self.shared.current.load();
+        let current = current.as_ref()?;
+        let now = Instant::now();
+        if now < current.refresh_at {
+            return Some(current.token.header().clone());
+        }
+        self.valid_header_after_refresh_point(current, now)
+    }
+
+    #[cold]
+    fn valid_header_after_refresh_point(
+        &self,
+        current: &Current,
+        now: Instant,
+    ) -> Option<HeaderValue> {
+        if now >= current.expires_at {
+            return None;
+        }
+        #[cfg(feature = "metrics")]
+        metrics::counter!(metric::SERVED_DURING_REFRESH_AHEAD).increment(1);
+        self.shared.refresh_ahead(current.generation);
+        Some(current.token.header().clone())
     }
 
     /// Applies `f` to the current token if it is valid now, starting a refresh-ahead when its
@@ -258,6 +279,9 @@ impl TokenCache {
                         Err(_) => None,
                     };
                     return match outcome {
+                        // A refresh that ended long ago (a waiter left unpolled for a while)
+                        // may have produced a token that has expired since: look again.
+                        Some(Ok(token)) if !self.shared.is_unexpired(&token) => continue,
                         Some(outcome) => outcome,
                         None => Err(Error::new(
                             ErrorKind::RefreshAborted,
@@ -359,6 +383,13 @@ impl Shared {
         // A panic while holding this lock cannot leave the state half-updated in a way that
         // matters (every field is a plain value), so a poisoned lock is used as is.
         self.flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `token` is the current token and has not expired.
+    fn is_unexpired(&self, token: &Arc<Token>) -> bool {
+        self.current.load().as_ref().is_some_and(|current| {
+            Arc::ptr_eq(&current.token, token) && Instant::now() < current.expires_at
+        })
     }
 
     fn valid_now(&self) -> Option<Arc<Token>> {
@@ -885,6 +916,22 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(cache.header().await.unwrap(), "Bearer token-2");
         assert_eq!(source.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_left_unpolled_never_returns_an_expired_token() {
+        let source = scripted(100, 10, 0);
+        let cache = TokenCache::builder(source.clone())
+            .refresh_jitter(0.0)
+            .build();
+        let mut waiter = Box::pin(cache.header());
+        let polled_once = tokio::time::timeout(Duration::from_millis(1), &mut waiter).await;
+        assert!(polled_once.is_err(), "still waiting for the refresh");
+        assert_eq!(cache.header().await.unwrap(), "Bearer token-0");
+        // The waiter is polled again only after that token expired.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(waiter.await.unwrap(), "Bearer token-1");
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

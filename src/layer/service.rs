@@ -27,17 +27,18 @@ pub struct BearerAuth<S> {
     inner: S,
     cache: TokenCache,
     headers: Arc<[(HeaderName, HeaderValue)]>,
-    state: State,
+    /// The token taken by `poll_ready` for the next call. Its own field, not a state of an enum,
+    /// so that the fresh-token path is straight-line code: a check, a load, a store.
+    token: Option<HeaderValue>,
+    /// Only when no valid token is cached (cold path).
+    pending: Pending,
 }
 
-enum State {
-    /// No token taken yet for the next call.
-    Idle,
-    /// Waiting for the shared refresh; only when no valid token is cached (boxed once per
-    /// refresh per waiting service, never on the hot path).
+enum Pending {
+    None,
+    /// Waiting for the shared refresh; boxed once per refresh per waiting service, never on the
+    /// hot path.
     Waiting(WaitForToken),
-    /// A token is held for the next call; the inner service is being polled.
-    Ready(HeaderValue),
     /// Getting a token failed: the next call fails at once with this error.
     Failed(Error),
 }
@@ -49,7 +50,8 @@ impl<S> BearerAuth<S> {
             inner,
             cache: layer.cache,
             headers: layer.headers,
-            state: State::Idle,
+            token: None,
+            pending: Pending::None,
         }
     }
 
@@ -93,34 +95,31 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        loop {
-            match &mut self.state {
-                State::Idle => {
-                    self.state = match self.cache.valid_header() {
-                        Some(token) => State::Ready(token),
-                        None => {
-                            let cache = self.cache.clone();
-                            State::Waiting(Box::pin(async move { cache.header().await }))
-                        }
-                    };
+        if self.token.is_none() {
+            self.token = self.cache.valid_header();
+            if self.token.is_some() {
+                if !matches!(self.pending, Pending::None) {
+                    // A wait (or failure) left by an earlier, abandoned `poll_ready` is stale
+                    // now that a valid token is cached.
+                    self.pending = Pending::None;
                 }
-                State::Waiting(wait) => {
-                    self.state = match ready!(wait.as_mut().poll(cx)) {
-                        Ok(token) => State::Ready(token),
-                        Err(error) => State::Failed(error),
-                    };
+            } else {
+                ready!(self.poll_token(cx));
+                if self.token.is_none() {
+                    // Ready, so that `call` can hand the error to the caller; returning it here
+                    // would tell tower to discard the service.
+                    return Poll::Ready(Ok(()));
                 }
-                // The token first, then the inner service: no inner capacity is reserved while
-                // the token endpoint is slow.
-                State::Ready(_) => return self.inner.poll_ready(cx).map_err(Into::into),
-                // Ready, so that `call` can hand the error to the caller; returning it here
-                // would tell tower to discard the service.
-                State::Failed(_) => return Poll::Ready(Ok(())),
             }
         }
+        // The token first, then the inner service: no inner capacity is reserved while the
+        // token endpoint is slow.
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         match self.take_token() {
             Ok(token) => {
@@ -133,23 +132,54 @@ where
 }
 
 impl<S> BearerAuth<S> {
+    /// Cold path of `poll_ready`: wait for the shared refresh. Ends with `self.token` set, or
+    /// with `self.pending` holding the error.
+    #[cold]
+    fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.pending {
+                Pending::None => {
+                    let cache = self.cache.clone();
+                    self.pending = Pending::Waiting(Box::pin(async move { cache.header().await }));
+                }
+                Pending::Waiting(wait) => {
+                    match ready!(wait.as_mut().poll(cx)) {
+                        Ok(token) => {
+                            self.pending = Pending::None;
+                            self.token = Some(token);
+                        }
+                        Err(error) => self.pending = Pending::Failed(error),
+                    }
+                    return Poll::Ready(());
+                }
+                Pending::Failed(_) => return Poll::Ready(()),
+            }
+        }
+    }
+
     /// The token `poll_ready` got for this call, or the error to fail it with.
     #[inline]
     fn take_token(&mut self) -> Result<HeaderValue, Error> {
-        match std::mem::replace(&mut self.state, State::Idle) {
-            State::Ready(token) => Ok(token),
-            State::Failed(error) => Err(error),
-            State::Idle | State::Waiting(_) => match self.cache.valid_header() {
-                // Called without `poll_ready`: the caller broke the tower contract; the inner
-                // service decides what that means.
-                Some(token) => Ok(token),
-                None => Err(Error::new(
-                    ErrorKind::Configuration,
-                    "`call` was made before `poll_ready` returned ready and no valid token is \
-                     cached; drive the service with `ServiceExt::ready` first",
-                )),
-            },
+        if let Some(token) = self.token.take() {
+            return Ok(token);
         }
+        self.take_token_slow()
+    }
+
+    #[cold]
+    fn take_token_slow(&mut self) -> Result<HeaderValue, Error> {
+        if let Pending::Failed(error) = std::mem::replace(&mut self.pending, Pending::None) {
+            return Err(error);
+        }
+        // Called without `poll_ready`: the caller broke the tower contract; the inner service
+        // decides what that means.
+        self.cache.valid_header().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Configuration,
+                "`call` was made before `poll_ready` returned ready and no valid token is \
+                 cached; drive the service with `ServiceExt::ready` first",
+            )
+        })
     }
 
     /// Like `call`, and also returns the token sent (for the 401 retry).
@@ -178,18 +208,19 @@ impl<S: Clone> Clone for BearerAuth<S> {
             inner: self.inner.clone(),
             cache: self.cache.clone(),
             headers: self.headers.clone(),
-            state: State::Idle,
+            token: None,
+            pending: Pending::None,
         }
     }
 }
 
 impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Idle => "idle",
-            State::Waiting(_) => "waiting for a token",
-            State::Ready(_) => "token held",
-            State::Failed(_) => "failed",
+        let state = match (&self.token, &self.pending) {
+            (Some(_), _) => "token held",
+            (None, Pending::None) => "idle",
+            (None, Pending::Waiting(_)) => "waiting for a token",
+            (None, Pending::Failed(_)) => "failed",
         };
         f.debug_struct("BearerAuth")
             .field("inner", &self.inner)
