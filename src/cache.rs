@@ -149,7 +149,8 @@ impl Default for Config {
 }
 
 struct Shared {
-    current: ArcSwapOption<Current>,
+    /// In its own `Arc` so that each service can keep an `arc_swap::Cache` of it ([`Reader`]).
+    current: Arc<ArcSwapOption<Current>>,
     source: Arc<dyn TokenSource>,
     config: Config,
     flight: Mutex<Flight>,
@@ -199,7 +200,24 @@ impl TokenCache {
     #[inline(always)]
     pub(crate) fn valid_header(&self) -> Option<HeaderValue> {
         let current = self.shared.current.load();
-        let current = current.as_ref()?;
+        self.valid_header_of(current.as_ref()?)
+    }
+
+    /// A per-service view of the current token: an `arc_swap::Cache`, whose load is one atomic
+    /// pointer comparison with the shared slot (cheaper than a fresh `ArcSwap` load).
+    pub(crate) fn reader(&self) -> Reader {
+        Reader(arc_swap::Cache::new(self.shared.current.clone()))
+    }
+
+    /// [`valid_header`](Self::valid_header) through a service's [`Reader`].
+    #[inline(always)]
+    pub(crate) fn valid_header_with(&self, reader: &mut Reader) -> Option<HeaderValue> {
+        let current = reader.0.load();
+        self.valid_header_of(current.as_ref()?)
+    }
+
+    #[inline(always)]
+    fn valid_header_of(&self, current: &Arc<Current>) -> Option<HeaderValue> {
         let now = Instant::now();
         if now < current.refresh_at {
             return Some(current.token.header().clone());
@@ -371,6 +389,15 @@ fn live_flight(flight: &mut Flight) -> Option<&watch::Receiver<Option<Outcome>>>
         flight.in_flight = None;
     }
     flight.in_flight.as_ref()
+}
+
+/// See [`TokenCache::reader`].
+pub(crate) struct Reader(arc_swap::Cache<Arc<ArcSwapOption<Current>>, Option<Arc<Current>>>);
+
+impl Clone for Reader {
+    fn clone(&self) -> Self {
+        Reader(self.0.clone())
+    }
 }
 
 enum Backoff {
@@ -783,7 +810,7 @@ impl TokenCacheBuilder {
     pub fn build(self) -> TokenCache {
         TokenCache {
             shared: Arc::new(Shared {
-                current: ArcSwapOption::empty(),
+                current: Arc::new(ArcSwapOption::empty()),
                 source: self.source,
                 config: self.config,
                 flight: Mutex::new(Flight::default()),

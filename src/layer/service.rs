@@ -9,7 +9,7 @@ use http::Request;
 use tower_service::Service;
 
 use super::{BearerAuthLayer, ResponseFuture};
-use crate::cache::TokenCache;
+use crate::cache::{Reader, TokenCache};
 use crate::error::{BoxError, Error, ErrorKind};
 
 type WaitForToken = Pin<Box<dyn Future<Output = Result<HeaderValue, Error>> + Send + Sync>>;
@@ -26,6 +26,7 @@ type WaitForToken = Pin<Box<dyn Future<Output = Result<HeaderValue, Error>> + Se
 pub struct BearerAuth<S> {
     inner: S,
     cache: TokenCache,
+    reader: Reader,
     headers: Arc<[(HeaderName, HeaderValue)]>,
     /// The token taken by `poll_ready` for the next call. Its own field, not a state of an enum,
     /// so that the fresh-token path is straight-line code: a check, a load, a store.
@@ -48,6 +49,7 @@ impl<S> BearerAuth<S> {
     pub fn new(inner: S, layer: BearerAuthLayer) -> Self {
         BearerAuth {
             inner,
+            reader: layer.cache.reader(),
             cache: layer.cache,
             headers: layer.headers,
             token: None,
@@ -98,7 +100,7 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.token.is_none() {
-            self.token = self.cache.valid_header();
+            self.token = self.cache.valid_header_with(&mut self.reader);
             if self.token.is_some() {
                 if !matches!(self.pending, Pending::None) {
                     // A wait (or failure) left by an earlier, abandoned `poll_ready` is stale
@@ -207,6 +209,7 @@ impl<S: Clone> Clone for BearerAuth<S> {
         BearerAuth {
             inner: self.inner.clone(),
             cache: self.cache.clone(),
+            reader: self.reader.clone(),
             headers: self.headers.clone(),
             token: None,
             pending: Pending::None,

@@ -1,0 +1,268 @@
+//! Contention (issue 7, goal 2): the hot-path call of `hot_path.rs` made from 1, 2 and 8 threads
+//! at once, each thread with its own clone of the service, all clones sharing one token cache.
+//! Reported per call: wall time of all threads / calls (criterion `iter_custom`), so on a machine
+//! with `c` cores the ideal for `n` threads is the one-thread time / `min(n, c)`.
+//!
+//! Arms, all over the same no-op inner service, all building the request inside the loop the same
+//! way:
+//! * `bearer_auth`: the layer, fresh token cached (lock-free `ArcSwap` read);
+//! * `set_request_header`: tower-http's `SetRequestHeader` ×2 with static values (the floor);
+//! * `rwlock`: a hand-written service that read-locks a `std::sync::RwLock<HeaderValue>` and
+//!   clones the token, then adds the same headers as the layer (same reference-counted name and
+//!   values), to show what the lock-free read buys.
+//!
+//! Run: `cargo bench --bench contention -- --warm-up-time 1 --measurement-time 3`
+
+#![allow(missing_docs)] // `criterion_group!` generates an undocumented public function.
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::{Arc, Barrier, RwLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceBuilder};
+use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenCache, TokenSource};
+use tower_http::set_header::SetRequestHeaderLayer;
+
+const TOKEN: &str = "eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2ln";
+const BEARER: &str =
+    "Bearer eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2ln";
+const API_KEY: &str = "3f6c2b1e-9d4a-4c1b-8e2f-7a5d0c9b1e42";
+const THREADS: [usize; 3] = [1, 2, 8];
+/// Calls per arm per round of the paired comparison, and rounds.
+const PAIRED_CALLS: u64 = 40_000;
+const PAIRED_ROUNDS: usize = 40;
+
+struct StaticSource;
+
+impl TokenSource for StaticSource {
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(async { Token::bearer(TOKEN, Some(Duration::from_secs(3600))) })
+    }
+}
+
+struct NoopWake;
+
+impl Wake for NoopWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+type NoopFuture = std::future::Ready<Result<Response<()>, Infallible>>;
+type NoopService = tower::util::ServiceFn<fn(Request<()>) -> NoopFuture>;
+
+fn noop(request: Request<()>) -> NoopFuture {
+    drop(black_box(request));
+    std::future::ready(Ok(Response::new(())))
+}
+
+fn noop_inner() -> NoopService {
+    tower::service_fn(noop as fn(Request<()>) -> NoopFuture)
+}
+
+/// Builds a request and drives one call through `service`: `poll_ready`, `call`, one poll.
+#[inline]
+fn one_call<S>(service: &mut S, cx: &mut Context<'_>)
+where
+    S: Service<Request<()>>,
+    S::Error: Debug,
+{
+    let request = Request::get("http://api.example.com/v1/items")
+        .body(())
+        .unwrap();
+    match service.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("service not ready: {other:?}"),
+    }
+    let future = std::pin::pin!(service.call(request));
+    match future.poll(cx) {
+        Poll::Ready(Ok(response)) => drop(black_box(response)),
+        Poll::Ready(Err(error)) => panic!("service failed: {error:?}"),
+        Poll::Pending => panic!("response future pending"),
+    }
+}
+
+/// `iters` calls split over `threads` threads, each with its own clone of `service`; returns
+/// the wall time from the moment all threads are released until the last one is done.
+fn run_threads<S>(service: &S, threads: usize, iters: u64) -> Duration
+where
+    S: Service<Request<()>> + Clone + Send,
+    S::Error: Debug,
+{
+    let barrier = Barrier::new(threads + 1);
+    let per_thread = iters.div_ceil(threads as u64);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let mut service = service.clone();
+            let barrier = &barrier;
+            scope.spawn(move || {
+                let waker = Waker::from(Arc::new(NoopWake));
+                let mut cx = Context::from_waker(&waker);
+                one_call(&mut service, &mut cx); // warm-up, not timed
+                barrier.wait();
+                for _ in 0..per_thread {
+                    one_call(&mut service, &mut cx);
+                }
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        // Leaving the scope joins every thread.
+        start
+    })
+    .elapsed()
+    .mul_f64(iters as f64 / (per_thread * threads as u64) as f64)
+}
+
+/// The `RwLock` baseline: the token behind a read-write lock, read and cloned per request.
+#[derive(Clone)]
+struct RwLockAuth<S> {
+    inner: S,
+    token: Arc<RwLock<HeaderValue>>,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+}
+
+impl<S: Service<Request<()>>> Service<Request<()>> for RwLockAuth<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<()>) -> Self::Future {
+        let token = self.token.read().unwrap().clone();
+        let headers = request.headers_mut();
+        headers.insert(AUTHORIZATION, token);
+        for (name, value) in self.headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        self.inner.call(request)
+    }
+}
+
+fn contention(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = TokenCache::new(StaticSource);
+    runtime.block_on(cache.prefetch()).unwrap();
+
+    let layered = BearerAuthLayer::from_cache(cache)
+        .with_header("x-api-key", API_KEY)
+        .unwrap()
+        .layer(noop_inner());
+    let baseline = ServiceBuilder::new()
+        .layer(SetRequestHeaderLayer::overriding(
+            AUTHORIZATION,
+            HeaderValue::from_static(BEARER),
+        ))
+        .layer(SetRequestHeaderLayer::overriding(
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static(API_KEY),
+        ))
+        .service(noop_inner());
+    let rwlock = {
+        let mut token = HeaderValue::from_str(BEARER).unwrap();
+        token.set_sensitive(true);
+        let mut key = HeaderValue::from_str(API_KEY).unwrap();
+        key.set_sensitive(true);
+        RwLockAuth {
+            inner: noop_inner(),
+            token: Arc::new(RwLock::new(token)),
+            headers: Arc::from(vec![(HeaderName::from_bytes(b"x-api-key").unwrap(), key)]),
+        }
+    };
+
+    let mut group = c.benchmark_group("contention");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    for threads in THREADS {
+        group.bench_function(BenchmarkId::new("bearer_auth", threads), |b| {
+            b.iter_custom(|iters| run_threads(&layered, threads, iters))
+        });
+        group.bench_function(BenchmarkId::new("set_request_header", threads), |b| {
+            b.iter_custom(|iters| run_threads(&baseline, threads, iters))
+        });
+        group.bench_function(BenchmarkId::new("rwlock", threads), |b| {
+            b.iter_custom(|iters| run_threads(&rwlock, threads, iters))
+        });
+    }
+    group.finish();
+
+    if benchmarking() {
+        for threads in THREADS {
+            paired(
+                &format!("contention/{threads}"),
+                1,
+                &mut [
+                    ("bearer_auth", &mut || {
+                        run_threads(&layered, threads, PAIRED_CALLS)
+                    }),
+                    ("set_request_header", &mut || {
+                        run_threads(&baseline, threads, PAIRED_CALLS)
+                    }),
+                    ("rwlock", &mut || {
+                        run_threads(&rwlock, threads, PAIRED_CALLS)
+                    }),
+                ],
+            );
+        }
+    }
+    drop(runtime);
+}
+
+/// Whether the binary runs as a benchmark (`cargo bench`), not as a test (`cargo test --benches`)
+/// nor under a profiler (`--profile-time`): only then is the paired comparison run.
+fn benchmarking() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|arg| arg == "--bench") && !args.iter().any(|arg| arg == "--profile-time")
+}
+
+/// Runs the arms in `PAIRED_ROUNDS` rounds, each arm once per round in an order rotated every
+/// round, and prints each arm's median time per call and the median (and quartiles) of its
+/// per-round ratio to arm `baseline`. Robust to the load of other processes, which changes
+/// slowly compared with one round.
+fn paired(label: &str, baseline: usize, arms: &mut [(&str, &mut dyn FnMut() -> Duration)]) {
+    let n = arms.len();
+    let mut times = vec![Vec::with_capacity(PAIRED_ROUNDS); n];
+    for round in 0..PAIRED_ROUNDS {
+        for k in 0..n {
+            let i = (round + k) % n;
+            times[i].push((arms[i].1)().as_secs_f64());
+        }
+    }
+    let quantile = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    println!("paired {label}: {PAIRED_ROUNDS} rounds x {PAIRED_CALLS} calls per arm");
+    for i in 0..n {
+        let mut ratios: Vec<f64> = times[i]
+            .iter()
+            .zip(&times[baseline])
+            .map(|(a, b)| a / b)
+            .collect();
+        let ns = quantile(&mut times[i].clone(), 0.5) / PAIRED_CALLS as f64 * 1e9;
+        println!(
+            "paired {label}/{:<20} {ns:>8.1} ns/call  ratio to {}: {:.3} (quartiles {:.3}..{:.3})",
+            arms[i].0,
+            arms[baseline].0,
+            quantile(&mut ratios, 0.5),
+            quantile(&mut ratios, 0.25),
+            quantile(&mut ratios, 0.75),
+        );
+    }
+}
+
+criterion_group!(benches, contention);
+criterion_main!(benches);

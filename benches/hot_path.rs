@@ -1,0 +1,406 @@
+//! Hot path (issue 7, goal 1; DESIGN.md rule 1): one request through `BearerAuth` with a fresh
+//! token cached, against tower-http's `SetRequestHeader` adding the same two headers from static
+//! values (two stacked `overriding` layers), both over a no-op inner service, driven by hand
+//! (`poll_ready`, `call`, one poll of the response future; no runtime) so that only the middleware
+//! is measured. The request is built outside the timed section, identically for every arm; the
+//! inner service drops it (headers included) inside it.
+//!
+//! Goal: `hot_path/bearer_auth` ≤ 1.10 × `hot_path/set_request_header_static`.
+//!
+//! Also measured, to locate the difference (not part of the goal):
+//! * `hot_path/set_request_header_shared`: the baseline with values from `HeaderValue::from_str`
+//!   and a name from `HeaderName::from_bytes`, which are reference counted like the layer's;
+//! * `decompose/replica_*`: a replica of the layer's fresh-token path (`ArcSwap` load, clock
+//!   read, header clones, inserts) with pieces turned off one at a time;
+//! * `parts/*`: the clock read and the `ArcSwap` load alone.
+//!
+//! Besides criterion's report, the bench prints a paired comparison: the arms run in alternating
+//! rounds of 2,000 calls, and the ratio is the median of the per-round ratios, which cancels the
+//! load of other processes on a shared machine much better than comparing two criterion runs made
+//! seconds apart.
+//!
+//! Run: `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 3`
+
+#![allow(missing_docs)] // `criterion_group!` generates an undocumented public function.
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceBuilder};
+use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenCache, TokenSource};
+use tower_http::set_header::SetRequestHeaderLayer;
+
+/// A realistic access token: a JWT (Okta's are ~900 bytes; length does not change the cost).
+macro_rules! token {
+    () => {
+        "eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJ2ZXIiOjEsImp0aSI6IkFULmJlbmNobWFyay10b2tlbiIsI\
+         mlzcyI6Imh0dHBzOi8vaWRtLmV4YW1wbGUuY29tL29hdXRoMi9kZWZhdWx0IiwiYXVkIjoiYXBpOi8vZGVmYXVsdC\
+         IsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDAzNjAwLCJjaWQiOiJiZW5jaC1jbGllbnQiLCJzY3AiOlsicm9s\
+         ZTphcHAiLCJvcmdhbml6YXRpb246cmVhZCJdLCJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2lnbmF0dXJlLXNpZ25hdH\
+         VyZS1zaWduYXR1cmUtc2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmUtc2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    };
+}
+const TOKEN: &str = token!();
+const BEARER: &str = concat!("Bearer ", token!());
+const API_KEY: &str = "3f6c2b1e-9d4a-4c1b-8e2f-7a5d0c9b1e42";
+
+/// Calls per arm per round of the paired comparison, and rounds.
+const PAIRED_CALLS: usize = 2_000;
+const PAIRED_ROUNDS: usize = 300;
+
+struct StaticSource;
+
+impl TokenSource for StaticSource {
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(async { Token::bearer(TOKEN, Some(Duration::from_secs(3600))) })
+    }
+}
+
+struct NoopWake;
+
+impl Wake for NoopWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// `poll_ready`, `call` and one poll of the response future, which must all be ready at once.
+#[inline]
+fn drive<S>(service: &mut S, cx: &mut Context<'_>, request: Request<()>) -> S::Response
+where
+    S: Service<Request<()>>,
+    S::Error: Debug,
+{
+    match service.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("service not ready: {other:?}"),
+    }
+    let future = std::pin::pin!(service.call(request));
+    match future.poll(cx) {
+        Poll::Ready(Ok(response)) => response,
+        Poll::Ready(Err(error)) => panic!("service failed: {error:?}"),
+        Poll::Pending => panic!("response future pending"),
+    }
+}
+
+type NoopFuture = std::future::Ready<Result<Response<()>, Infallible>>;
+type NoopService = tower::util::ServiceFn<fn(Request<()>) -> NoopFuture>;
+
+/// The inner service's function: takes the request (dropping it, headers included) and answers
+/// at once.
+fn noop(request: Request<()>) -> NoopFuture {
+    drop(black_box(request));
+    std::future::ready(Ok(Response::new(())))
+}
+
+fn noop_inner() -> NoopService {
+    tower::service_fn(noop as fn(Request<()>) -> NoopFuture)
+}
+
+fn request() -> Request<()> {
+    Request::get("http://api.example.com/v1/items")
+        .body(())
+        .unwrap()
+}
+
+/// A replica of `BearerAuth`'s fresh-token path (`TokenCache::valid_header`, then
+/// `BearerAuth::{poll_ready, call}`) whose pieces can be turned off: `CLOCK` is the monotonic
+/// clock read, and the token and extra header are either reference-counted (`from_str` /
+/// `from_bytes`, as the layer's) or static. With every piece on it must time like the layer.
+struct Current {
+    header: HeaderValue,
+    refresh_at: tokio::time::Instant,
+}
+
+struct Replica<S, const CLOCK: bool> {
+    inner: S,
+    current: Arc<ArcSwapOption<Current>>,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+    held: Option<HeaderValue>,
+}
+
+impl<S, const CLOCK: bool> Service<Request<()>> for Replica<S, CLOCK>
+where
+    S: Service<Request<()>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.held.is_none() {
+            let current = self.current.load();
+            let current = current.as_ref().expect("a token is cached");
+            assert!(
+                !CLOCK || tokio::time::Instant::now() < current.refresh_at,
+                "the replica's token went stale"
+            );
+            self.held = Some(current.header.clone());
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<()>) -> Self::Future {
+        let token = self.held.take().expect("poll_ready first");
+        let headers = request.headers_mut();
+        headers.insert(AUTHORIZATION, token);
+        for (name, value) in self.headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        self.inner.call(request)
+    }
+}
+
+fn replica<const CLOCK: bool>(
+    shared_token: bool,
+    shared_extra: bool,
+) -> Replica<NoopService, CLOCK> {
+    let header = if shared_token {
+        let mut value = HeaderValue::from_str(BEARER).unwrap();
+        value.set_sensitive(true);
+        value
+    } else {
+        HeaderValue::from_static(BEARER)
+    };
+    let extra = if shared_extra {
+        let mut value = HeaderValue::from_str(API_KEY).unwrap();
+        value.set_sensitive(true);
+        (HeaderName::from_bytes(b"x-api-key").unwrap(), value)
+    } else {
+        (
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static(API_KEY),
+        )
+    };
+    Replica {
+        inner: noop_inner(),
+        current: Arc::new(ArcSwapOption::from_pointee(Current {
+            header,
+            refresh_at: tokio::time::Instant::now() + Duration::from_secs(3600),
+        })),
+        headers: Arc::from(vec![extra]),
+        held: None,
+    }
+}
+
+/// Times `PAIRED_CALLS` calls of `service`; the requests are built before the clock starts.
+fn time_calls<S>(service: &mut S) -> Duration
+where
+    S: Service<Request<()>>,
+    S::Error: Debug,
+{
+    let waker = Waker::from(Arc::new(NoopWake));
+    let mut cx = Context::from_waker(&waker);
+    let requests: Vec<_> = (0..PAIRED_CALLS).map(|_| request()).collect();
+    let start = Instant::now();
+    for request in requests {
+        black_box(drive(service, &mut cx, request));
+    }
+    start.elapsed()
+}
+
+/// Runs the arms in `PAIRED_ROUNDS` rounds, each arm once per round in an order rotated every
+/// round, and prints each arm's median time per call and the median (and quartiles) of its
+/// per-round ratio to arm `baseline`.
+fn paired(label: &str, baseline: usize, arms: &mut [(&str, &mut dyn FnMut() -> Duration)]) {
+    let n = arms.len();
+    let mut times = vec![Vec::with_capacity(PAIRED_ROUNDS); n];
+    for round in 0..PAIRED_ROUNDS {
+        for k in 0..n {
+            let i = (round + k) % n;
+            times[i].push((arms[i].1)().as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    println!("paired {label}: {PAIRED_ROUNDS} rounds x {PAIRED_CALLS} calls per arm");
+    for i in 0..n {
+        let mut ratios: Vec<f64> = times[i]
+            .iter()
+            .zip(&times[baseline])
+            .map(|(a, b)| a / b)
+            .collect();
+        let mut own = times[i].clone();
+        let ns = median(&mut own, 0.5) / PAIRED_CALLS as f64 * 1e9;
+        println!(
+            "paired {label}/{:<40} {ns:>8.1} ns/call  ratio to {}: {:.3} (quartiles {:.3}..{:.3})",
+            arms[i].0,
+            arms[baseline].0,
+            median(&mut ratios, 0.5),
+            median(&mut ratios, 0.25),
+            median(&mut ratios, 0.75),
+        );
+    }
+}
+
+/// Whether the binary runs as a benchmark (`cargo bench`), not as a test (`cargo test --benches`)
+/// nor under a profiler (`--profile-time`): only then is the paired comparison run.
+fn benchmarking() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|arg| arg == "--bench") && !args.iter().any(|arg| arg == "--profile-time")
+}
+
+fn hot_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = TokenCache::new(StaticSource);
+    runtime.block_on(cache.prefetch()).unwrap();
+
+    let layer = BearerAuthLayer::from_cache(cache.clone())
+        .with_header("x-api-key", API_KEY)
+        .unwrap();
+    let mut layered = layer.layer(noop_inner());
+    let mut baseline = ServiceBuilder::new()
+        .layer(SetRequestHeaderLayer::overriding(
+            AUTHORIZATION,
+            HeaderValue::from_static(BEARER),
+        ))
+        .layer(SetRequestHeaderLayer::overriding(
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static(API_KEY),
+        ))
+        .service(noop_inner());
+    let mut shared_baseline = ServiceBuilder::new()
+        .layer(SetRequestHeaderLayer::overriding(
+            AUTHORIZATION,
+            HeaderValue::from_str(BEARER).unwrap(),
+        ))
+        .layer(SetRequestHeaderLayer::overriding(
+            HeaderName::from_bytes(b"x-api-key").unwrap(),
+            HeaderValue::from_str(API_KEY).unwrap(),
+        ))
+        .service(noop_inner());
+
+    let waker = Waker::from(Arc::new(NoopWake));
+    let mut cx = Context::from_waker(&waker);
+
+    // Check once that the arms do what they claim (and warm them up: the first clone of a
+    // `from_str` value promotes its `Bytes` to the shared form).
+    let check = tower::service_fn(|request: Request<()>| {
+        assert_eq!(request.headers()[AUTHORIZATION], BEARER);
+        assert_eq!(request.headers()["x-api-key"], API_KEY);
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    });
+    drive(&mut layer.layer(check), &mut cx, request());
+    drive(&mut layered, &mut cx, request());
+    drive(&mut baseline, &mut cx, request());
+    drive(&mut shared_baseline, &mut cx, request());
+
+    let mut group = c.benchmark_group("hot_path");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group.bench_function("bearer_auth", |b| {
+        b.iter_batched(
+            request,
+            |request| drive(&mut layered, &mut cx, request),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("set_request_header_static", |b| {
+        b.iter_batched(
+            request,
+            |request| drive(&mut baseline, &mut cx, request),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("set_request_header_shared", |b| {
+        b.iter_batched(
+            request,
+            |request| drive(&mut shared_baseline, &mut cx, request),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("decompose");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let mut full = replica::<true>(true, true);
+    let mut no_clock = replica::<false>(true, true);
+    let mut static_extra = replica::<true>(true, false);
+    let mut no_clock_static_extra = replica::<false>(true, false);
+    let mut no_clock_all_static = replica::<false>(false, false);
+    drive(&mut full, &mut cx, request());
+    drive(&mut no_clock, &mut cx, request());
+    drive(&mut static_extra, &mut cx, request());
+    drive(&mut no_clock_static_extra, &mut cx, request());
+    drive(&mut no_clock_all_static, &mut cx, request());
+    macro_rules! arm {
+        ($name:literal, $service:expr) => {
+            group.bench_function($name, |b| {
+                b.iter_batched(
+                    request,
+                    |request| drive($service, &mut cx, request),
+                    BatchSize::SmallInput,
+                )
+            });
+        };
+    }
+    arm!("replica_full", &mut full);
+    arm!("replica_no_clock", &mut no_clock);
+    arm!("replica_static_extra_header", &mut static_extra);
+    arm!(
+        "replica_no_clock_static_extra_header",
+        &mut no_clock_static_extra
+    );
+    arm!("replica_no_clock_all_static", &mut no_clock_all_static);
+    group.finish();
+
+    let mut group = c.benchmark_group("parts");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    group.bench_function("tokio_instant_now", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    group.bench_function("std_instant_now", |b| b.iter(|| black_box(Instant::now())));
+    let swap = ArcSwapOption::from_pointee(HeaderValue::from_static(BEARER));
+    group.bench_function("arc_swap_load", |b| {
+        b.iter(|| black_box(swap.load().as_ref().map(|v| v.len())))
+    });
+    group.finish();
+
+    if benchmarking() {
+        paired(
+            "hot_path",
+            1,
+            &mut [
+                ("bearer_auth", &mut || time_calls(&mut layered)),
+                ("set_request_header_static", &mut || {
+                    time_calls(&mut baseline)
+                }),
+                ("set_request_header_shared", &mut || {
+                    time_calls(&mut shared_baseline)
+                }),
+                ("replica_full", &mut || time_calls(&mut full)),
+                ("replica_no_clock", &mut || time_calls(&mut no_clock)),
+                ("replica_static_extra_header", &mut || {
+                    time_calls(&mut static_extra)
+                }),
+                ("replica_no_clock_static_extra_header", &mut || {
+                    time_calls(&mut no_clock_static_extra)
+                }),
+                ("replica_no_clock_all_static", &mut || {
+                    time_calls(&mut no_clock_all_static)
+                }),
+            ],
+        );
+    }
+    drop(runtime);
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
