@@ -69,6 +69,14 @@ pub mod metric {
     pub const TOKEN_LIFETIME: &str = "tower_client_credentials_token_lifetime_seconds";
 }
 
+/// Longest duration any setting takes: longer ones (`Duration::MAX` for "never") are clamped,
+/// so that no `Instant` arithmetic can overflow.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn bounded(duration: Duration) -> Duration {
+    duration.min(CENTURY)
+}
+
 const DEFAULT_MIN_MARGIN: Duration = Duration::from_secs(30);
 const ONE_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -167,6 +175,11 @@ struct Current {
 #[derive(Default)]
 struct Flight {
     in_flight: Option<watch::Receiver<Option<Outcome>>>,
+    /// Identifies the in-flight refresh (and only it may clear `in_flight`).
+    flight_id: u64,
+    /// When the in-flight refresh started: one that outlives its time limit by far (its
+    /// runtime is no longer driven) is given up on.
+    started_at: Option<Instant>,
     /// Consecutive failures since the last success.
     failures: u32,
     /// No refresh may start before this instant (backoff).
@@ -292,10 +305,19 @@ impl TokenCache {
                 Ok(mut receiver) => {
                     #[cfg(feature = "metrics")]
                     metrics::counter!(metric::WAITERS).increment(1);
-                    let outcome = match receiver.wait_for(Option::is_some).await {
-                        Ok(outcome) => outcome.clone(),
-                        Err(_) => None,
-                    };
+                    // Bounded: a refresh whose runtime is no longer driven must not hold its
+                    // waiters forever (`live_flight` gives up on it for later callers too).
+                    let limit = self
+                        .shared
+                        .config
+                        .refresh_timeout
+                        .saturating_add(REFRESH_GRACE);
+                    let outcome =
+                        match tokio::time::timeout(limit, receiver.wait_for(Option::is_some)).await
+                        {
+                            Ok(Ok(outcome)) => outcome.clone(),
+                            Ok(Err(_)) | Err(_) => None,
+                        };
                     return match outcome {
                         // A refresh that ended long ago (a waiter left unpolled for a while)
                         // may have produced a token that has expired since: look again.
@@ -303,8 +325,9 @@ impl TokenCache {
                         Some(outcome) => outcome,
                         None => Err(Error::new(
                             ErrorKind::RefreshAborted,
-                            "the refresh task ended without a result; check that the tokio \
-                             runtime that started it is still running",
+                            "the refresh task ended or stalled without a result; check that the \
+                             tokio runtime that started it is still running and has timers \
+                             enabled",
                         )),
                     };
                 }
@@ -347,7 +370,10 @@ impl TokenCache {
         }
         let now = Instant::now();
         if let Some(last) = flight.last_invalidation {
-            if now < last + self.shared.config.min_invalidate_interval {
+            if last
+                .checked_add(self.shared.config.min_invalidate_interval)
+                .is_none_or(|until| now < until)
+            {
                 tracing::debug!(
                     "token rejected again within the minimum invalidation interval; keeping it"
                 );
@@ -357,7 +383,9 @@ impl TokenCache {
         flight.last_invalidation = Some(now);
         self.shared.current.store(None);
         tracing::info!("cached access token invalidated");
-        if live_flight(&mut flight).is_none() && flight.not_before.is_none_or(|t| t <= now) {
+        if live_flight(&mut flight, self.shared.config.refresh_timeout).is_none()
+            && flight.not_before.is_none_or(|t| t <= now)
+        {
             let _ = self.shared.start(&mut flight);
         }
         true
@@ -379,13 +407,22 @@ impl TokenCache {
     }
 }
 
-/// The in-flight refresh, unless its task is gone without a word (dropped before its first poll).
-fn live_flight(flight: &mut Flight) -> Option<&watch::Receiver<Option<Outcome>>> {
-    if flight
+/// Extra time, past a refresh's own time limit, before waiters give up on it.
+const REFRESH_GRACE: Duration = Duration::from_secs(1);
+
+/// The in-flight refresh, unless its task is gone without a word (dropped before its first
+/// poll), or it has outlived its time limit by far (its runtime is no longer driven: a
+/// `current_thread` runtime whose `block_on` returned).
+fn live_flight(flight: &mut Flight, limit: Duration) -> Option<&watch::Receiver<Option<Outcome>>> {
+    let dropped = flight
         .in_flight
         .as_ref()
-        .is_some_and(|receiver| receiver.has_changed().is_err())
-    {
+        .is_some_and(|receiver| receiver.has_changed().is_err());
+    let stuck = flight
+        .started_at
+        .and_then(|started| started.checked_add(limit.saturating_add(REFRESH_GRACE)))
+        .is_some_and(|deadline| Instant::now() >= deadline);
+    if flight.in_flight.is_some() && (dropped || stuck) {
         flight.in_flight = None;
     }
     flight.in_flight.as_ref()
@@ -430,7 +467,7 @@ impl Shared {
         self: &Arc<Self>,
         flight: &mut Flight,
     ) -> Result<watch::Receiver<Option<Outcome>>, Backoff> {
-        if let Some(receiver) = live_flight(flight) {
+        if let Some(receiver) = live_flight(flight, self.config.refresh_timeout) {
             return Ok(receiver.clone());
         }
         let now = Instant::now();
@@ -475,6 +512,9 @@ impl Shared {
         })?;
         let (sender, receiver) = watch::channel(None);
         flight.in_flight = Some(receiver.clone());
+        flight.flight_id = flight.flight_id.wrapping_add(1);
+        flight.started_at = Some(Instant::now());
+        let flight_id = flight.flight_id;
         let shared = self.clone();
         // The guard is made at the task's first poll: a task dropped unpolled (its runtime is
         // shutting down) must not run the guard's `Drop`, which takes the flight lock we hold.
@@ -483,6 +523,7 @@ impl Shared {
             RefreshGuard {
                 shared,
                 sender,
+                flight_id,
                 finished: false,
             }
             .run()
@@ -499,19 +540,32 @@ impl Shared {
         let Ok(mut flight) = self.flight.try_lock() else {
             return;
         };
-        if live_flight(&mut flight).is_some() {
+        self.refresh_ahead_locked(&mut flight, generation);
+    }
+
+    fn refresh_ahead_locked(self: &Arc<Self>, flight: &mut Flight, generation: u64) {
+        // Checked again under the lock: the token this caller saw may have been replaced by a
+        // refresh that finished in the meantime.
+        let now = Instant::now();
+        let due = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && now >= c.refresh_at);
+        if !due || live_flight(flight, self.config.refresh_timeout).is_some() {
             return;
         }
-        let now = Instant::now();
         if flight.not_before.is_some_and(|t| t > now) {
             return;
         }
         #[cfg(feature = "metrics")]
         metrics::counter!(metric::REFRESH_AHEAD).increment(1);
-        if self.start(&mut flight).is_ok() {
-            // Until it ends, requests need not come here again: move the refresh point to expiry.
-            self.postpone_refresh(generation, None);
+        if let Err(error) = self.start(flight) {
+            tracing::warn!(error = %error, "could not start a refresh ahead of expiry");
         }
+        // Until it ends (or, with no runtime to run it, until expiry), requests need not come
+        // here again: move the refresh point to expiry.
+        self.postpone_refresh(generation, None);
     }
 
     /// Replaces the current token's refresh point (same token), if it is still current.
@@ -568,21 +622,28 @@ impl Shared {
         }
     }
 
-    fn finish(self: &Arc<Self>, result: Result<Token, Error>) -> Outcome {
+    fn finish(self: &Arc<Self>, flight_id: u64, result: Result<Token, Error>) -> Outcome {
+        // Decided before the lock is taken, so that the state changes below happen in one
+        // critical section (no window in which a second flight could start).
+        let result = result.and_then(|token| {
+            let (refresh_at, expires_at) = self.schedule(&token);
+            if expires_at <= Instant::now() {
+                return Err(Error::new(
+                    ErrorKind::InvalidTokenResponse,
+                    "the token source returned a token that has already expired (an expires_in \
+                     of almost zero, or a JWT whose exp has passed); check the authorization \
+                     server's clock and the token's lifetime",
+                ));
+            }
+            Ok((token, refresh_at, expires_at))
+        });
         let mut flight = self.lock_flight();
-        flight.in_flight = None;
+        if flight.flight_id == flight_id {
+            flight.in_flight = None;
+        }
         let now = Instant::now();
         match result {
-            Ok(token) => {
-                let (refresh_at, expires_at) = self.schedule(&token);
-                if expires_at <= now {
-                    drop(flight);
-                    return self.finish(Err(Error::new(
-                        ErrorKind::InvalidTokenResponse,
-                        "the token source returned a token that has already expired; check the \
-                         source's clock and the token's lifetime",
-                    )));
-                }
+            Ok((token, refresh_at, expires_at)) => {
                 let token = Arc::new(token);
                 flight.failures = 0;
                 flight.not_before = None;
@@ -621,7 +682,7 @@ impl Shared {
             Err(error) => {
                 flight.failures = flight.failures.saturating_add(1);
                 let delay = self.backoff_delay(flight.failures, &error);
-                let next = now + delay;
+                let next = now.checked_add(delay).unwrap_or(now + ONE_YEAR);
                 flight.not_before = Some(next);
                 flight.last_error = Some(error.clone());
                 tracing::warn!(
@@ -657,14 +718,10 @@ impl Shared {
         runtime.spawn(async move {
             tokio::time::sleep_until(at).await;
             if let Some(shared) = weak.upgrade() {
-                let still_current = shared
-                    .current
-                    .load()
-                    .as_ref()
-                    .is_some_and(|c| c.generation == generation);
-                if still_current {
-                    shared.refresh_ahead(generation);
-                }
+                // A blocking lock: off the request path, and a `try_lock` lost to a request
+                // would end the schedule.
+                let mut flight = shared.lock_flight();
+                shared.refresh_ahead_locked(&mut flight, generation);
             }
         });
     }
@@ -675,6 +732,7 @@ impl Shared {
 struct RefreshGuard {
     shared: Arc<Shared>,
     sender: watch::Sender<Option<Outcome>>,
+    flight_id: u64,
     finished: bool,
 }
 
@@ -701,7 +759,7 @@ impl RefreshGuard {
             metrics::histogram!(metric::REFRESH_DURATION).record(started.elapsed().as_secs_f64());
         }
         let _ = started;
-        let outcome = self.shared.finish(result);
+        let outcome = self.shared.finish(self.flight_id, result);
         self.finished = true;
         self.sender.send_replace(Some(outcome));
     }
@@ -715,7 +773,7 @@ impl Drop for RefreshGuard {
                 "the token refresh task was stopped before it finished; check that the tokio \
                  runtime is still running",
             );
-            let outcome = self.shared.finish(Err(error));
+            let outcome = self.shared.finish(self.flight_id, Err(error));
             self.sender.send_replace(Some(outcome));
         }
     }
@@ -726,7 +784,7 @@ impl TokenCacheBuilder {
     /// token's lifetime. Always capped at half the lifetime, so that a short-lived token is used
     /// for at least half of it.
     pub fn refresh_margin(mut self, margin: Duration) -> Self {
-        self.config.refresh_margin = Some(margin);
+        self.config.refresh_margin = Some(bounded(margin));
         self
     }
 
@@ -744,19 +802,19 @@ impl TokenCacheBuilder {
 
     /// Lifetime assumed for a token whose source gives none. Default 5 minutes.
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
-        self.config.default_lifetime = lifetime;
+        self.config.default_lifetime = bounded(lifetime);
         self
     }
 
     /// Longest lifetime believed; longer ones are clamped to it. Default one year.
     pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
-        self.config.max_lifetime = lifetime;
+        self.config.max_lifetime = bounded(lifetime);
         self
     }
 
     /// First backoff step after a failure. Default 100 ms.
     pub fn backoff_base(mut self, base: Duration) -> Self {
-        self.config.backoff_base = base;
+        self.config.backoff_base = bounded(base);
         self
     }
 
@@ -768,33 +826,33 @@ impl TokenCacheBuilder {
 
     /// Largest backoff step. Default 30 s.
     pub fn max_backoff(mut self, max: Duration) -> Self {
-        self.config.max_backoff = max;
+        self.config.max_backoff = bounded(max);
         self
     }
 
     /// Longest wait a server's `Retry-After` (or `X-Rate-Limit-Reset`) may impose. Default 5 min.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.config.max_retry_after = max;
+        self.config.max_retry_after = bounded(max);
         self
     }
 
     /// How long a request with no valid token may wait for the next attempt while the cache is
     /// backing off, instead of failing at once with [`ErrorKind::BackingOff`]. Default zero.
     pub fn max_backoff_wait(mut self, wait: Duration) -> Self {
-        self.config.max_backoff_wait = wait;
+        self.config.max_backoff_wait = bounded(wait);
         self
     }
 
     /// Time limit for one call of the token source. Default 60 s.
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
-        self.config.refresh_timeout = timeout;
+        self.config.refresh_timeout = bounded(timeout);
         self
     }
 
     /// Minimum time between two invalidations that drop a token ([`TokenCache::invalidate`]).
     /// Default 5 s.
     pub fn min_invalidate_interval(mut self, interval: Duration) -> Self {
-        self.config.min_invalidate_interval = interval;
+        self.config.min_invalidate_interval = bounded(interval);
         self
     }
 
@@ -992,6 +1050,98 @@ mod tests {
         assert!(cache.invalidate(&second));
         assert_eq!(cache.header().await.unwrap(), "Bearer token-2");
         assert_eq!(source.calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// A source whose tokens are already expired when they arrive.
+    struct Expired(AtomicUsize);
+
+    impl TokenSource for Arc<Expired> {
+        fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+            Box::pin(async move {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Token::bearer("stale", Some(Duration::ZERO))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_already_expired_token_is_an_error_and_starts_no_second_flight() {
+        let source = Arc::new(Expired(AtomicUsize::new(0)));
+        let cache = TokenCache::new(source.clone());
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.header().await })
+            })
+            .collect();
+        for task in tasks {
+            let err = task.await.unwrap().unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::InvalidTokenResponse | ErrorKind::BackingOff
+                ),
+                "{err}"
+            );
+        }
+        assert_eq!(source.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn huge_settings_do_not_overflow() {
+        let cache = TokenCache::builder(scripted(0, 1, 1))
+            .max_backoff(Duration::MAX)
+            .backoff_base(Duration::MAX)
+            .max_retry_after(Duration::MAX)
+            .min_invalidate_interval(Duration::MAX)
+            .max_lifetime(Duration::MAX)
+            .default_lifetime(Duration::MAX)
+            .build();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert!(cache.token().await.is_err());
+            assert_eq!(
+                cache.token().await.unwrap_err().kind(),
+                ErrorKind::BackingOff
+            );
+        });
+        let forever = Token::bearer("t", Some(Duration::MAX)).unwrap();
+        assert!(forever.remaining_lifetime().is_some());
+        let _ = format!("{forever:?} {cache:?}");
+    }
+
+    #[test]
+    fn a_refresh_on_a_runtime_no_longer_driven_does_not_wedge_the_cache() {
+        let source = scripted(10, 3600, 0);
+        let cache = TokenCache::builder(source.clone())
+            .refresh_timeout(Duration::from_millis(100))
+            .build();
+        // Runtime A starts the refresh, then stops being driven with its task parked.
+        let a = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let started = a.block_on(async {
+            tokio::time::timeout(Duration::from_millis(1), cache.header()).await
+        });
+        assert!(started.is_err(), "still waiting when runtime A stops");
+        // Runtime B: its callers give up on that refresh within its limit plus the grace, and
+        // the next one starts a refresh of its own.
+        let b = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        b.block_on(async {
+            let first = cache.header().await;
+            assert_eq!(first.unwrap_err().kind(), ErrorKind::RefreshAborted);
+            assert_eq!(cache.header().await.unwrap(), "Bearer token-1");
+        });
+        drop(a);
     }
 
     #[test]

@@ -146,8 +146,9 @@ impl ClientCredentials {
             method,
         }
         .build(endpoint)?;
+        let sent_at = tokio::time::Instant::now();
         let response = inner.http.send(request).await?;
-        parse_response(&response, inner.jwt_expiry)
+        parse_response(&response, inner.jwt_expiry).map(|token| token.with_received_at(sent_at))
     }
 
     async fn fetch(&self) -> Result<Token, Error> {
@@ -216,12 +217,15 @@ impl ClientCredentials {
     }
 }
 
+/// Whether the server rejected the client authentication itself (RFC 6749 §5.2
+/// `invalid_client`, or a bare 401): only then is the other method worth a try. Other 400s
+/// (`invalid_scope`, `invalid_request`) would fail the same way with either method.
 fn rejected_client_auth(error: &Error) -> bool {
     error.kind() == ErrorKind::TokenEndpoint
-        && (error
-            .oauth_error()
-            .is_some_and(|e| e.error == "invalid_client")
-            || matches!(error.status().map(|s| s.as_u16()), Some(400 | 401)))
+        && match error.oauth_error() {
+            Some(oauth) => oauth.error == "invalid_client",
+            None => error.status() == Some(http::StatusCode::UNAUTHORIZED),
+        }
 }
 
 impl TokenSource for ClientCredentials {

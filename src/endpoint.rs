@@ -165,6 +165,23 @@ pub(crate) fn parse_response(
         .with_status(status)
         .with_retry_after(retry_after));
     }
+    // Some servers (GitHub's among them) answer an error with HTTP 200.
+    if let Ok(error) = serde_json::from_slice::<ErrorBody>(body) {
+        if !body_has_access_token(body) {
+            let oauth = OAuthError {
+                status,
+                error: clean(&error.error, 64),
+                error_description: error.error_description.map(|d| clean(&d, 512)),
+                error_uri: error.error_uri.map(|u| clean(&u, 512)),
+            };
+            let hint = hint_for(&oauth.error);
+            return Err(Error::new(
+                ErrorKind::TokenEndpoint,
+                format!("HTTP {status} carrying the error `{}`; {hint}", oauth.error),
+            )
+            .with_oauth(oauth));
+        }
+    }
     let parsed: SuccessBody = serde_json::from_slice(body).map_err(|e| {
         // serde_json's message names the position and the kind of problem, never the content.
         Error::new(
@@ -214,7 +231,12 @@ pub(crate) fn parse_response(
             return None;
         }
         let exp = Token::jwt_expiry_unverified(&parsed.access_token)?;
-        exp.duration_since(SystemTime::now()).ok()
+        // An `exp` in the past is a lifetime of zero, which the cache rejects as expired: not
+        // an unknown lifetime that the default would stretch.
+        Some(
+            exp.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
     });
     let token = Token::bearer(parsed.access_token, lifetime)?;
     let scope = match parsed.scope {
@@ -234,6 +256,14 @@ pub(crate) fn parse_response(
         None => token,
     };
     Ok(token.with_extra(parsed.extra))
+}
+
+fn body_has_access_token(body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        access_token: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(body).is_ok_and(|p| p.access_token.is_some())
 }
 
 /// `expires_in` as a positive duration (`Ok(None)`: zero or negative), from a number or a
@@ -283,7 +313,7 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     if remaining.is_some_and(|r| r > 0) {
         return None;
     }
-    let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+    let reset = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(reset))?;
     Some(reset.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
@@ -500,6 +530,55 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.to_string().contains("supersecret"));
+    }
+
+    #[test]
+    fn an_error_with_status_200_is_typed() {
+        let err = parse_response(
+            &response(
+                200,
+                "application/json",
+                r#"{"error":"invalid_client","error_description":"bad"}"#,
+            ),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TokenEndpoint);
+        assert_eq!(err.oauth_error().unwrap().error, "invalid_client");
+    }
+
+    #[test]
+    fn a_jwt_whose_exp_has_passed_has_no_lifetime_left() {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = format!(
+            "{}.{}.{}",
+            e.encode("{}"),
+            e.encode(r#"{"exp":1000}"#),
+            e.encode("s")
+        );
+        let body = format!(r#"{{"access_token":"{jwt}","token_type":"Bearer"}}"#);
+        let token = parse_response(&response(200, "application/json", &body), true).unwrap();
+        assert_eq!(token.lifetime(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn an_absurd_rate_limit_reset_does_not_panic() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-rate-limit-reset",
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        headers.insert("x-rate-limit-remaining", HeaderValue::from_static("0"));
+        let _ = retry_after(&headers, SystemTime::now());
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("99999999999999999999"),
+        );
+        let _ = retry_after(&headers, SystemTime::now());
+        let body = r#"{"access_token":"a","token_type":"Bearer","expires_in":1e308}"#;
+        assert!(parse_response(&response(200, "application/json", body), true).is_ok());
+        let body = r#"{"access_token":"a","token_type":"Bearer","expires_in":1e-300}"#;
+        assert!(parse_response(&response(200, "application/json", body), true).is_ok());
     }
 
     #[test]

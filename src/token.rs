@@ -47,6 +47,9 @@ impl Token {
     ) -> Result<Self, Error> {
         let access_token: String = access_token.into();
         let header = bearer_header(&access_token)?;
+        // `Duration::MAX` ("never expires") and the like: a century is long enough, and keeps
+        // every `Instant` computed from it in range.
+        let lifetime = lifetime.map(|l| l.min(Duration::from_secs(100 * 365 * 24 * 3600)));
         Ok(Token {
             access_token: SecretString::from(access_token),
             header,
@@ -60,6 +63,13 @@ impl Token {
     /// Sets the scopes the server granted (space separated, as in RFC 6749 §5.1).
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into());
+        self
+    }
+
+    /// Starts the lifetime at `at` (the moment the token request was sent: the server's clock
+    /// started no earlier, so expiry is never computed late by the round trip).
+    pub(crate) fn with_received_at(mut self, at: Instant) -> Self {
+        self.received_at = at;
         self
     }
 
@@ -85,7 +95,7 @@ impl Token {
 
     /// The instant the token expires, as the client computes it.
     pub fn expires_at(&self) -> Option<Instant> {
-        self.lifetime.map(|l| self.received_at + l)
+        self.lifetime.and_then(|l| self.received_at.checked_add(l))
     }
 
     /// How long the token remains valid from now (`None`: unknown; zero: expired).

@@ -258,6 +258,8 @@ async fn invalid_scope_is_typed() {
         err.to_string().contains("check the requested scopes"),
         "{err}"
     );
+    // Not a client-authentication failure: no second try with the other method.
+    assert_eq!(auth.token_requests(), 1);
 }
 
 #[tokio::test]
@@ -391,6 +393,13 @@ async fn bad_configuration_is_a_clear_error() {
         .with_header("bad header", "v")
         .unwrap_err();
     assert!(err.to_string().contains("header name"), "{err}");
+    // Arguments swapped by mistake: the key must not be echoed.
+    let key = "k3y+with/base64=";
+    let err = BearerAuthLayer::new(credentials(&AuthServer::start().await.unwrap()))
+        .with_header(key, "x-api-key")
+        .unwrap_err();
+    assert!(!err.to_string().contains(key), "{err}");
+    assert!(err.to_string().contains("name comes first"), "{err}");
     let err = ClientCredentials::builder()
         .token_endpoint("::not a url::")
         .unwrap_err();

@@ -41,9 +41,11 @@ impl BearerAuthLayer {
     pub fn with_header(self, name: impl AsRef<str>, value: impl AsRef<str>) -> Result<Self, Error> {
         let name_str = name.as_ref();
         let name = HeaderName::from_bytes(name_str.trim().as_bytes()).map_err(|_| {
+            // The name is not echoed: with the arguments swapped it would be the API key.
             Error::config(format!(
-                "`{}` is not a valid HTTP header name",
-                name_str.escape_debug()
+                "the header name given to `with_header` ({} characters) is not a valid HTTP \
+                 header name; check that the name comes first and the value second",
+                name_str.chars().count()
             ))
         })?;
         let value = HeaderValue::from_str(value.as_ref()).map_err(|_| {

@@ -100,6 +100,11 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.token.is_none() {
+            if matches!(self.pending, Pending::Failed(_)) {
+                // Polled again instead of called: the failure may be stale (the backoff may
+                // have passed); look again rather than report it.
+                self.pending = Pending::None;
+            }
             self.token = self.cache.valid_header_with(&mut self.reader);
             if self.token.is_some() {
                 if !matches!(self.pending, Pending::None) {
@@ -118,7 +123,13 @@ where
         }
         // The token first, then the inner service: no inner capacity is reserved while the
         // token endpoint is slow.
-        self.inner.poll_ready(cx).map_err(Into::into)
+        let ready = self.inner.poll_ready(cx);
+        if ready.is_pending() {
+            // Not held while the inner service is busy (a concurrency limit, a full channel):
+            // it could expire or be invalidated meanwhile; the next poll takes a current one.
+            self.token = None;
+        }
+        ready.map_err(Into::into)
     }
 
     #[inline]
