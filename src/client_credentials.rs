@@ -28,6 +28,7 @@ use http_body_util::Full;
 use secrecy::SecretString;
 use tower_service::Service;
 
+use crate::assertion::PrivateKey;
 use crate::discovery::{Discovery, TokenEndpoint};
 use crate::endpoint::{parse_response, ClientAuthMethod, TokenRequest};
 use crate::error::{BoxError, Error, ErrorKind};
@@ -47,7 +48,9 @@ pub struct ClientCredentials {
 struct Inner {
     endpoint: TokenEndpoint,
     client_id: String,
-    client_secret: SecretString,
+    /// `None` only with `private_key_jwt`.
+    client_secret: Option<SecretString>,
+    private_key: Option<PrivateKey>,
     scope: Option<String>,
     params: Vec<(String, String)>,
     explicit_method: Option<ClientAuthMethod>,
@@ -62,6 +65,7 @@ pub struct ClientCredentialsBuilder {
     endpoint: Option<EndpointConfig>,
     client_id: Option<String>,
     client_secret: Option<SecretString>,
+    private_key: Option<PrivateKey>,
     scopes: Vec<String>,
     params: Vec<(String, String)>,
     method: Option<ClientAuthMethod>,
@@ -86,6 +90,7 @@ impl ClientCredentials {
             endpoint: None,
             client_id: None,
             client_secret: None,
+            private_key: None,
             scopes: Vec::new(),
             params: Vec::new(),
             method: None,
@@ -140,7 +145,8 @@ impl ClientCredentials {
         let inner = &self.inner;
         let request = TokenRequest {
             client_id: &inner.client_id,
-            client_secret: &inner.client_secret,
+            client_secret: inner.client_secret.as_ref(),
+            private_key: inner.private_key.as_ref(),
             scope: inner.scope.as_deref(),
             params: &inner.params,
             method,
@@ -306,13 +312,19 @@ impl ClientCredentialsBuilder {
         self.param("resource", resource)
     }
 
-    /// Adds any other form parameter to the token request. `grant_type`, `scope`, `client_id`
-    /// and `client_secret` are set by the crate and refused here.
+    /// Adds any other form parameter to the token request. `grant_type`, `scope`, `client_id`,
+    /// `client_secret`, `client_assertion` and `client_assertion_type` are set by the crate and
+    /// refused here.
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let name = name.into();
         if matches!(
             name.as_str(),
-            "grant_type" | "scope" | "client_id" | "client_secret"
+            "grant_type"
+                | "scope"
+                | "client_id"
+                | "client_secret"
+                | "client_assertion"
+                | "client_assertion_type"
         ) {
             self.error.get_or_insert_with(|| {
                 Error::config(format!(
@@ -328,9 +340,35 @@ impl ClientCredentialsBuilder {
     /// How the client authenticates. Default: `client_secret_basic`, falling back once to
     /// `client_secret_post` if the server rejects it (or what the server metadata supports), and
     /// remembering the one that worked. An explicit choice is never second-guessed.
+    ///
+    /// The JWT methods (RFC 7523) are only used when chosen here (or, for `private_key_jwt`,
+    /// through `private_key_jwt`) and need the cargo feature
+    /// `jwt-client-auth`: [`ClientAuthMethod::ClientSecretJwt`] signs an HS256 assertion with
+    /// the client secret.
     pub fn auth_method(mut self, method: ClientAuthMethod) -> Self {
         self.method = Some(method);
         self
+    }
+
+    /// Authenticates with `private_key_jwt` (RFC 7523 §2.2): every token request carries a fresh
+    /// JWT client assertion signed with this PEM private key (`iss` = `sub` = the client id,
+    /// `aud` = the token endpoint URL, a random `jti`, valid for 60 s), its header naming `kid`
+    /// when given. Selects [`ClientAuthMethod::PrivateKeyJwt`]; no client secret is needed.
+    ///
+    /// [`RS256`](crate::JwtSigningAlgorithm::RS256) takes an RSA key (PKCS#1 or PKCS#8 PEM),
+    /// [`ES256`](crate::JwtSigningAlgorithm::ES256) an EC P-256 key in PKCS#8 PEM
+    /// (`-----BEGIN PRIVATE KEY-----`). The key is checked here by a trial signature; it is
+    /// never shown by `Debug` or in errors.
+    #[cfg(feature = "jwt-client-auth")]
+    pub fn private_key_jwt(
+        mut self,
+        algorithm: crate::JwtSigningAlgorithm,
+        pem: &[u8],
+        kid: Option<&str>,
+    ) -> Result<Self, Error> {
+        self.private_key = Some(PrivateKey::from_pem(algorithm, pem, kid)?);
+        self.method = Some(ClientAuthMethod::PrivateKeyJwt);
+        Ok(self)
     }
 
     /// Uses `client` for token and discovery requests instead of the built-in hyper-util/rustls
@@ -398,10 +436,30 @@ impl ClientCredentialsBuilder {
                 "the client id contains control characters; check for a stray newline",
             ));
         }
-        let client_secret = self
-            .client_secret
-            .ok_or_else(|| Error::config("no client secret; set it with `.client_secret(..)`"))?;
-        {
+        if let Some(method) = self.method.filter(|m| m.is_jwt()) {
+            if !cfg!(feature = "jwt-client-auth") {
+                return Err(crate::assertion::feature_missing(method));
+            }
+        }
+        let private_key = match self.method {
+            Some(ClientAuthMethod::PrivateKeyJwt) => Some(self.private_key.ok_or_else(|| {
+                Error::config(
+                    "private_key_jwt needs a private key; set it with `.private_key_jwt(..)`",
+                )
+            })?),
+            _ => None,
+        };
+        // private_key_jwt signs with the key alone; every other method needs the secret.
+        let client_secret = match (self.client_secret, private_key.is_some()) {
+            (secret, true) => secret,
+            (Some(secret), false) => Some(secret),
+            (None, false) => {
+                return Err(Error::config(
+                    "no client secret; set it with `.client_secret(..)`",
+                ))
+            }
+        };
+        if let Some(client_secret) = &client_secret {
             use secrecy::ExposeSecret;
             let secret = client_secret.expose_secret();
             if secret.is_empty() {
@@ -454,6 +512,7 @@ impl ClientCredentialsBuilder {
                 endpoint,
                 client_id,
                 client_secret,
+                private_key,
                 scope,
                 params: self.params,
                 explicit_method: self.method,
@@ -484,6 +543,7 @@ impl fmt::Debug for ClientCredentials {
             .field("endpoint", &self.inner.endpoint)
             .field("client_id", &self.inner.client_id)
             .field("client_secret", &"[redacted]")
+            .field("private_key", &self.inner.private_key)
             .field("scope", &self.inner.scope)
             .field("auth_method", &self.auth_method())
             .finish()
@@ -495,6 +555,7 @@ impl fmt::Debug for ClientCredentialsBuilder {
         f.debug_struct("ClientCredentialsBuilder")
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
+            .field("private_key", &self.private_key)
             .field("scopes", &self.scopes)
             .finish_non_exhaustive()
     }
@@ -555,6 +616,72 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(!err.to_string().contains("break-secret"));
+    }
+
+    #[cfg(not(feature = "jwt-client-auth"))]
+    #[test]
+    fn jwt_methods_without_the_feature_fail_at_build() {
+        for method in [
+            ClientAuthMethod::ClientSecretJwt,
+            ClientAuthMethod::PrivateKeyJwt,
+        ] {
+            let err = builder().auth_method(method).build().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Configuration);
+            assert!(err.to_string().contains("`jwt-client-auth`"), "{err}");
+            assert!(err.to_string().contains(method.as_str()), "{err}");
+        }
+    }
+
+    #[cfg(feature = "jwt-client-auth")]
+    #[test]
+    fn jwt_method_configuration() {
+        use crate::JwtSigningAlgorithm;
+        let pem = include_bytes!("../tests/oidc-provider/test-client-key.pem");
+        let no_secret = || {
+            ClientCredentials::builder()
+                .token_endpoint("https://idp.example/token")
+                .unwrap()
+                .client_id("id")
+        };
+        // private_key_jwt needs no secret, and its key never shows.
+        let credentials = no_secret()
+            .private_key_jwt(JwtSigningAlgorithm::RS256, pem, Some("k1"))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            credentials.auth_method(),
+            Some(ClientAuthMethod::PrivateKeyJwt)
+        );
+        let debug = format!("{credentials:?}");
+        assert!(
+            debug.contains("[redacted]") && !debug.contains("MII"),
+            "{debug}"
+        );
+        // The method without a key, client_secret_jwt without a secret: named errors.
+        let err = no_secret()
+            .auth_method(ClientAuthMethod::PrivateKeyJwt)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("private_key_jwt"), "{err}");
+        let err = no_secret()
+            .auth_method(ClientAuthMethod::ClientSecretJwt)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("client secret"), "{err}");
+        // Every other method still needs the secret, key or not.
+        let err = no_secret()
+            .private_key_jwt(JwtSigningAlgorithm::RS256, pem, None)
+            .unwrap()
+            .auth_method(ClientAuthMethod::ClientSecretPost)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("client secret"), "{err}");
+        let err = builder()
+            .param("client_assertion", "x")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("client_assertion"), "{err}");
     }
 
     #[test]

@@ -10,10 +10,11 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::assertion::{self, PrivateKey};
 use crate::error::{Error, ErrorKind, OAuthError};
 use crate::token::Token;
 
-/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ClientAuthMethod {
@@ -21,6 +22,13 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body (`client_secret_post`).
     ClientSecretPost,
+    /// A JWT client assertion signed with HS256 and the client secret (`client_secret_jwt`,
+    /// RFC 7523 §2.2). Needs the cargo feature `jwt-client-auth`.
+    ClientSecretJwt,
+    /// A JWT client assertion signed with the client's private key (`private_key_jwt`,
+    /// RFC 7523 §2.2); set the key with `ClientCredentialsBuilder::private_key_jwt`. Needs the
+    /// cargo feature `jwt-client-auth`.
+    PrivateKeyJwt,
 }
 
 impl ClientAuthMethod {
@@ -29,14 +37,26 @@ impl ClientAuthMethod {
         match self {
             ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
             ClientAuthMethod::ClientSecretPost => "client_secret_post",
+            ClientAuthMethod::ClientSecretJwt => "client_secret_jwt",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
+    }
+
+    /// Whether the method sends a JWT client assertion (RFC 7523) instead of the secret.
+    pub(crate) fn is_jwt(self) -> bool {
+        matches!(
+            self,
+            ClientAuthMethod::ClientSecretJwt | ClientAuthMethod::PrivateKeyJwt
+        )
     }
 }
 
 /// Everything that goes into a token request except the endpoint's URL.
 pub(crate) struct TokenRequest<'a> {
     pub(crate) client_id: &'a str,
-    pub(crate) client_secret: &'a SecretString,
+    /// `None` only with `private_key_jwt`, which needs no secret.
+    pub(crate) client_secret: Option<&'a SecretString>,
+    pub(crate) private_key: Option<&'a PrivateKey>,
     pub(crate) scope: Option<&'a str>,
     pub(crate) params: &'a [(String, String)],
     pub(crate) method: ClientAuthMethod,
@@ -57,6 +77,14 @@ impl TokenRequest<'_> {
             .uri(endpoint.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json");
+        let secret = || {
+            self.client_secret.ok_or_else(|| {
+                Error::config(format!(
+                    "{} needs a client secret; set it with `.client_secret(..)`",
+                    self.method.as_str()
+                ))
+            })
+        };
         match self.method {
             ClientAuthMethod::ClientSecretBasic => {
                 // RFC 6749 §2.3.1: both parts are form-urlencoded *before* base64. Servers
@@ -65,7 +93,7 @@ impl TokenRequest<'_> {
                 credentials.extend(form_urlencoded::byte_serialize(self.client_id.as_bytes()));
                 credentials.push(':');
                 credentials.extend(form_urlencoded::byte_serialize(
-                    self.client_secret.expose_secret().as_bytes(),
+                    secret()?.expose_secret().as_bytes(),
                 ));
                 let credentials = SecretString::from(credentials);
                 let encoded = SecretString::from(format!(
@@ -81,7 +109,22 @@ impl TokenRequest<'_> {
             }
             ClientAuthMethod::ClientSecretPost => {
                 form.append_pair("client_id", self.client_id);
-                form.append_pair("client_secret", self.client_secret.expose_secret());
+                form.append_pair("client_secret", secret()?.expose_secret());
+            }
+            ClientAuthMethod::ClientSecretJwt | ClientAuthMethod::PrivateKeyJwt => {
+                // RFC 7523 §3: `aud` is the token endpoint, exactly the URL the request goes to.
+                // A fresh assertion (new `jti`, `iat`, `exp`) for every request.
+                let client_assertion = assertion::client_assertion(
+                    self.method,
+                    self.client_id,
+                    self.client_secret,
+                    self.private_key,
+                    &endpoint.to_string(),
+                    SystemTime::now(),
+                )?;
+                form.append_pair("client_assertion_type", assertion::JWT_BEARER);
+                form.append_pair("client_assertion", client_assertion.expose_secret());
+                form.append_pair("client_id", self.client_id);
             }
         }
         let body = SecretString::from(form.finish());
@@ -379,7 +422,8 @@ mod tests {
         let secret = SecretString::from("s3cr:t %+é");
         let request = TokenRequest {
             client_id: "my client",
-            client_secret: &secret,
+            client_secret: Some(&secret),
+            private_key: None,
             scope: Some("role:app organization:read"),
             params: &[("audience".into(), "api://x".into())],
             method: ClientAuthMethod::ClientSecretBasic,
@@ -405,7 +449,8 @@ mod tests {
         let secret = SecretString::from("pw");
         let request = TokenRequest {
             client_id: "id",
-            client_secret: &secret,
+            client_secret: Some(&secret),
+            private_key: None,
             scope: None,
             params: &[],
             method: ClientAuthMethod::ClientSecretPost,
@@ -420,6 +465,205 @@ mod tests {
             &body[..],
             b"grant_type=client_credentials&client_id=id&client_secret=pw"
         );
+    }
+
+    #[cfg(feature = "jwt-client-auth")]
+    fn form_of(request: Request<Full<Bytes>>) -> Vec<(String, String)> {
+        use http_body_util::BodyExt;
+        let body = futures_lite_block_on(request.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        form_urlencoded::parse(&body).into_owned().collect()
+    }
+
+    #[cfg(feature = "jwt-client-auth")]
+    fn assertion_request(
+        method: ClientAuthMethod,
+        secret: Option<&SecretString>,
+        key: Option<&PrivateKey>,
+        endpoint: &str,
+    ) -> (Request<Full<Bytes>>, Vec<(String, String)>, String) {
+        let request = TokenRequest {
+            client_id: "jwt client",
+            client_secret: secret,
+            private_key: key,
+            scope: Some("a b"),
+            params: &[],
+            method,
+        }
+        .build(&endpoint.parse().unwrap())
+        .unwrap();
+        let (parts, body) = request.into_parts();
+        let form = form_of(Request::from_parts(parts.clone(), body));
+        let assertion = form
+            .iter()
+            .find(|(k, _)| k == "client_assertion")
+            .map(|(_, v)| v.clone())
+            .expect("client_assertion");
+        (Request::from_parts(parts, Full::default()), form, assertion)
+    }
+
+    #[cfg(feature = "jwt-client-auth")]
+    fn check_claims(claims: &assertion::Claims, endpoint: &str) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(claims.iss, "jwt client");
+        assert_eq!(claims.sub, "jwt client");
+        assert_eq!(claims.aud, endpoint);
+        assert_eq!(claims.jti.len(), 32);
+        assert!(claims.jti.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(claims.iat.abs_diff(now) <= 5);
+        assert_eq!(claims.exp, claims.iat + 60);
+    }
+
+    #[cfg(feature = "jwt-client-auth")]
+    #[test]
+    fn client_secret_jwt_sends_an_hs256_assertion() {
+        use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+        let endpoint = "https://idp.example:8443/oauth2/v1/token";
+        let secret = SecretString::from("a-client-secret-of-at-least-32-bytes!!");
+        let (request, form, jwt) = assertion_request(
+            ClientAuthMethod::ClientSecretJwt,
+            Some(&secret),
+            None,
+            endpoint,
+        );
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(field("grant_type"), Some("client_credentials"));
+        assert_eq!(field("scope"), Some("a b"));
+        assert_eq!(
+            field("client_assertion_type"),
+            Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        );
+        assert_eq!(field("client_id"), Some("jwt client"));
+        assert_eq!(field("client_secret"), None);
+        let header = decode_header(&jwt).unwrap();
+        assert_eq!(header.alg, Algorithm::HS256);
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        assert_eq!(header.kid, None);
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[endpoint]);
+        let claims = decode::<assertion::Claims>(
+            &jwt,
+            &DecodingKey::from_secret(b"a-client-secret-of-at-least-32-bytes!!"),
+            &validation,
+        )
+        .unwrap()
+        .claims;
+        check_claims(&claims, endpoint);
+        // A fresh assertion for every request.
+        let (_, _, again) = assertion_request(
+            ClientAuthMethod::ClientSecretJwt,
+            Some(&secret),
+            None,
+            endpoint,
+        );
+        let again = decode::<assertion::Claims>(
+            &again,
+            &DecodingKey::from_secret(b"a-client-secret-of-at-least-32-bytes!!"),
+            &validation,
+        )
+        .unwrap()
+        .claims;
+        assert_ne!(claims.jti, again.jti);
+    }
+
+    #[cfg(feature = "jwt-client-auth")]
+    #[test]
+    fn private_key_jwt_signs_with_rs256_and_es256() {
+        use crate::JwtSigningAlgorithm;
+        use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+        let endpoint = "https://idp.example/token";
+        let cases = [
+            (
+                JwtSigningAlgorithm::RS256,
+                &include_bytes!("../tests/oidc-provider/test-client-key.pem")[..],
+                DecodingKey::from_rsa_pem(include_bytes!(
+                    "../tests/oidc-provider/test-client-key.pub.pem"
+                ))
+                .unwrap(),
+                Algorithm::RS256,
+            ),
+            (
+                JwtSigningAlgorithm::ES256,
+                &include_bytes!("../tests/oidc-provider/test-es256-key.pem")[..],
+                DecodingKey::from_ec_pem(include_bytes!(
+                    "../tests/oidc-provider/test-es256-key.pub.pem"
+                ))
+                .unwrap(),
+                Algorithm::ES256,
+            ),
+        ];
+        for (algorithm, pem, public, alg) in cases {
+            let key = PrivateKey::from_pem(algorithm, pem, Some("kid-1")).unwrap();
+            let debug = format!("{key:?}");
+            assert!(
+                debug.contains("[redacted]") && !debug.contains("PRIVATE"),
+                "{debug}"
+            );
+            let (request, form, jwt) =
+                assertion_request(ClientAuthMethod::PrivateKeyJwt, None, Some(&key), endpoint);
+            assert!(request.headers().get(AUTHORIZATION).is_none());
+            assert!(form
+                .iter()
+                .any(|(k, v)| k == "client_id" && v == "jwt client"));
+            let header = decode_header(&jwt).unwrap();
+            assert_eq!(header.alg, alg);
+            assert_eq!(header.kid.as_deref(), Some("kid-1"));
+            assert_eq!(header.typ.as_deref(), Some("JWT"));
+            let mut validation = Validation::new(alg);
+            validation.set_audience(&[endpoint]);
+            let claims = decode::<assertion::Claims>(&jwt, &public, &validation)
+                .unwrap()
+                .claims;
+            check_claims(&claims, endpoint);
+        }
+        // The wrong kind of key, or no key at all: a configuration error that quotes nothing.
+        let rsa = include_bytes!("../tests/oidc-provider/test-client-key.pem");
+        let err = PrivateKey::from_pem(JwtSigningAlgorithm::ES256, rsa, None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(!err.to_string().contains("MII"), "{err}");
+        let err = PrivateKey::from_pem(JwtSigningAlgorithm::RS256, b"not a key", None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+    }
+
+    #[cfg(not(feature = "jwt-client-auth"))]
+    #[test]
+    fn jwt_methods_need_the_feature() {
+        let secret = SecretString::from("pw");
+        for method in [
+            ClientAuthMethod::ClientSecretJwt,
+            ClientAuthMethod::PrivateKeyJwt,
+        ] {
+            let err = TokenRequest {
+                client_id: "id",
+                client_secret: Some(&secret),
+                private_key: None,
+                scope: None,
+                params: &[],
+                method,
+            }
+            .build(&"https://idp.example/token".parse().unwrap())
+            .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Configuration);
+            assert!(err.to_string().contains("jwt-client-auth"), "{err}");
+        }
+    }
+
+    #[test]
+    fn method_names() {
+        assert_eq!(
+            ClientAuthMethod::ClientSecretJwt.as_str(),
+            "client_secret_jwt"
+        );
+        assert_eq!(ClientAuthMethod::PrivateKeyJwt.as_str(), "private_key_jwt");
     }
 
     fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -62,6 +62,7 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod assertion;
 pub mod cache;
 pub mod client_credentials;
 mod discovery;
@@ -77,6 +78,7 @@ pub mod reqwest;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use crate::assertion::JwtSigningAlgorithm;
 pub use crate::cache::{TokenCache, TokenCacheBuilder};
 pub use crate::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use crate::endpoint::ClientAuthMethod;

@@ -4,8 +4,10 @@
 //! [`AuthServer`] listens on `127.0.0.1` on a random port and serves
 //!
 //! * a token endpoint (`{issuer}/v1/token`, Okta's layout) that checks the grant type, the
-//!   client authentication (`client_secret_basic` with RFC 6749 §2.3.1 decoding, or
-//!   `client_secret_post`) and the scopes, and issues JWT-shaped tokens;
+//!   client authentication (`client_secret_basic` with RFC 6749 §2.3.1 decoding,
+//!   `client_secret_post`, or with the feature `jwt-client-auth` a `client_secret_jwt`
+//!   assertion; without it an assertion is `invalid_client`) and the scopes, and issues
+//!   JWT-shaped tokens;
 //! * authorization server metadata at the RFC 8414 and Okta well-known locations (and,
 //!   on request, the OpenID ones, see [`MetadataLocation`]);
 //! * scripted misbehaviour ([`Behavior`]): errors, garbage, delays, hangs, rate limits.
@@ -146,7 +148,8 @@ struct State {
 pub struct TokenRequestSeen {
     /// The client authentication method used.
     pub method: Option<ClientAuthMethod>,
-    /// The form fields (the client secret, if sent in the body, replaced by `[redacted]`).
+    /// The form fields (the client secret, if sent in the body, replaced by `[redacted]`; a
+    /// `client_assertion` is kept, it is short-lived and signed).
     pub form: Vec<(String, String)>,
     /// The `Content-Type` header.
     pub content_type: Option<String>,
@@ -287,7 +290,9 @@ impl AuthServer {
 }
 
 impl AuthServerBuilder {
-    /// Registers a client. `method`: the only auth method it may use (`None`: either).
+    /// Registers a client. `method`: the only auth method it may use (`None`: any of
+    /// `client_secret_basic`, `client_secret_post` and, with the feature `jwt-client-auth`,
+    /// `client_secret_jwt`, whose HS256 key is `secret`).
     pub fn client(mut self, id: &str, secret: &str, method: Option<ClientAuthMethod>) -> Self {
         self.clients.insert(
             id.to_string(),
@@ -550,17 +555,53 @@ impl State {
         });
         let post =
             field("client_secret").map(|secret| (field("client_id").unwrap_or_default(), secret));
-        let (method, id, secret) = match (basic, post) {
-            (Some(_), Some(_)) => {
+        let assertion = field("client_assertion");
+        if assertion.is_some() && (basic.is_some() || post.is_some()) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "more than one client authentication method",
+            );
+        }
+        let (method, id, credential) = match (basic, post, assertion) {
+            (Some(_), Some(_), _) => {
                 return oauth_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
                     "more than one client authentication method",
                 )
             }
-            (Some((id, secret)), None) => (ClientAuthMethod::ClientSecretBasic, id, secret),
-            (None, Some((id, secret))) => (ClientAuthMethod::ClientSecretPost, id, secret),
-            (None, None) => {
+            (Some((id, secret)), None, _) => (
+                ClientAuthMethod::ClientSecretBasic,
+                id,
+                Credential::Secret(secret),
+            ),
+            (None, Some((id, secret)), _) => (
+                ClientAuthMethod::ClientSecretPost,
+                id,
+                Credential::Secret(secret),
+            ),
+            (None, None, Some(assertion)) => {
+                if field("client_assertion_type").as_deref() != Some(crate::assertion::JWT_BEARER) {
+                    return oauth_error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_client",
+                        "unsupported client_assertion_type",
+                    );
+                }
+                match assertion_method(&assertion, field("client_id")) {
+                    Some((method, id)) => (method, id, Credential::Assertion(assertion)),
+                    None => {
+                        return oauth_error(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_client",
+                            "client assertions are not supported or malformed (JWT client \
+                             authentication needs the feature `jwt-client-auth`)",
+                        )
+                    }
+                }
+            }
+            (None, None, None) => {
                 return oauth_error(
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
@@ -601,7 +642,11 @@ impl State {
                 "Client authentication failed.",
             );
         };
-        if client.secret != secret || client.method.is_some_and(|m| m != method) {
+        let authenticated = match &credential {
+            Credential::Secret(secret) => client.secret == *secret,
+            Credential::Assertion(jwt) => self.verify_assertion(jwt, &id, &client.secret, method),
+        };
+        if !authenticated || client.method.is_some_and(|m| m != method) {
             return oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -659,6 +704,39 @@ impl State {
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+
+    /// RFC 7523 §3: a `client_secret_jwt` assertion signed HS256 with the client's secret, `iss`
+    /// and `sub` the client id, `aud` this token endpoint, unexpired, with a `jti`.
+    /// `private_key_jwt` is not verified here (no client keys are registered): refused.
+    #[cfg(feature = "jwt-client-auth")]
+    fn verify_assertion(
+        &self,
+        jwt: &str,
+        client_id: &str,
+        secret: &str,
+        method: ClientAuthMethod,
+    ) -> bool {
+        if method != ClientAuthMethod::ClientSecretJwt {
+            return false;
+        }
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_audience(&[format!("{}/v1/token", self.issuer_url())]);
+        validation.set_issuer(&[client_id]);
+        validation.sub = Some(client_id.to_string());
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        validation.leeway = 0;
+        jsonwebtoken::decode::<serde_json::Value>(
+            jwt,
+            &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+            &validation,
+        )
+        .is_ok_and(|data| data.claims["jti"].as_str().is_some_and(|j| !j.is_empty()))
+    }
+
+    #[cfg(not(feature = "jwt-client-auth"))]
+    fn verify_assertion(&self, _: &str, _: &str, _: &str, _: ClientAuthMethod) -> bool {
+        false
     }
 
     fn issue(&self, client_id: &str, scope: &str, now: SystemTime, lifetime: Duration) -> String {
@@ -753,6 +831,45 @@ async fn misbehave(behavior: Option<&Behavior>) -> Option<Response<Full<Bytes>>>
                 .unwrap_or_default(),
         ),
     }
+}
+
+/// How a token request authenticated the client.
+enum Credential {
+    /// `client_secret_basic` or `client_secret_post`.
+    Secret(String),
+    /// A JWT client assertion (RFC 7523).
+    Assertion(String),
+}
+
+/// The method (from the JWS `alg`: HMAC is `client_secret_jwt`) and the client id (the
+/// `client_id` field, else the unverified `sub`) of a client assertion. `None` when it is
+/// malformed, or always without the feature `jwt-client-auth`.
+#[cfg(feature = "jwt-client-auth")]
+fn assertion_method(jwt: &str, client_id: Option<String>) -> Option<(ClientAuthMethod, String)> {
+    let header = jsonwebtoken::decode_header(jwt).ok()?;
+    let method = match header.alg {
+        jsonwebtoken::Algorithm::HS256
+        | jsonwebtoken::Algorithm::HS384
+        | jsonwebtoken::Algorithm::HS512 => ClientAuthMethod::ClientSecretJwt,
+        _ => ClientAuthMethod::PrivateKeyJwt,
+    };
+    let id = match client_id {
+        Some(id) => id,
+        None => {
+            let payload = jwt.split('.').nth(1)?;
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()?;
+            let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+            claims["sub"].as_str()?.to_string()
+        }
+    };
+    Some((method, id))
+}
+
+#[cfg(not(feature = "jwt-client-auth"))]
+fn assertion_method(_: &str, _: Option<String>) -> Option<(ClientAuthMethod, String)> {
+    None
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

@@ -605,3 +605,134 @@ async fn concurrent_requests_through_the_layer_share_one_token() {
     assert_eq!(introspection["active"], true, "{introspection}");
     assert_eq!(introspection["client_id"], BASIC_CLIENT);
 }
+
+/// RFC 7523 JWT client authentication against oidc-provider (feature `jwt-client-auth`).
+#[cfg(feature = "jwt-client-auth")]
+mod jwt_client_auth {
+    use super::*;
+    use tower_client_credentials::JwtSigningAlgorithm;
+
+    const SECRET_JWT_CLIENT: &str = "secret-jwt-client";
+    const SECRET_JWT_SECRET: &str = "secret-jwt-secret-at-least-32-bytes-long!!";
+    const KEY_JWT_CLIENT: &str = "key-jwt-client";
+    const KEY_JWT_ES256_CLIENT: &str = "key-jwt-es256-client";
+    /// Test-only keys; their public halves are registered in `server.mjs`.
+    const RS256_KEY: &[u8] = include_bytes!("oidc-provider/test-client-key.pem");
+    const ES256_KEY: &[u8] = include_bytes!("oidc-provider/test-es256-key.pem");
+    /// Registered nowhere.
+    const OTHER_KEY: &[u8] = include_bytes!("oidc-provider/test-other-key.pem");
+
+    #[tokio::test]
+    async fn client_secret_jwt_gets_a_token() {
+        let provider = provider_or_skip!("client_secret_jwt_gets_a_token");
+        let recorder = Recorder::default();
+        let credentials = recorded(
+            ClientCredentials::builder()
+                .issuer(&provider.issuer)
+                .unwrap()
+                .client_id(SECRET_JWT_CLIENT)
+                .client_secret(SECRET_JWT_SECRET)
+                .scopes(["api:read"])
+                .resource(RESOURCE)
+                .auth_method(ClientAuthMethod::ClientSecretJwt),
+            &recorder,
+        )
+        .build()
+        .unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        let claims = jwt_part(token.secret().expose_secret(), 1);
+        assert_eq!(claims["client_id"], SECRET_JWT_CLIENT);
+        assert_eq!(claims["scope"], "api:read");
+        // A second request needs a fresh assertion (oidc-provider refuses a replayed `jti`).
+        let again = ClientCredentials::builder()
+            .token_endpoint(&provider.token_endpoint())
+            .unwrap()
+            .client_id(SECRET_JWT_CLIENT)
+            .client_secret(SECRET_JWT_SECRET)
+            .auth_method(ClientAuthMethod::ClientSecretJwt)
+            .build()
+            .unwrap();
+        again.fetch_token().await.unwrap();
+        again.fetch_token().await.unwrap();
+        assert_eq!(recorder.token_requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn private_key_jwt_gets_a_token_with_rs256_and_es256() {
+        let provider = provider_or_skip!("private_key_jwt_gets_a_token_with_rs256_and_es256");
+        for (id, algorithm, pem, kid) in [
+            (
+                KEY_JWT_CLIENT,
+                JwtSigningAlgorithm::RS256,
+                RS256_KEY,
+                Some("test-client-rs256"),
+            ),
+            (
+                KEY_JWT_ES256_CLIENT,
+                JwtSigningAlgorithm::ES256,
+                ES256_KEY,
+                None,
+            ),
+        ] {
+            let credentials = ClientCredentials::builder()
+                .token_endpoint(&provider.token_endpoint())
+                .unwrap()
+                .client_id(id)
+                .private_key_jwt(algorithm, pem, kid)
+                .unwrap()
+                .scopes(["api:read api:write"])
+                .build()
+                .unwrap();
+            let token = credentials.fetch_token().await.unwrap();
+            assert_eq!(token.scope(), Some("api:read api:write"), "{id}");
+            let introspection = provider.introspect(token.secret().expose_secret()).await;
+            assert_eq!(introspection["active"], true, "{introspection}");
+            assert_eq!(introspection["client_id"], id);
+            // Fresh assertion: a second request is not a replay.
+            credentials.fetch_token().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_or_key_is_invalid_client() {
+        let provider = provider_or_skip!("wrong_secret_or_key_is_invalid_client");
+        const WRONG: &str = "wrong-secret-but-long-enough-for-hs256-0123";
+        let wrong_secret = ClientCredentials::builder()
+            .token_endpoint(&provider.token_endpoint())
+            .unwrap()
+            .client_id(SECRET_JWT_CLIENT)
+            .client_secret(WRONG)
+            .auth_method(ClientAuthMethod::ClientSecretJwt)
+            .build()
+            .unwrap();
+        let wrong_key = ClientCredentials::builder()
+            .token_endpoint(&provider.token_endpoint())
+            .unwrap()
+            .client_id(KEY_JWT_CLIENT)
+            .private_key_jwt(JwtSigningAlgorithm::RS256, OTHER_KEY, None)
+            .unwrap()
+            .build()
+            .unwrap();
+        // The right secret, but a client registered for private_key_jwt.
+        let wrong_method = ClientCredentials::builder()
+            .token_endpoint(&provider.token_endpoint())
+            .unwrap()
+            .client_id(KEY_JWT_CLIENT)
+            .client_secret(SECRET_JWT_SECRET)
+            .auth_method(ClientAuthMethod::ClientSecretJwt)
+            .build()
+            .unwrap();
+        for credentials in [wrong_secret, wrong_key, wrong_method] {
+            let err = credentials.fetch_token().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::TokenEndpoint, "{err}");
+            let oauth = err.oauth_error().unwrap();
+            assert_eq!(oauth.error, "invalid_client", "{err}");
+            assert_eq!(oauth.status, StatusCode::UNAUTHORIZED);
+            let text = format!("{err} {err:?} {credentials:?}");
+            assert!(
+                !text.contains(WRONG) && !text.contains("PRIVATE KEY"),
+                "{text}"
+            );
+        }
+    }
+}

@@ -74,6 +74,30 @@ const signingJwk = {
   alg: 'RS256',
 };
 
+// Public halves of the client keys for private_key_jwt (RFC 7523). TEST-ONLY
+// key pairs, committed on purpose: the private keys are
+// tests/oidc-provider/test-client-key.pem (RSA 2048, RS256) and
+// tests/oidc-provider/test-es256-key.pem (EC P-256, ES256). Never use them for
+// anything else. tests/oidc-provider/test-other-key.pem is registered nowhere
+// (a "wrong key" for tests).
+const CLIENT_RS256_JWK = {
+  kty: 'RSA',
+  kid: 'test-client-rs256',
+  use: 'sig',
+  alg: 'RS256',
+  n: 'v1M1DuThqXCaM08qy8K9yr1lTpGGjKvnzflIXv_XgCyThKJmh-IlqJ0sGSMu1dMt46bEjC6h8EctqPhATTA1lerdSuqYZ1yrX_XRzbUUWN-Ea_oKgAe4EIVual1qj0Oh_cXOohIziui78EikrIgf1sArhZHsgfFys0D0zDOqFfvXGRSz13dEMS4XLbcd0G9ui_0D8wtiCjN9lmkk2-ws-SQILGR1U2r-SaOCDWR-5CpCBc78Zz6ezpFtYDdXvBtW1lk_3p4hBU5YGBYjvqMfODgGo2sxLvs52H02p4NusmIZKirzQV9qvbhL9NU8stjOOGFGMyja5vjREtqgKFjEnw',
+  e: 'AQAB',
+};
+const CLIENT_ES256_JWK = {
+  kty: 'EC',
+  kid: 'test-client-es256',
+  use: 'sig',
+  alg: 'ES256',
+  crv: 'P-256',
+  x: 'JUKHuXb2_TPu762fmFmTP7GC8XLOZNkQlXoCkcKgZYE',
+  y: 'YFxXA0TfvuG-RrOdfFvpYoBLie7rqa5nIOoLhuwhem0',
+};
+
 // Bind first so the issuer can carry the real port; the request handler is
 // swapped in once the Provider exists (nothing can connect before we print).
 let handler = (_req, res) => {
@@ -104,6 +128,36 @@ server.listen(port, HOST, () => {
         response_types: [],
         redirect_uris: [],
         token_endpoint_auth_method: 'client_secret_post',
+        scope: API_SCOPES,
+      },
+      {
+        client_id: 'secret-jwt-client',
+        client_secret: 'secret-jwt-secret-at-least-32-bytes-long!!',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_jwt',
+        token_endpoint_auth_signing_alg: 'HS256',
+        scope: API_SCOPES,
+      },
+      {
+        client_id: 'key-jwt-client',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_signing_alg: 'RS256',
+        jwks: { keys: [CLIENT_RS256_JWK] },
+        scope: API_SCOPES,
+      },
+      {
+        client_id: 'key-jwt-es256-client',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_signing_alg: 'ES256',
+        jwks: { keys: [CLIENT_ES256_JWK] },
         scope: API_SCOPES,
       },
     ],
