@@ -174,22 +174,7 @@ pub(crate) fn parse_response(
     if !status.is_success() {
         let retry_after = retry_after(response.headers(), SystemTime::now());
         if let Ok(error) = serde_json::from_slice::<ErrorBody>(body) {
-            let oauth = OAuthError {
-                status,
-                error: clean(&error.error, 64),
-                error_description: error.error_description.map(|d| clean(&d, 512)),
-                error_uri: error.error_uri.map(|u| clean(&u, 512)),
-            };
-            let hint = hint_for(&oauth.error);
-            let message = match &oauth.error_description {
-                Some(description) => {
-                    format!("HTTP {status}, `{}`: {description}; {hint}", oauth.error)
-                }
-                None => format!("HTTP {status}, `{}`; {hint}", oauth.error),
-            };
-            return Err(Error::new(ErrorKind::TokenEndpoint, message)
-                .with_oauth(oauth)
-                .with_retry_after(retry_after));
+            return Err(oauth_error(status, error).with_retry_after(retry_after));
         }
         return Err(Error::new(
             ErrorKind::InvalidTokenResponse,
@@ -211,18 +196,7 @@ pub(crate) fn parse_response(
     // Some servers (GitHub's among them) answer an error with HTTP 200.
     if let Ok(error) = serde_json::from_slice::<ErrorBody>(body) {
         if !body_has_access_token(body) {
-            let oauth = OAuthError {
-                status,
-                error: clean(&error.error, 64),
-                error_description: error.error_description.map(|d| clean(&d, 512)),
-                error_uri: error.error_uri.map(|u| clean(&u, 512)),
-            };
-            let hint = hint_for(&oauth.error);
-            return Err(Error::new(
-                ErrorKind::TokenEndpoint,
-                format!("HTTP {status} carrying the error `{}`; {hint}", oauth.error),
-            )
-            .with_oauth(oauth));
+            return Err(oauth_error(status, error));
         }
     }
     let parsed: SuccessBody = serde_json::from_slice(body).map_err(|e| {
@@ -299,6 +273,23 @@ pub(crate) fn parse_response(
         None => token,
     };
     Ok(token.with_extra(parsed.extra))
+}
+
+/// The typed error for an RFC 6749 §5.2 error body: the server's fields, cleaned of control
+/// characters and bounded, and a hint at what to check.
+fn oauth_error(status: StatusCode, error: ErrorBody) -> Error {
+    let oauth = OAuthError {
+        status,
+        error: clean(&error.error, 64),
+        error_description: error.error_description.map(|d| clean(&d, 512)),
+        error_uri: error.error_uri.map(|u| clean(&u, 512)),
+    };
+    let hint = hint_for(&oauth.error);
+    let message = match &oauth.error_description {
+        Some(description) => format!("HTTP {status}, `{}`: {description}; {hint}", oauth.error),
+        None => format!("HTTP {status}, `{}`; {hint}", oauth.error),
+    };
+    Error::new(ErrorKind::TokenEndpoint, message).with_oauth(oauth)
 }
 
 fn body_has_access_token(body: &[u8]) -> bool {

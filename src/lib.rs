@@ -57,6 +57,8 @@
 //! * `metrics`: cache metrics through the `metrics` facade (names in `cache::metric`).
 //! * `reqwest`: `reqwest::BearerAuthMiddleware`, the same cache and headers for a
 //!   `reqwest-middleware` client.
+//! * `jwt-client-auth`: `client_secret_jwt` and `private_key_jwt` client authentication
+//!   (RFC 7523).
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
 //!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
 
