@@ -54,7 +54,7 @@ async fn main() -> Result<(), BoxError> {
     let api = ApiServer::start(&auth, api_key).await?;
 
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())?
+        .token_endpoint(auth.token_endpoint())?
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
         .scopes(["role:app", "organization:read"])

@@ -29,7 +29,7 @@ async fn main() -> Result<(), BoxError> {
     println!("protected API:        {}", api.url());
 
     let credentials = ClientCredentials::builder()
-        .issuer(&auth.issuer())? // the token endpoint is found through RFC 8414 metadata
+        .issuer(auth.issuer())? // the token endpoint is found through RFC 8414 metadata
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
         .scopes(["role:app", "catalog:read", "organization:read"])

@@ -27,7 +27,7 @@ async fn main() -> Result<(), BoxError> {
 
     // The client side: what an application writes.
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())?
+        .token_endpoint(auth.token_endpoint())?
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
         .scopes(["role:app"])

@@ -244,11 +244,9 @@ impl ClientCredentialsBuilder {
     /// The token endpoint URL, e.g. `https://idm.floriday.io/oauth2/aus3testdcf2vyfs70i7/v1/token`.
     ///
     /// Must be `https`, or `http` to a loopback address, unless [`allow_http`](Self::allow_http).
-    pub fn token_endpoint(mut self, url: &str) -> Result<Self, Error> {
-        self.endpoint = Some(EndpointConfig::Token(transport::parse_url(
-            url,
-            "token endpoint",
-        )?));
+    pub fn token_endpoint(mut self, url: impl AsRef<str>) -> Result<Self, Error> {
+        let url = transport::parse_url(url.as_ref(), "token endpoint")?;
+        self.endpoint = Some(EndpointConfig::Token(url));
         Ok(self)
     }
 
@@ -256,8 +254,8 @@ impl ClientCredentialsBuilder {
     /// `https://idm.staging.floriday.io/oauth2/ausmw6b47z1BnlHkw0h7`: the token endpoint and the
     /// supported client authentication methods are found through its metadata (RFC 8414, then
     /// OpenID Connect Discovery), fetched once.
-    pub fn issuer(mut self, url: &str) -> Result<Self, Error> {
-        let issuer = transport::parse_url(url, "issuer")?;
+    pub fn issuer(mut self, url: impl AsRef<str>) -> Result<Self, Error> {
+        let issuer = transport::parse_url(url.as_ref(), "issuer")?;
         if issuer.query().is_some() {
             // RFC 8414 §2: the issuer has no query or fragment component.
             return Err(Error::config(format!(

@@ -56,7 +56,7 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 fn credentials(auth: &AuthServer) -> ClientCredentials {
     ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())
+        .token_endpoint(auth.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
@@ -321,7 +321,7 @@ async fn tonic_token_failure_surfaces_as_a_grpc_status() {
         // An explicit method: no fallback from Basic to the form body after `invalid_client`.
         tower_client_credentials::TokenCache::builder(
             ClientCredentials::builder()
-                .token_endpoint(&auth.token_endpoint())
+                .token_endpoint(auth.token_endpoint())
                 .unwrap()
                 .client_id(AuthServer::CLIENT_ID)
                 .client_secret(AuthServer::CLIENT_SECRET)

@@ -21,7 +21,7 @@ use tower_client_credentials::{
 
 fn credentials(auth: &AuthServer) -> ClientCredentials {
     ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())
+        .token_endpoint(auth.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
@@ -371,7 +371,7 @@ async fn without_any_lifetime_the_default_applies() {
     let auth = AuthServer::start().await.unwrap();
     auth.push_behavior([Behavior::ExpiresIn(serde_json::Value::Null)]);
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())
+        .token_endpoint(auth.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)

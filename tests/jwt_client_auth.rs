@@ -33,7 +33,7 @@ fn jwt_part(jwt: &str, index: usize) -> serde_json::Value {
 async fn client_secret_jwt_on_the_wire() {
     let server = server().await;
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&server.token_endpoint())
+        .token_endpoint(server.token_endpoint())
         .unwrap()
         .client_id(CLIENT)
         .client_secret(SECRET)
@@ -108,7 +108,7 @@ async fn the_server_checks_the_assertion() {
     let server = server().await;
     let builder = || {
         ClientCredentials::builder()
-            .token_endpoint(&server.token_endpoint())
+            .token_endpoint(server.token_endpoint())
             .unwrap()
             .client_id(CLIENT)
             .auth_method(ClientAuthMethod::ClientSecretJwt)
@@ -136,7 +136,7 @@ async fn the_server_checks_the_assertion() {
         .await
         .unwrap();
     let misdirected = ClientCredentials::builder()
-        .token_endpoint(&other.token_endpoint())
+        .token_endpoint(other.token_endpoint())
         .unwrap()
         .client_id(CLIENT)
         .client_secret(SECRET)
@@ -154,7 +154,7 @@ async fn the_server_checks_the_assertion() {
 
     // A client registered for client_secret_jwt may not use the plain methods.
     let err = ClientCredentials::builder()
-        .token_endpoint(&server.token_endpoint())
+        .token_endpoint(server.token_endpoint())
         .unwrap()
         .client_id(CLIENT)
         .client_secret(SECRET)
@@ -175,7 +175,7 @@ async fn auto_detection_never_picks_a_jwt_method() {
         .await
         .unwrap();
     let credentials = ClientCredentials::builder()
-        .issuer(&server.issuer())
+        .issuer(server.issuer())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
@@ -193,7 +193,7 @@ async fn private_key_jwt_is_refused_by_the_local_server() {
     // AuthServer registers no client keys; oidc-provider covers private_key_jwt.
     let server = server().await;
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&server.token_endpoint())
+        .token_endpoint(server.token_endpoint())
         .unwrap()
         .client_id(CLIENT)
         .private_key_jwt(

@@ -26,7 +26,7 @@ fn hyper_client() -> HttpClient {
 
 fn credentials(server: &AuthServer) -> ClientCredentials {
     ClientCredentials::builder()
-        .token_endpoint(&server.token_endpoint())
+        .token_endpoint(server.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
@@ -149,7 +149,7 @@ async fn client_secret_post_on_the_wire() {
         .await
         .unwrap();
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())
+        .token_endpoint(auth.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
@@ -184,7 +184,7 @@ async fn explicit_method_is_not_second_guessed() {
         .await
         .unwrap();
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())
+        .token_endpoint(auth.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
@@ -298,7 +298,7 @@ async fn unreachable_endpoint_is_a_transport_error() {
         .unwrap()
         .port();
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&format!("http://127.0.0.1:{port}/token"))
+        .token_endpoint(format!("http://127.0.0.1:{port}/token"))
         .unwrap()
         .client_id("id")
         .client_secret("secret-xyz")

@@ -103,7 +103,7 @@ async fn the_cache_reports_what_an_operator_needs() {
         .unwrap();
     auth.push_behavior([Behavior::server_error()]);
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())
+        .token_endpoint(auth.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)

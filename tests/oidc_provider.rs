@@ -240,7 +240,7 @@ async fn token_through_discovery() {
 async fn token_through_the_token_endpoint() {
     let provider = provider_or_skip!("token_through_the_token_endpoint");
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&provider.token_endpoint())
+        .token_endpoint(provider.token_endpoint())
         .unwrap()
         .client_id(POST_CLIENT)
         .client_secret(POST_SECRET)
@@ -266,7 +266,7 @@ async fn client_secret_basic_encodes_special_characters() {
     // raw `%sp` with 400 invalid_request, and STRICT_CLIENT_AUTH refuses the body method.
     let provider = provider_or_skip!("client_secret_basic_encodes_special_characters");
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&provider.token_endpoint())
+        .token_endpoint(provider.token_endpoint())
         .unwrap()
         .client_id(BASIC_CLIENT)
         .client_secret(BASIC_SECRET)
@@ -300,7 +300,7 @@ async fn strict_server_refuses_the_wrong_explicit_method() {
         let recorder = Recorder::default();
         let credentials = recorded(
             ClientCredentials::builder()
-                .token_endpoint(&provider.token_endpoint())
+                .token_endpoint(provider.token_endpoint())
                 .unwrap()
                 .client_id(id)
                 .client_secret(secret)
@@ -397,7 +397,7 @@ async fn auto_detection_keeps_basic_for_basic_client() {
     let recorder = Recorder::default();
     let credentials = recorded(
         ClientCredentials::builder()
-            .token_endpoint(&provider.token_endpoint())
+            .token_endpoint(provider.token_endpoint())
             .unwrap()
             .client_id(BASIC_CLIENT)
             .client_secret(BASIC_SECRET),
@@ -423,7 +423,7 @@ async fn requested_scopes_are_granted() {
         (&["api:admin"][..], None),
     ] {
         let credentials = ClientCredentials::builder()
-            .token_endpoint(&provider.token_endpoint())
+            .token_endpoint(provider.token_endpoint())
             .unwrap()
             .client_id(BASIC_CLIENT)
             .client_secret(BASIC_SECRET)
@@ -473,7 +473,7 @@ async fn resource_indicator_gives_a_jwt_for_that_audience() {
 async fn unknown_resource_is_invalid_target() {
     let provider = provider_or_skip!("unknown_resource_is_invalid_target");
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&provider.token_endpoint())
+        .token_endpoint(provider.token_endpoint())
         .unwrap()
         .client_id(BASIC_CLIENT)
         .client_secret(BASIC_SECRET)
@@ -645,7 +645,7 @@ mod jwt_client_auth {
         assert_eq!(claims["scope"], "api:read");
         // A second request needs a fresh assertion (oidc-provider refuses a replayed `jti`).
         let again = ClientCredentials::builder()
-            .token_endpoint(&provider.token_endpoint())
+            .token_endpoint(provider.token_endpoint())
             .unwrap()
             .client_id(SECRET_JWT_CLIENT)
             .client_secret(SECRET_JWT_SECRET)
@@ -675,7 +675,7 @@ mod jwt_client_auth {
             ),
         ] {
             let credentials = ClientCredentials::builder()
-                .token_endpoint(&provider.token_endpoint())
+                .token_endpoint(provider.token_endpoint())
                 .unwrap()
                 .client_id(id)
                 .private_key_jwt(algorithm, pem, kid)
@@ -698,7 +698,7 @@ mod jwt_client_auth {
         let provider = provider_or_skip!("wrong_secret_or_key_is_invalid_client");
         const WRONG: &str = "wrong-secret-but-long-enough-for-hs256-0123";
         let wrong_secret = ClientCredentials::builder()
-            .token_endpoint(&provider.token_endpoint())
+            .token_endpoint(provider.token_endpoint())
             .unwrap()
             .client_id(SECRET_JWT_CLIENT)
             .client_secret(WRONG)
@@ -706,7 +706,7 @@ mod jwt_client_auth {
             .build()
             .unwrap();
         let wrong_key = ClientCredentials::builder()
-            .token_endpoint(&provider.token_endpoint())
+            .token_endpoint(provider.token_endpoint())
             .unwrap()
             .client_id(KEY_JWT_CLIENT)
             .private_key_jwt(JwtSigningAlgorithm::RS256, OTHER_KEY, None)
@@ -715,7 +715,7 @@ mod jwt_client_auth {
             .unwrap();
         // The right secret, but a client registered for private_key_jwt.
         let wrong_method = ClientCredentials::builder()
-            .token_endpoint(&provider.token_endpoint())
+            .token_endpoint(provider.token_endpoint())
             .unwrap()
             .client_id(KEY_JWT_CLIENT)
             .client_secret(SECRET_JWT_SECRET)

@@ -19,7 +19,7 @@ const API_KEY: &str = "api-key-51d0a4";
 
 fn layer(auth: &AuthServer) -> BearerAuthLayer {
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())
+        .token_endpoint(auth.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)

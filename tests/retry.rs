@@ -16,7 +16,7 @@ type Layered = RetryUnauthorized<Client<HttpConnector, Full<Bytes>>>;
 
 fn layer(auth: &AuthServer, api_key: &str) -> BearerAuthLayer {
     let credentials = ClientCredentials::builder()
-        .token_endpoint(&auth.token_endpoint())
+        .token_endpoint(auth.token_endpoint())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
         .client_secret(AuthServer::CLIENT_SECRET)
