@@ -213,7 +213,7 @@ impl TokenCache {
     #[inline(always)]
     pub(crate) fn valid_header(&self) -> Option<HeaderValue> {
         let current = self.shared.current.load();
-        self.valid_header_of(current.as_ref()?)
+        Some(self.valid(current.as_ref()?)?.token.header().clone())
     }
 
     /// A per-service view of the current token: an `arc_swap::Cache`, whose load is one atomic
@@ -226,49 +226,33 @@ impl TokenCache {
     #[inline(always)]
     pub(crate) fn valid_header_with(&self, reader: &mut Reader) -> Option<HeaderValue> {
         let current = reader.0.load();
-        self.valid_header_of(current.as_ref()?)
+        Some(self.valid(current.as_ref()?)?.token.header().clone())
     }
 
+    /// `current` if it is valid now; past its refresh point, also starts the one refresh-ahead.
+    /// The one place that decides whether a cached token may be used.
     #[inline(always)]
-    fn valid_header_of(&self, current: &Arc<Current>) -> Option<HeaderValue> {
+    fn valid<'a>(&self, current: &'a Current) -> Option<&'a Current> {
         let now = Instant::now();
         if now < current.refresh_at {
-            return Some(current.token.header().clone());
+            return Some(current);
         }
-        self.valid_header_after_refresh_point(current, now)
+        self.valid_after_refresh_point(current, now)
     }
 
     #[cold]
-    fn valid_header_after_refresh_point(
+    fn valid_after_refresh_point<'a>(
         &self,
-        current: &Current,
+        current: &'a Current,
         now: Instant,
-    ) -> Option<HeaderValue> {
+    ) -> Option<&'a Current> {
         if now >= current.expires_at {
             return None;
         }
         #[cfg(feature = "metrics")]
         metrics::counter!(metric::SERVED_DURING_REFRESH_AHEAD).increment(1);
         self.shared.refresh_ahead(current.generation);
-        Some(current.token.header().clone())
-    }
-
-    /// Applies `f` to the current token if it is valid now, starting a refresh-ahead when its
-    /// refresh point has passed.
-    #[inline]
-    fn with_valid<R>(&self, f: impl FnOnce(&Arc<Token>) -> R) -> Option<R> {
-        let current = self.shared.current.load();
-        let current = current.as_ref()?;
-        let now = Instant::now();
-        if now >= current.expires_at {
-            return None;
-        }
-        if now >= current.refresh_at {
-            #[cfg(feature = "metrics")]
-            metrics::counter!(metric::SERVED_DURING_REFRESH_AHEAD).increment(1);
-            self.shared.refresh_ahead(current.generation);
-        }
-        Some(f(&current.token))
+        Some(current)
     }
 
     /// A token valid now: the cached one, or the result of the (single, shared) refresh.
@@ -282,15 +266,20 @@ impl TokenCache {
     }
 
     pub(crate) async fn header(&self) -> Result<HeaderValue, Error> {
-        if let Some(header) = self.valid_header() {
-            return Ok(header);
-        }
         self.valid_token().await.map(|t| t.header().clone())
     }
 
     async fn valid_token(&self) -> Result<Arc<Token>, Error> {
         loop {
-            if let Some(token) = self.with_valid(Arc::clone) {
+            // The guard is dropped here, not held across the awaits below.
+            let valid = {
+                let current = self.shared.current.load();
+                current
+                    .as_ref()
+                    .and_then(|c| self.valid(c))
+                    .map(|c| c.token.clone())
+            };
+            if let Some(token) = valid {
                 return Ok(token);
             }
             let waiting = {

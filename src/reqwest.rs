@@ -46,14 +46,12 @@
 //! its [`ErrorKind`](crate::ErrorKind).
 
 use std::fmt;
-use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
 use crate::cache::TokenCache;
-use crate::layer::BearerAuthLayer;
+use crate::layer::{BearerAuthLayer, ExtraHeaders};
 
 /// reqwest-middleware [`Middleware`] that adds a bearer token from a shared [`TokenCache`] and
 /// the extra headers of a [`BearerAuthLayer`]. See the [module docs](crate::reqwest).
@@ -62,7 +60,7 @@ use crate::layer::BearerAuthLayer;
 #[derive(Clone)]
 pub struct BearerAuthMiddleware {
     cache: TokenCache,
-    headers: Arc<[(HeaderName, HeaderValue)]>,
+    headers: ExtraHeaders,
 }
 
 impl BearerAuthMiddleware {
@@ -109,11 +107,7 @@ impl Middleware for BearerAuthMiddleware {
             .header()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        let headers = request.headers_mut();
-        headers.insert(AUTHORIZATION, token);
-        for (name, value) in self.headers.iter() {
-            headers.insert(name.clone(), value.clone());
-        }
+        self.headers.apply(request.headers_mut(), token);
         next.run(request, extensions).await
     }
 }
@@ -122,14 +116,7 @@ impl fmt::Debug for BearerAuthMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerAuthMiddleware")
             .field("cache", &self.cache)
-            .field(
-                "headers",
-                &self
-                    .headers
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("headers", &self.headers)
             .finish()
     }
 }
@@ -154,9 +141,9 @@ mod tests {
             .with_header("x-api-key", "my-api-key")
             .unwrap();
         let middleware = BearerAuthMiddleware::from(&layer);
-        assert!(Arc::ptr_eq(&middleware.headers, &layer.headers));
-        assert_eq!(middleware.headers[0].0, "x-api-key");
-        assert!(middleware.headers[0].1.is_sensitive());
+        assert!(middleware.headers.ptr_eq(&layer.headers));
+        assert_eq!(middleware.headers.as_slice()[0].0, "x-api-key");
+        assert!(middleware.headers.as_slice()[0].1.is_sensitive());
         let debug = format!("{middleware:?}");
         assert!(debug.contains("x-api-key"));
         assert!(!debug.contains("my-api-key"));

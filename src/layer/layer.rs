@@ -1,10 +1,10 @@
 use std::fmt;
-use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use tower_layer::Layer;
 
 use super::BearerAuth;
+use super::ExtraHeaders;
 use crate::cache::TokenCache;
 use crate::error::Error;
 use crate::source::TokenSource;
@@ -16,7 +16,7 @@ use crate::source::TokenSource;
 #[derive(Clone)]
 pub struct BearerAuthLayer {
     pub(crate) cache: TokenCache,
-    pub(crate) headers: Arc<[(HeaderName, HeaderValue)]>,
+    pub(crate) headers: ExtraHeaders,
 }
 
 impl BearerAuthLayer {
@@ -29,7 +29,7 @@ impl BearerAuthLayer {
     pub fn from_cache(cache: TokenCache) -> Self {
         BearerAuthLayer {
             cache,
-            headers: Arc::from(Vec::new()),
+            headers: ExtraHeaders::default(),
         }
     }
 
@@ -70,16 +70,9 @@ impl BearerAuthLayer {
             ));
         }
         value.set_sensitive(true);
-        let mut headers: Vec<_> = self
-            .headers
-            .iter()
-            .filter(|(n, _)| *n != name)
-            .cloned()
-            .collect();
-        headers.push((name, value));
         Ok(BearerAuthLayer {
+            headers: self.headers.with(name, value),
             cache: self.cache,
-            headers: headers.into(),
         })
     }
 
@@ -101,14 +94,7 @@ impl fmt::Debug for BearerAuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerAuthLayer")
             .field("cache", &self.cache)
-            .field(
-                "headers",
-                &self
-                    .headers
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("headers", &self.headers)
             .finish()
     }
 }

@@ -47,10 +47,13 @@
 //! service's own errors pass through unchanged (boxed).
 
 mod future;
+mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
 mod retry;
 mod service;
+
+pub(crate) use self::headers::ExtraHeaders;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::BearerAuthLayer;

@@ -1,13 +1,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::HeaderValue;
 use http::Request;
 use tower_service::Service;
 
+use super::ExtraHeaders;
 use super::{BearerAuthLayer, ResponseFuture};
 use crate::cache::{Reader, TokenCache};
 use crate::error::{BoxError, Error, ErrorKind};
@@ -27,7 +27,7 @@ pub struct BearerAuth<S> {
     inner: S,
     cache: TokenCache,
     reader: Reader,
-    headers: Arc<[(HeaderName, HeaderValue)]>,
+    headers: ExtraHeaders,
     /// The token taken by `poll_ready` for the next call. Its own field, not a state of an enum,
     /// so that the fresh-token path is straight-line code: a check, a load, a store.
     token: Option<HeaderValue>,
@@ -80,11 +80,7 @@ impl<S> BearerAuth<S> {
     /// Inserts the auth and extra headers. Hot path: reference-count bumps and inserts only.
     #[inline]
     fn authorize<B>(&self, request: &mut Request<B>, token: HeaderValue) {
-        let headers = request.headers_mut();
-        headers.insert(AUTHORIZATION, token);
-        for (name, value) in self.headers.iter() {
-            headers.insert(name.clone(), value.clone());
-        }
+        self.headers.apply(request.headers_mut(), token);
     }
 }
 
@@ -239,14 +235,7 @@ impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
         f.debug_struct("BearerAuth")
             .field("inner", &self.inner)
             .field("state", &state)
-            .field(
-                "headers",
-                &self
-                    .headers
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("headers", &self.headers)
             .finish()
     }
 }
