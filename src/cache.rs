@@ -69,16 +69,9 @@ pub mod metric {
     pub const TOKEN_LIFETIME: &str = "tower_client_credentials_token_lifetime_seconds";
 }
 
-/// Longest duration any setting takes: longer ones (`Duration::MAX` for "never") are clamped,
-/// so that no `Instant` arithmetic can overflow.
-const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-fn bounded(duration: Duration) -> Duration {
-    duration.min(CENTURY)
-}
+use crate::time::{clamp_to_century as bounded, ONE_YEAR};
 
 const DEFAULT_MIN_MARGIN: Duration = Duration::from_secs(30);
-const ONE_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A token shared by every clone of a [`BearerAuthLayer`](crate::BearerAuthLayer) and of the
 /// services it makes.

@@ -312,13 +312,9 @@ fn seconds(value: &serde_json::Value) -> Result<Option<Duration>, ()> {
     if !number.is_finite() {
         return Err(());
     }
-    if number <= 0.0 {
-        return Ok(None);
-    }
-    // Clamped here so that no later Instant arithmetic can overflow; the cache clamps further.
-    Ok(Some(Duration::from_secs_f64(
-        number.min(100.0 * 365.0 * 86400.0),
-    )))
+    // Zero or negative: no stated lifetime. Clamped so that no later Instant arithmetic can
+    // overflow; the cache clamps further.
+    Ok(crate::time::positive_seconds(number))
 }
 
 /// The server's requested wait: `Retry-After` (seconds or HTTP date), else Okta's

@@ -72,6 +72,7 @@ mod endpoint;
 mod error;
 pub mod layer;
 pub mod source;
+mod time;
 mod token;
 mod transport;
 

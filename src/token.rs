@@ -47,9 +47,7 @@ impl Token {
     ) -> Result<Self, Error> {
         let access_token: String = access_token.into();
         let header = bearer_header(&access_token)?;
-        // `Duration::MAX` ("never expires") and the like: a century is long enough, and keeps
-        // every `Instant` computed from it in range.
-        let lifetime = lifetime.map(|l| l.min(Duration::from_secs(100 * 365 * 24 * 3600)));
+        let lifetime = lifetime.map(crate::time::clamp_to_century);
         Ok(Token {
             access_token: SecretString::from(access_token),
             header,
