@@ -71,6 +71,7 @@ mod discovery;
 mod endpoint;
 mod error;
 pub mod layer;
+pub mod retry;
 pub mod source;
 mod time;
 mod token;

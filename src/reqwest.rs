@@ -101,13 +101,13 @@ impl Middleware for BearerAuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<::reqwest::Response> {
-        // With a fresh token cached: a lock-free load and a reference-count bump, as in the layer.
         let token = self
             .cache
-            .header()
+            .wait_for_header()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        self.headers.apply(request.headers_mut(), token);
+        self.headers
+            .insert_with_authorization(request.headers_mut(), token);
         next.run(request, extensions).await
     }
 }

@@ -23,10 +23,10 @@ impl ExtraHeaders {
         ExtraHeaders(headers.into())
     }
 
-    /// Inserts `authorization: <token>` and the extra headers. Hot path: reference-count bumps
-    /// and inserts only.
+    /// Inserts `authorization` with the token's value, then the extra headers: reference-count
+    /// bumps and inserts only.
     #[inline]
-    pub(crate) fn apply(&self, headers: &mut HeaderMap, token: HeaderValue) {
+    pub(crate) fn insert_with_authorization(&self, headers: &mut HeaderMap, token: HeaderValue) {
         headers.insert(AUTHORIZATION, token);
         for (name, value) in self.0.iter() {
             headers.insert(name.clone(), value.clone());

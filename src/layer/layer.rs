@@ -7,6 +7,7 @@ use super::BearerAuth;
 use super::ExtraHeaders;
 use crate::cache::TokenCache;
 use crate::error::Error;
+use crate::retry::RetryUnauthorizedLayer;
 use crate::source::TokenSource;
 
 /// Layer that authenticates every request with a bearer token from a shared cache and adds
@@ -74,6 +75,12 @@ impl BearerAuthLayer {
             headers: self.headers.with(name, value),
             cache: self.cache,
         })
+    }
+
+    /// Retries a request once with a fresh token when the API rejects the one sent; see
+    /// [`RetryUnauthorizedLayer`].
+    pub fn retry_on_unauthorized(self) -> RetryUnauthorizedLayer {
+        RetryUnauthorizedLayer::new(self)
     }
 
     /// The shared token cache, e.g. to [`invalidate`](TokenCache::invalidate) a rejected token.

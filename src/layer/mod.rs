@@ -50,15 +50,15 @@ mod future;
 mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
-mod retry;
 mod service;
 
 pub(crate) use self::headers::ExtraHeaders;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::BearerAuthLayer;
-pub use self::retry::{
+// The retry middleware lived here first; its public paths stay.
+pub use self::service::BearerAuth;
+pub use crate::retry::{
     is_invalid_token, is_unauthorized, RejectionPredicate, RetryUnauthorized,
     RetryUnauthorizedLayer,
 };
-pub use self::service::BearerAuth;

@@ -1,0 +1,440 @@
+//! The single-flight refresh: at most one call of the token source at a time, run as a task of
+//! its own; callers with no usable token wait for it (or fail fast while the cache backs off);
+//! the outcome updates the backoff state and the current token.
+
+use std::sync::{Arc, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::read::Current;
+use super::{metrics, schedule, Shared, TokenCache};
+use crate::error::{Error, ErrorKind};
+use crate::time::ONE_YEAR;
+use crate::token::Token;
+
+/// Extra time, past a refresh's own time limit, before waiters give up on it.
+const REFRESH_GRACE: Duration = Duration::from_secs(1);
+
+type Outcome = Result<Arc<Token>, Error>;
+
+/// Everything about refreshing that is not the current token: the running refresh, the backoff,
+/// the invalidation rate limit. Behind the cache's one mutex, never touched by the hot path.
+#[derive(Default)]
+pub(super) struct RefreshState {
+    /// The running refresh's result channel.
+    running: Option<watch::Receiver<Option<Outcome>>>,
+    /// Identifies the running refresh (and only it may clear `running`).
+    refresh_id: u64,
+    /// When the running refresh started: one that outlives its time limit by far (its runtime
+    /// is no longer driven) is given up on.
+    started_at: Option<Instant>,
+    /// Consecutive failures since the last success.
+    failures: u32,
+    /// No refresh may start before this instant (backoff).
+    not_before: Option<Instant>,
+    last_error: Option<Error>,
+    last_invalidation: Option<Instant>,
+    next_generation: u64,
+}
+
+impl RefreshState {
+    /// The running refresh, unless its task is gone without a word (dropped before its first
+    /// poll), or it has outlived its time limit by far (its runtime is no longer driven: a
+    /// `current_thread` runtime whose `block_on` returned).
+    fn live_refresh(&mut self, limit: Duration) -> Option<&watch::Receiver<Option<Outcome>>> {
+        let dropped = self
+            .running
+            .as_ref()
+            .is_some_and(|receiver| receiver.has_changed().is_err());
+        let stuck = self
+            .started_at
+            .and_then(|started| started.checked_add(limit.saturating_add(REFRESH_GRACE)))
+            .is_some_and(|deadline| Instant::now() >= deadline);
+        if self.running.is_some() && (dropped || stuck) {
+            self.running = None;
+        }
+        self.running.as_ref()
+    }
+}
+
+/// Why no refresh was joined or started.
+enum Backoff {
+    /// Wait until then for the next attempt (within `max_backoff_wait`).
+    Wait(Instant),
+    /// Fail now with this error.
+    Fail(Error),
+}
+
+impl TokenCache {
+    /// A token usable now: the cached one, or the result of the (single, shared) refresh.
+    pub(super) async fn usable_or_refreshed(&self) -> Result<Arc<Token>, Error> {
+        loop {
+            // The guard is dropped here, not held across the awaits below.
+            let usable = {
+                let current = self.shared.current.load();
+                current
+                    .as_ref()
+                    .and_then(|c| self.usable_starting_refresh_ahead(c))
+                    .map(|c| c.token.clone())
+            };
+            if let Some(token) = usable {
+                return Ok(token);
+            }
+            let joined = {
+                let mut state = self.shared.lock_state();
+                // Checked again under the lock: a refresh may have finished since.
+                if let Some(token) = self.shared.unexpired_token() {
+                    return Ok(token);
+                }
+                self.shared.join_or_start(&mut state)
+            };
+            match joined {
+                Ok(mut receiver) => {
+                    metrics::waiter();
+                    // Bounded: a refresh whose runtime is no longer driven must not hold its
+                    // waiters forever (`live_refresh` gives up on it for later callers too).
+                    let limit = self
+                        .shared
+                        .config
+                        .refresh_timeout
+                        .saturating_add(REFRESH_GRACE);
+                    let outcome =
+                        match tokio::time::timeout(limit, receiver.wait_for(Option::is_some)).await
+                        {
+                            Ok(Ok(outcome)) => outcome.clone(),
+                            Ok(Err(_)) | Err(_) => None,
+                        };
+                    return match outcome {
+                        // A refresh that ended long ago (a waiter left unpolled for a while)
+                        // may have produced a token that has expired since: look again.
+                        Some(Ok(token)) if !self.shared.is_cached_and_unexpired(&token) => continue,
+                        Some(outcome) => outcome,
+                        None => Err(Error::new(
+                            ErrorKind::RefreshAborted,
+                            "the refresh task ended or stalled without a result; check that the \
+                             tokio runtime that started it is still running and has timers \
+                             enabled",
+                        )),
+                    };
+                }
+                Err(Backoff::Wait(until)) => tokio::time::sleep_until(until).await,
+                Err(Backoff::Fail(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Drops the cached token if its `Authorization` value is `header`, and starts one refresh;
+    /// see [`TokenCache::invalidate`].
+    pub(crate) fn invalidate_header(&self, header: &http::HeaderValue) -> bool {
+        let mut state = self.shared.lock_state();
+        let current = self.shared.current.load();
+        let Some(current) = current.as_ref() else {
+            return false;
+        };
+        if current.token.header() != header {
+            return false;
+        }
+        let now = Instant::now();
+        if let Some(last) = state.last_invalidation {
+            if last
+                .checked_add(self.shared.config.min_invalidate_interval)
+                .is_none_or(|until| now < until)
+            {
+                tracing::debug!(
+                    "token rejected again within the minimum invalidation interval; keeping it"
+                );
+                return false;
+            }
+        }
+        state.last_invalidation = Some(now);
+        self.shared.current.store(None);
+        tracing::info!("cached access token invalidated");
+        if state
+            .live_refresh(self.shared.config.refresh_timeout)
+            .is_none()
+            && state.not_before.is_none_or(|t| t <= now)
+        {
+            let _ = self.shared.start(&mut state);
+        }
+        true
+    }
+}
+
+impl Shared {
+    pub(super) fn lock_state(&self) -> MutexGuard<'_, RefreshState> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that
+        // matters (every field is a plain value), so a poisoned lock is used as is.
+        self.refresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins the running refresh, or starts one, or says why not.
+    fn join_or_start(
+        self: &Arc<Self>,
+        state: &mut RefreshState,
+    ) -> Result<watch::Receiver<Option<Outcome>>, Backoff> {
+        if let Some(receiver) = state.live_refresh(self.config.refresh_timeout) {
+            return Ok(receiver.clone());
+        }
+        let now = Instant::now();
+        if let Some(not_before) = state.not_before.filter(|t| *t > now) {
+            let remaining = not_before - now;
+            if remaining <= self.config.max_backoff_wait {
+                return Err(Backoff::Wait(not_before));
+            }
+            return Err(Backoff::Fail(self.backing_off_error(state, remaining)));
+        }
+        self.start(state).map_err(Backoff::Fail)
+    }
+
+    fn backing_off_error(&self, state: &RefreshState, remaining: Duration) -> Error {
+        let message = match &state.last_error {
+            Some(last) => format!(
+                "the last token refresh failed ({last}); the next attempt is due in {} ms",
+                remaining.as_millis()
+            ),
+            None => format!(
+                "the token was rejected and a new one may be requested in {} ms",
+                remaining.as_millis()
+            ),
+        };
+        let error = Error::new(ErrorKind::BackingOff, message).with_retry_after(Some(remaining));
+        match &state.last_error {
+            Some(last) => error.with_source(last.clone()),
+            None => error,
+        }
+    }
+
+    /// Starts the refresh task. Called with the lock held and no refresh running.
+    fn start(
+        self: &Arc<Self>,
+        state: &mut RefreshState,
+    ) -> Result<watch::Receiver<Option<Outcome>>, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::config(
+                "a token refresh was needed outside a tokio runtime; call the service from \
+                 within a tokio runtime",
+            )
+        })?;
+        let (sender, receiver) = watch::channel(None);
+        state.running = Some(receiver.clone());
+        state.refresh_id = state.refresh_id.wrapping_add(1);
+        state.started_at = Some(Instant::now());
+        let refresh_id = state.refresh_id;
+        let shared = self.clone();
+        // The task is made at its first poll: a task dropped unpolled (its runtime is shutting
+        // down) must not run `RefreshTask`'s `Drop`, which takes the lock we hold. Its dropped
+        // sender marks the refresh as dead instead (see `live_refresh`).
+        runtime.spawn(async move {
+            RefreshTask {
+                shared,
+                sender,
+                refresh_id,
+                finished: false,
+            }
+            .run()
+            .await
+        });
+        Ok(receiver)
+    }
+
+    /// Starts a refresh ahead of expiry (cold path of the read path), unless one is running or
+    /// the cache is backing off.
+    #[cold]
+    pub(super) fn refresh_ahead(self: &Arc<Self>, generation: u64) {
+        // `try_lock`: a request in the refresh-ahead window must never wait for another.
+        let Ok(mut state) = self.refresh.try_lock() else {
+            return;
+        };
+        self.refresh_ahead_locked(&mut state, generation);
+    }
+
+    fn refresh_ahead_locked(self: &Arc<Self>, state: &mut RefreshState, generation: u64) {
+        // Checked again under the lock: the token this caller saw may have been replaced by a
+        // refresh that finished in the meantime.
+        let now = Instant::now();
+        let due = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && now >= c.refresh_at);
+        if !due || state.live_refresh(self.config.refresh_timeout).is_some() {
+            return;
+        }
+        if state.not_before.is_some_and(|t| t > now) {
+            return;
+        }
+        metrics::refresh_ahead_started();
+        if let Err(error) = self.start(state) {
+            tracing::warn!(error = %error, "could not start a refresh ahead of expiry");
+        }
+        // Until it ends (or, with no runtime to run it, until expiry), requests need not come
+        // here again: move the refresh point to expiry.
+        self.postpone_refresh(generation, None);
+    }
+
+    /// Replaces the current token's refresh point (same token), if it is still current.
+    fn postpone_refresh(&self, generation: u64, until: Option<Instant>) {
+        let current = self.current.load();
+        if let Some(current) = current.as_ref().filter(|c| c.generation == generation) {
+            let refresh_at = until.map_or(current.expires_at, |u| u.min(current.expires_at));
+            self.current.store(Some(Arc::new(Current {
+                token: current.token.clone(),
+                refresh_at,
+                expires_at: current.expires_at,
+                generation,
+            })));
+        }
+    }
+
+    /// Records the outcome of refresh `refresh_id`: the new token, or the failure and its
+    /// backoff.
+    fn finish(self: &Arc<Self>, refresh_id: u64, result: Result<Token, Error>) -> Outcome {
+        // Decided before the lock is taken, so that the state changes below happen in one
+        // critical section (no window in which a second refresh could start).
+        let result = result.and_then(|token| {
+            let lifetime = schedule::believed_lifetime(&self.config, token.lifetime());
+            let (refresh_at, expires_at) = schedule::refresh_and_expiry(
+                &self.config,
+                token.received_at(),
+                lifetime,
+                fastrand::f64(),
+            );
+            if expires_at <= Instant::now() {
+                return Err(Error::new(
+                    ErrorKind::InvalidTokenResponse,
+                    "the token source returned a token that has already expired (an expires_in \
+                     of almost zero, or a JWT whose exp has passed); check the authorization \
+                     server's clock and the token's lifetime",
+                ));
+            }
+            Ok((token, refresh_at, expires_at))
+        });
+        let mut state = self.lock_state();
+        if state.refresh_id == refresh_id {
+            state.running = None;
+        }
+        let now = Instant::now();
+        match result {
+            Ok((token, refresh_at, expires_at)) => {
+                let token = Arc::new(token);
+                state.failures = 0;
+                state.not_before = None;
+                state.last_error = None;
+                state.next_generation += 1;
+                let generation = state.next_generation;
+                self.current.store(Some(Arc::new(Current {
+                    token: token.clone(),
+                    refresh_at,
+                    expires_at,
+                    generation,
+                })));
+                tracing::info!(
+                    lifetime_s = (expires_at - now).as_secs(),
+                    refresh_in_s = refresh_at.saturating_duration_since(now).as_secs(),
+                    scope = token.scope().unwrap_or(""),
+                    "access token refreshed"
+                );
+                metrics::new_token(expires_at - now);
+                if self.config.background_refresh {
+                    self.schedule_background(refresh_at, generation);
+                }
+                Ok(token)
+            }
+            Err(error) => {
+                state.failures = state.failures.saturating_add(1);
+                let delay = schedule::backoff_delay(
+                    &self.config,
+                    state.failures,
+                    error.retry_after(),
+                    fastrand::f64(),
+                );
+                let next = now.checked_add(delay).unwrap_or(now + ONE_YEAR);
+                state.not_before = Some(next);
+                state.last_error = Some(error.clone());
+                tracing::warn!(
+                    error = %error,
+                    kind = ?error.kind(),
+                    consecutive_failures = state.failures,
+                    next_attempt_in_ms = delay.as_millis() as u64,
+                    "access token refresh failed"
+                );
+                // A token that is still valid keeps being served; its next refresh attempt waits
+                // for the backoff.
+                let generation = self.current.load().as_ref().map(|c| c.generation);
+                if let Some(generation) = generation {
+                    self.postpone_refresh(generation, Some(next));
+                    if self.config.background_refresh {
+                        self.schedule_background(next, generation);
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// A sleeper that starts the refresh at `at` without request traffic. It holds only a weak
+    /// reference: when the last clone of the cache is dropped, it ends.
+    fn schedule_background(self: &Arc<Self>, at: Instant, generation: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = weak.upgrade() {
+                // A blocking lock: off the request path, and a `try_lock` lost to a request
+                // would end the schedule.
+                let mut state = shared.lock_state();
+                shared.refresh_ahead_locked(&mut state, generation);
+            }
+        });
+    }
+}
+
+/// One refresh, as a task of its own. Dropped without finishing (its runtime shut down, a panic
+/// in the source), it still releases the refresh and tells every waiter.
+struct RefreshTask {
+    shared: Arc<Shared>,
+    sender: watch::Sender<Option<Outcome>>,
+    refresh_id: u64,
+    finished: bool,
+}
+
+impl RefreshTask {
+    async fn run(mut self) {
+        tracing::debug!("access token refresh started");
+        let started = Instant::now();
+        let timeout = self.shared.config.refresh_timeout;
+        let result = match tokio::time::timeout(timeout, self.shared.source.fetch_token()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                ErrorKind::Transport,
+                format!(
+                    "the token source did not answer within {} s; check that the token endpoint \
+                     is reachable",
+                    timeout.as_secs()
+                ),
+            )),
+        };
+        metrics::token_request(result.is_ok(), started.elapsed());
+        let outcome = self.shared.finish(self.refresh_id, result);
+        self.finished = true;
+        self.sender.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for RefreshTask {
+    fn drop(&mut self) {
+        if !self.finished {
+            let error = Error::new(
+                ErrorKind::RefreshAborted,
+                "the token refresh task was stopped before it finished; check that the tokio \
+                 runtime is still running",
+            );
+            let outcome = self.shared.finish(self.refresh_id, Err(error));
+            self.sender.send_replace(Some(outcome));
+        }
+    }
+}

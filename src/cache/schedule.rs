@@ -1,0 +1,127 @@
+//! Pure timing maths of the cache: when a token is refreshed and expires, and how long to back
+//! off after a failure. No state, no clock reads: callers pass the instants and the randomness.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::builder::Config;
+
+const DEFAULT_MIN_MARGIN: Duration = Duration::from_secs(30);
+
+/// When a token received at `received` with `lifetime` (already clamped) is refreshed, and when
+/// it expires. `random` is uniform in `0.0..1.0`: it moves the refresh point earlier by up to
+/// `refresh_jitter` × the margin, so that replicas started together do not refresh together.
+///
+/// The margin is the configured one, else the larger of 30 s and 10 % of the lifetime; it is
+/// always capped at half the lifetime, so a short-lived token is used for at least half of it.
+pub(super) fn refresh_and_expiry(
+    config: &Config,
+    received: Instant,
+    lifetime: Duration,
+    random: f64,
+) -> (Instant, Instant) {
+    let expires_at = received + lifetime;
+    let half = lifetime / 2;
+    let margin = config
+        .refresh_margin
+        .unwrap_or_else(|| DEFAULT_MIN_MARGIN.max(lifetime / 10))
+        .min(half);
+    let jitter = margin.mul_f64(config.refresh_jitter * random);
+    let lead = (margin + jitter).min(half.max(margin));
+    (expires_at - lead, expires_at)
+}
+
+/// The lifetime the cache believes: the source's, else the configured default, at most
+/// `max_lifetime`.
+pub(super) fn believed_lifetime(config: &Config, stated: Option<Duration>) -> Duration {
+    stated
+        .unwrap_or(config.default_lifetime)
+        .min(config.max_lifetime)
+}
+
+/// How long to wait after the `failures`-th consecutive failure. `server_wait` is what the
+/// server asked for (`Retry-After`, Okta's rate-limit reset): a floor, capped by
+/// `max_retry_after`. `random` is uniform in `0.0..1.0`.
+pub(super) fn backoff_delay(
+    config: &Config,
+    failures: u32,
+    server_wait: Option<Duration>,
+    random: f64,
+) -> Duration {
+    let exp = config
+        .backoff_factor
+        .checked_pow(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    let step = config
+        .backoff_base
+        .saturating_mul(exp)
+        .min(config.max_backoff);
+    // Jitter over the upper half of the step ("equal jitter"), not the whole of it ("full
+    // jitter"): replicas still spread out, and every step waits at least half its length, which
+    // is what bounds the attempts an outage can cause (full jitter allows a run of near-zero
+    // waits, so no such bound holds).
+    let jittered = step / 2 + (step / 2).mul_f64(random);
+    match server_wait {
+        Some(server) => jittered.max(server.min(config.max_retry_after)),
+        None => jittered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn margin_and_lifetime(config: &Config, lifetime: u64) -> (u64, u64) {
+        let now = Instant::now();
+        let lifetime = believed_lifetime(config, Some(Duration::from_secs(lifetime)));
+        let (refresh, expires) = refresh_and_expiry(config, now, lifetime, 0.0);
+        ((expires - refresh).as_secs(), (expires - now).as_secs())
+    }
+
+    #[test]
+    fn margin_rules() {
+        let config = Config::default();
+        assert_eq!(margin_and_lifetime(&config, 3600), (360, 3600)); // 10 %
+        assert_eq!(margin_and_lifetime(&config, 120), (30, 120)); // 30 s floor
+        assert_eq!(margin_and_lifetime(&config, 20), (10, 20)); // capped at half
+        let century = 100 * 365 * 24 * 3600;
+        assert_eq!(margin_and_lifetime(&config, century).1, 365 * 24 * 3600); // a year at most
+    }
+
+    #[test]
+    fn jitter_moves_the_refresh_point_earlier_but_not_past_half_the_lifetime() {
+        let config = Config::default();
+        let now = Instant::now();
+        let lifetime = Duration::from_secs(3600);
+        let (plain, _) = refresh_and_expiry(&config, now, lifetime, 0.0);
+        let (jittered, expires) = refresh_and_expiry(&config, now, lifetime, 0.999);
+        assert!(jittered < plain);
+        assert!(expires - jittered <= lifetime / 2);
+    }
+
+    #[test]
+    fn backoff_doubles_within_equal_jitter_and_honours_the_server() {
+        let config = Config::default();
+        for failures in 1..=12 {
+            let step = Duration::from_millis(100)
+                .saturating_mul(2u32.pow(failures - 1))
+                .min(Duration::from_secs(30));
+            let low = backoff_delay(&config, failures, None, 0.0);
+            let high = backoff_delay(&config, failures, None, 0.999_999);
+            assert_eq!(low, step / 2);
+            assert!(high <= step && high > step / 2, "{failures}: {high:?}");
+        }
+        let server = Some(Duration::from_secs(20));
+        assert_eq!(
+            backoff_delay(&config, 1, server, 0.5),
+            Duration::from_secs(20)
+        );
+        let absurd = Some(Duration::from_secs(1_000_000));
+        assert_eq!(
+            backoff_delay(&config, 1, absurd, 0.5),
+            config.max_retry_after
+        );
+        assert!(backoff_delay(&config, u32::MAX, None, 0.5) <= config.max_backoff);
+    }
+}

@@ -1,0 +1,261 @@
+//! Behaviour of the cache under the paused clock, with scripted sources.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::error::ErrorKind;
+use crate::source::BoxFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A source that counts calls, waits `delay`, then answers from `script` (the last entry
+/// repeats).
+struct Scripted {
+    calls: AtomicUsize,
+    delay: Duration,
+    lifetime: Duration,
+    fail_first: usize,
+}
+
+impl TokenSource for Arc<Scripted> {
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if n < self.fail_first {
+                return Err(Error::new(ErrorKind::Transport, "scripted failure"));
+            }
+            Token::bearer(format!("token-{n}"), Some(self.lifetime))
+        })
+    }
+}
+
+fn scripted(delay_ms: u64, lifetime_s: u64, fail_first: usize) -> Arc<Scripted> {
+    Arc::new(Scripted {
+        calls: AtomicUsize::new(0),
+        delay: Duration::from_millis(delay_ms),
+        lifetime: Duration::from_secs(lifetime_s),
+        fail_first,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_cold_start_makes_one_request() {
+    let source = scripted(100, 3600, 0);
+    let cache = TokenCache::new(source.clone());
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.wait_for_header().await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), "Bearer token-0");
+    }
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_serves_old_token_and_refreshes_once() {
+    let source = scripted(100, 100, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_jitter(0.0)
+        .build();
+    assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-0");
+    // Margin: max(30 s, 10 s) capped at 50 s = 30 s: refresh point at 70 s.
+    tokio::time::advance(Duration::from_secs(69)).await;
+    assert_eq!(
+        cache.usable_header(&mut cache.reader()).unwrap(),
+        "Bearer token-0"
+    );
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for _ in 0..100 {
+        // Served without waiting while the refresh runs.
+        assert_eq!(
+            cache.usable_header(&mut cache.reader()).unwrap(),
+            "Bearer token-0"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        cache.usable_header(&mut cache.reader()).unwrap(),
+        "Bearer token-1"
+    );
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_token_is_never_served() {
+    let source = scripted(0, 10, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_jitter(0.0)
+        .build();
+    cache.wait_for_header().await.unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(cache.usable_header(&mut cache.reader()).is_none());
+    assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_backs_off_and_fails_fast() {
+    let source = scripted(0, 3600, 2);
+    let cache = TokenCache::builder(source.clone())
+        .backoff_base(Duration::from_secs(1))
+        .build();
+    let err = cache.wait_for_header().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport);
+    let err = cache.wait_for_header().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BackingOff);
+    assert!(err.retry_after().unwrap() <= Duration::from_secs(1));
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        cache.wait_for_header().await.unwrap_err().kind(),
+        ErrorKind::Transport
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-2");
+    assert_eq!(source.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_left_unpolled_never_returns_an_expired_token() {
+    let source = scripted(100, 10, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_jitter(0.0)
+        .build();
+    let mut waiter = Box::pin(cache.wait_for_header());
+    let polled_once = tokio::time::timeout(Duration::from_millis(1), &mut waiter).await;
+    assert!(polled_once.is_err(), "still waiting for the refresh");
+    assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-0");
+    // The waiter is polled again only after that token expired.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(waiter.await.unwrap(), "Bearer token-1");
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_waiter_does_not_cancel_refresh() {
+    let source = scripted(1000, 3600, 0);
+    let cache = TokenCache::new(source.clone());
+    let waiter = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.wait_for_header().await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-0");
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidate_drops_only_the_current_token_and_is_rate_limited() {
+    let source = scripted(0, 3600, 0);
+    let cache = TokenCache::new(source.clone());
+    let first = cache.token().await.unwrap();
+    assert!(cache.invalidate(&first));
+    let second = cache.token().await.unwrap();
+    assert_eq!(second.header(), "Bearer token-1");
+    // A stale rejection of the old token does not drop the new one.
+    assert!(!cache.invalidate(&first));
+    // Rejections of the new token within the interval are ignored.
+    assert!(!cache.invalidate(&second));
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(cache.invalidate(&second));
+    assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-2");
+    assert_eq!(source.calls.load(Ordering::SeqCst), 3);
+}
+
+/// A source whose tokens are already expired when they arrive.
+struct Expired(AtomicUsize);
+
+impl TokenSource for Arc<Expired> {
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(async move {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Token::bearer("stale", Some(Duration::ZERO))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_already_expired_token_is_an_error_and_starts_no_second_flight() {
+    let source = Arc::new(Expired(AtomicUsize::new(0)));
+    let cache = TokenCache::new(source.clone());
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.wait_for_header().await })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::InvalidTokenResponse | ErrorKind::BackingOff
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(source.0.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn huge_settings_do_not_overflow() {
+    let cache = TokenCache::builder(scripted(0, 1, 1))
+        .max_backoff(Duration::MAX)
+        .backoff_base(Duration::MAX)
+        .max_retry_after(Duration::MAX)
+        .min_invalidate_interval(Duration::MAX)
+        .max_lifetime(Duration::MAX)
+        .default_lifetime(Duration::MAX)
+        .build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        assert!(cache.token().await.is_err());
+        assert_eq!(
+            cache.token().await.unwrap_err().kind(),
+            ErrorKind::BackingOff
+        );
+    });
+    let forever = Token::bearer("t", Some(Duration::MAX)).unwrap();
+    assert!(forever.remaining_lifetime().is_some());
+    let _ = format!("{forever:?} {cache:?}");
+}
+
+#[test]
+fn a_refresh_on_a_runtime_no_longer_driven_does_not_wedge_the_cache() {
+    let source = scripted(10, 3600, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_timeout(Duration::from_millis(100))
+        .build();
+    // Runtime A starts the refresh, then stops being driven with its task parked.
+    let a = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let started = a.block_on(async {
+        tokio::time::timeout(Duration::from_millis(1), cache.wait_for_header()).await
+    });
+    assert!(started.is_err(), "still waiting when runtime A stops");
+    // Runtime B: its callers give up on that refresh within its limit plus the grace, and
+    // the next one starts a refresh of its own.
+    let b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    b.block_on(async {
+        let first = cache.wait_for_header().await;
+        assert_eq!(first.unwrap_err().kind(), ErrorKind::RefreshAborted);
+        assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-1");
+    });
+    drop(a);
+}
