@@ -10,7 +10,7 @@
 //! * **No valid token** (cold start, expired, invalidated): the request waits for the single
 //!   in-flight refresh, starting it if needed. Every waiter gets the same result or error.
 //! * **Backing off** (the last refresh failed, no valid token, the next attempt is not due): the
-//!   request fails at once with [`ErrorKind::BackingOff`], carrying the last error and when the
+//!   request fails at once with [`ErrorKind::BackingOff`](crate::ErrorKind::BackingOff), carrying the last error and when the
 //!   next attempt is due — unless [`TokenCacheBuilder::max_backoff_wait`] lets it wait for that
 //!   attempt.
 //!
@@ -129,7 +129,7 @@ impl TokenCache {
 
     /// A token valid now: the cached one, or the result of the (single, shared) refresh.
     ///
-    /// Fails fast with [`ErrorKind::BackingOff`](crate::ErrorKind::BackingOff) when the last
+    /// Fails fast with [`ErrorKind::BackingOff`](crate::ErrorKind::BackingOff)(crate::ErrorKind::BackingOff) when the last
     /// refresh failed and the next attempt is not due (see the [module docs](crate::cache)). Must
     /// be called within a tokio runtime when a refresh is needed: the refresh runs as a task of
     /// its own, so dropping this future cancels nothing for the other waiters.
