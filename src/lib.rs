@@ -44,6 +44,8 @@
 //! # Modules
 //!
 //! * [`layer`]: [`BearerAuthLayer`], [`BearerAuth`], [`ResponseFuture`](layer::ResponseFuture).
+//! * [`retry`]: [`RetryUnauthorizedLayer`](retry::RetryUnauthorizedLayer), one retry with a
+//!   fresh token when the API rejects the one sent.
 //! * [`cache`]: [`TokenCache`], refresh and failure behaviour.
 //! * [`client_credentials`]: [`ClientCredentials`], the token endpoint client, with discovery.
 //! * [`source`]: the [`TokenSource`] trait for tokens from elsewhere.
