@@ -1,7 +1,5 @@
 //! The token request (RFC 6749 §4.4.2): the form, and the client authentication it carries.
 
-use std::time::SystemTime;
-
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request};
@@ -65,7 +63,7 @@ impl TokenRequest<'_> {
                     key,
                     self.client_id,
                     &endpoint.to_string(),
-                    SystemTime::now(),
+                    std::time::SystemTime::now(),
                 )?;
                 form.append_pair("client_assertion_type", client_auth::JWT_BEARER);
                 form.append_pair("client_assertion", client_assertion.expose_secret());
