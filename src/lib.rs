@@ -66,30 +66,27 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-mod assertion;
 pub mod cache;
 pub mod client_credentials;
-mod discovery;
-mod endpoint;
 mod error;
+mod http;
 pub mod layer;
+mod oauth;
 pub mod retry;
 pub mod source;
 mod time;
 mod token;
-mod transport;
 
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use crate::assertion::JwtSigningAlgorithm;
 pub use crate::cache::{TokenCache, TokenCacheBuilder};
 pub use crate::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
-pub use crate::endpoint::ClientAuthMethod;
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError};
 pub use crate::layer::{BearerAuth, BearerAuthLayer};
+pub use crate::oauth::client_auth::{ClientAuthMethod, JwtSigningAlgorithm};
 #[cfg(feature = "reqwest")]
 pub use crate::reqwest::BearerAuthMiddleware;
 pub use crate::source::{BoxFuture, TokenSource};

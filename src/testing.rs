@@ -582,7 +582,9 @@ impl State {
                 Credential::Secret(secret),
             ),
             (None, None, Some(assertion)) => {
-                if field("client_assertion_type").as_deref() != Some(crate::assertion::JWT_BEARER) {
+                if field("client_assertion_type").as_deref()
+                    != Some(crate::oauth::client_auth::JWT_BEARER)
+                {
                     return oauth_error(
                         StatusCode::UNAUTHORIZED,
                         "invalid_client",

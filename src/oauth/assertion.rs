@@ -1,43 +1,18 @@
 //! RFC 7523 client assertions: the JWT a client signs to authenticate at the token endpoint
-//! (`client_secret_jwt`, `private_key_jwt`), behind the `jwt-client-auth` feature.
+//! (`client_secret_jwt`, `private_key_jwt`). The whole module is the `jwt-client-auth` feature.
 
 use std::fmt;
 use std::time::SystemTime;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::endpoint::ClientAuthMethod;
 use crate::error::Error;
-
-/// RFC 7521 §4.2 / RFC 7523 §2.2: the `client_assertion_type` for a JWT assertion.
-pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+use crate::oauth::client_auth::JwtSigningAlgorithm;
 
 /// How long an assertion is valid after it is made.
 pub(crate) const LIFETIME_SECS: u64 = 60;
 
-/// The algorithm that signs a `private_key_jwt` client assertion (RFC 7518 §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum JwtSigningAlgorithm {
-    /// RSASSA-PKCS1-v1_5 with SHA-256; an RSA private key (PKCS#1 or PKCS#8 PEM).
-    RS256,
-    /// ECDSA with P-256 and SHA-256; an EC P-256 private key in PKCS#8 PEM
-    /// (`-----BEGIN PRIVATE KEY-----`).
-    ES256,
-}
-
-impl JwtSigningAlgorithm {
-    /// The JOSE name (`alg` header value), e.g. `RS256`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JwtSigningAlgorithm::RS256 => "RS256",
-            JwtSigningAlgorithm::ES256 => "ES256",
-        }
-    }
-}
-
 /// The claims of a client assertion (RFC 7523 §3).
-#[cfg_attr(not(feature = "jwt-client-auth"), allow(dead_code))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Claims {
     pub(crate) iss: String,
@@ -48,7 +23,6 @@ pub(crate) struct Claims {
     pub(crate) exp: u64,
 }
 
-#[cfg_attr(not(feature = "jwt-client-auth"), allow(dead_code))]
 impl Claims {
     /// The claims for `client_id` at `token_endpoint`, made at `now`: a fresh 128-bit `jti`.
     pub(crate) fn new(client_id: &str, token_endpoint: &str, now: SystemTime) -> Self {
@@ -67,19 +41,23 @@ impl Claims {
     }
 }
 
+/// What signs the assertion: the client secret (`client_secret_jwt`, HS256) or the client's
+/// private key (`private_key_jwt`).
+#[derive(Debug)]
+pub(crate) enum AssertionKey {
+    /// HS256 with the client secret.
+    ClientSecret(SecretString),
+    /// `private_key_jwt`: the client's private key.
+    PrivateKey(PrivateKey),
+}
+
 /// A private key for `private_key_jwt`. The key material is never shown.
-#[cfg(feature = "jwt-client-auth")]
 pub(crate) struct PrivateKey {
     algorithm: JwtSigningAlgorithm,
     kid: Option<String>,
     key: jsonwebtoken::EncodingKey,
 }
 
-/// Without the `jwt-client-auth` feature there are no private keys.
-#[cfg(not(feature = "jwt-client-auth"))]
-pub(crate) enum PrivateKey {}
-
-#[cfg(feature = "jwt-client-auth")]
 impl PrivateKey {
     /// Reads a PEM private key and checks, by signing a throw-away JWT, that it fits
     /// `algorithm`. Errors never quote the key.
@@ -127,7 +105,6 @@ impl PrivateKey {
     }
 }
 
-#[cfg(feature = "jwt-client-auth")]
 fn unusable(algorithm: JwtSigningAlgorithm) -> Error {
     let expected = match algorithm {
         JwtSigningAlgorithm::RS256 => "an RSA private key in PEM (PKCS#1 or PKCS#8)",
@@ -142,7 +119,6 @@ fn unusable(algorithm: JwtSigningAlgorithm) -> Error {
 }
 
 impl fmt::Debug for PrivateKey {
-    #[cfg(feature = "jwt-client-auth")]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrivateKey")
             .field("algorithm", &self.algorithm)
@@ -150,49 +126,23 @@ impl fmt::Debug for PrivateKey {
             .field("key", &"[redacted]")
             .finish()
     }
-
-    #[cfg(not(feature = "jwt-client-auth"))]
-    fn fmt(&self, _f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {}
-    }
 }
 
-/// The signed client assertion for `method` (one of the JWT methods), made at `now`.
-#[cfg(feature = "jwt-client-auth")]
+/// The client assertion for `client_id` at `token_endpoint`, signed with `key`, made at `now`.
 pub(crate) fn client_assertion(
-    method: ClientAuthMethod,
+    key: &AssertionKey,
     client_id: &str,
-    client_secret: Option<&SecretString>,
-    private_key: Option<&PrivateKey>,
     token_endpoint: &str,
     now: SystemTime,
 ) -> Result<SecretString, Error> {
-    use secrecy::ExposeSecret;
     let claims = Claims::new(client_id, token_endpoint, now);
-    let signed = match method {
-        ClientAuthMethod::ClientSecretJwt => {
-            let secret = client_secret.ok_or_else(|| {
-                Error::config("client_secret_jwt needs a client secret; set `.client_secret(..)`")
-            })?;
-            let key = jsonwebtoken::EncodingKey::from_secret(secret.expose_secret().as_bytes());
-            jsonwebtoken::encode(
-                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-                &claims,
-                &key,
-            )
-        }
-        ClientAuthMethod::PrivateKeyJwt => {
-            let key = private_key.ok_or_else(|| {
-                Error::config("private_key_jwt needs a private key; set `.private_key_jwt(..)`")
-            })?;
-            key.sign(&claims)
-        }
-        other => {
-            return Err(Error::config(format!(
-                "{} does not use a client assertion",
-                other.as_str()
-            )))
-        }
+    let signed = match key {
+        AssertionKey::ClientSecret(secret) => jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+        ),
+        AssertionKey::PrivateKey(key) => key.sign(&claims),
     };
     // jsonwebtoken's errors name a kind, never the key; still, keep only a fixed message.
     signed
@@ -200,25 +150,5 @@ pub(crate) fn client_assertion(
         .map_err(|_| Error::config("the client assertion could not be signed"))
 }
 
-/// Without the `jwt-client-auth` feature: a configuration error naming the feature.
-#[cfg(not(feature = "jwt-client-auth"))]
-pub(crate) fn client_assertion(
-    method: ClientAuthMethod,
-    _client_id: &str,
-    _client_secret: Option<&SecretString>,
-    _private_key: Option<&PrivateKey>,
-    _token_endpoint: &str,
-    _now: SystemTime,
-) -> Result<SecretString, Error> {
-    Err(feature_missing(method))
-}
-
-/// The error for a JWT method chosen without the `jwt-client-auth` feature.
-#[cfg_attr(feature = "jwt-client-auth", allow(dead_code))]
-pub(crate) fn feature_missing(method: ClientAuthMethod) -> Error {
-    Error::config(format!(
-        "the client authentication method {} needs the cargo feature `jwt-client-auth` of \
-         tower-client-credentials",
-        method.as_str()
-    ))
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! [`ClientCredentialsBuilder`]: the settings of [`ClientCredentials`], and their validation
+//! at [`build`](ClientCredentialsBuilder::build), so that a mistake is found before the first
+//! token request and named.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use secrecy::{ExposeSecret, SecretString};
+use tower_service::Service;
+
+use super::auth_method::{Authentication, SecretEncoding, SecretMethod};
+use super::token_endpoint::TokenEndpoint;
+use super::{ClientCredentials, Inner};
+use crate::error::{BoxError, Error};
+use crate::http::{client, url, HttpClient};
+use crate::oauth::client_auth::ClientAuthMethod;
+use crate::oauth::discovery::Issuer;
+
+/// Builds [`ClientCredentials`]; get one from [`ClientCredentials::builder`].
+pub struct ClientCredentialsBuilder {
+    endpoint: Option<EndpointConfig>,
+    client_id: Option<String>,
+    client_secret: Option<SecretString>,
+    #[cfg(feature = "jwt-client-auth")]
+    private_key: Option<crate::oauth::assertion::PrivateKey>,
+    scopes: Vec<String>,
+    params: Vec<(String, String)>,
+    method: Option<ClientAuthMethod>,
+    http: Option<HttpClient>,
+    allow_http: bool,
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_response_size: usize,
+    expiry_from_jwt: bool,
+    error: Option<Error>,
+}
+
+enum EndpointConfig {
+    Token(http::Uri),
+    Issuer(http::Uri),
+}
+
+impl ClientCredentialsBuilder {
+    pub(super) fn new() -> Self {
+        ClientCredentialsBuilder {
+            endpoint: None,
+            client_id: None,
+            client_secret: None,
+            #[cfg(feature = "jwt-client-auth")]
+            private_key: None,
+            scopes: Vec::new(),
+            params: Vec::new(),
+            method: None,
+            http: None,
+            allow_http: false,
+            timeout: client::DEFAULT_TIMEOUT,
+            connect_timeout: client::DEFAULT_CONNECT_TIMEOUT,
+            max_response_size: client::DEFAULT_MAX_RESPONSE_SIZE,
+            expiry_from_jwt: true,
+            error: None,
+        }
+    }
+
+    /// The token endpoint URL, e.g. `https://idm.floriday.io/oauth2/aus3testdcf2vyfs70i7/v1/token`.
+    ///
+    /// Must be `https`, or `http` to a loopback address, unless [`allow_http`](Self::allow_http).
+    pub fn token_endpoint(mut self, url: impl AsRef<str>) -> Result<Self, Error> {
+        let url = url::parse_url(url.as_ref(), "token endpoint")?;
+        self.endpoint = Some(EndpointConfig::Token(url));
+        Ok(self)
+    }
+
+    /// The authorization server's issuer URL, e.g.
+    /// `https://idm.staging.floriday.io/oauth2/ausmw6b47z1BnlHkw0h7`: the token endpoint and the
+    /// supported client authentication methods are found through its metadata (RFC 8414, then
+    /// OpenID Connect Discovery), fetched once.
+    pub fn issuer(mut self, url: impl AsRef<str>) -> Result<Self, Error> {
+        let issuer = url::parse_url(url.as_ref(), "issuer")?;
+        if issuer.query().is_some() {
+            // RFC 8414 §2: the issuer has no query or fragment component.
+            return Err(Error::config(format!(
+                "the issuer must not have a query (RFC 8414 §2), got {}?…",
+                url::redacted_uri(&issuer)
+            )));
+        }
+        self.endpoint = Some(EndpointConfig::Issuer(issuer));
+        Ok(self)
+    }
+
+    /// The client id. Required.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The client secret. Required. Kept as a [`SecretString`]: zeroized on drop, never shown.
+    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
+        self.client_secret = Some(SecretString::from(client_secret.into()));
+        self
+    }
+
+    /// The scopes to request, sent space-separated in `scope`. Each may itself hold several
+    /// space-separated scopes.
+    pub fn scopes<I, T>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        for scope in scopes {
+            let scope: String = scope.into();
+            self.scopes
+                .extend(scope.split_whitespace().map(str::to_string));
+        }
+        self
+    }
+
+    /// One scope to request (adds to [`scopes`](Self::scopes)).
+    pub fn scope(self, scope: impl Into<String>) -> Self {
+        self.scopes([scope])
+    }
+
+    /// Adds `audience=<audience>` to the token request (Auth0, Okta custom servers).
+    pub fn audience(self, audience: impl Into<String>) -> Self {
+        self.param("audience", audience)
+    }
+
+    /// Adds `resource=<resource>` (RFC 8707 resource indicator) to the token request; may be
+    /// given several times.
+    pub fn resource(self, resource: impl Into<String>) -> Self {
+        self.param("resource", resource)
+    }
+
+    /// Adds any other form parameter to the token request. `grant_type`, `scope`, `client_id`,
+    /// `client_secret`, `client_assertion` and `client_assertion_type` are set by the crate and
+    /// refused here.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        if matches!(
+            name.as_str(),
+            "grant_type"
+                | "scope"
+                | "client_id"
+                | "client_secret"
+                | "client_assertion"
+                | "client_assertion_type"
+        ) {
+            self.error.get_or_insert_with(|| {
+                Error::config(format!(
+                    "the form parameter `{name}` is set by the crate; use the builder's own method"
+                ))
+            });
+        } else {
+            self.params.push((name, value.into()));
+        }
+        self
+    }
+
+    /// How the client authenticates. Default: `client_secret_basic`, falling back once to
+    /// `client_secret_post` if the server rejects it (or what the server metadata supports), and
+    /// remembering the one that worked. An explicit choice is never second-guessed.
+    ///
+    /// The JWT methods (RFC 7523) are only used when chosen here (or, for `private_key_jwt`,
+    /// through `private_key_jwt`) and need the cargo feature
+    /// `jwt-client-auth`: [`ClientAuthMethod::ClientSecretJwt`] signs an HS256 assertion with
+    /// the client secret.
+    pub fn auth_method(mut self, method: ClientAuthMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Authenticates with `private_key_jwt` (RFC 7523 §2.2): every token request carries a fresh
+    /// JWT client assertion signed with this PEM private key (`iss` = `sub` = the client id,
+    /// `aud` = the token endpoint URL, a random `jti`, valid for 60 s), its header naming `kid`
+    /// when given. Selects [`ClientAuthMethod::PrivateKeyJwt`]; no client secret is needed.
+    ///
+    /// [`RS256`](crate::JwtSigningAlgorithm::RS256) takes an RSA key (PKCS#1 or PKCS#8 PEM),
+    /// [`ES256`](crate::JwtSigningAlgorithm::ES256) an EC P-256 key in PKCS#8 PEM
+    /// (`-----BEGIN PRIVATE KEY-----`). The key is checked here by a trial signature; it is
+    /// never shown by `Debug` or in errors.
+    #[cfg(feature = "jwt-client-auth")]
+    pub fn private_key_jwt(
+        mut self,
+        algorithm: crate::JwtSigningAlgorithm,
+        pem: &[u8],
+        kid: Option<&str>,
+    ) -> Result<Self, Error> {
+        self.private_key = Some(crate::oauth::assertion::PrivateKey::from_pem(
+            algorithm, pem, kid,
+        )?);
+        self.method = Some(ClientAuthMethod::PrivateKeyJwt);
+        Ok(self)
+    }
+
+    /// Uses `client` for token and discovery requests instead of the built-in hyper-util/rustls
+    /// client: your own proxy, TLS roots, or a test double. Any cloneable tower service taking
+    /// `http::Request<Full<Bytes>>` works, e.g. a `hyper_util::client::legacy::Client`.
+    pub fn http_client<S, B>(mut self, client: S) -> Self
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.http = Some(HttpClient::from_service(client));
+        self
+    }
+
+    /// Allows plain `http` token and discovery URLs on non-loopback hosts. Credentials then
+    /// travel in clear text: only for trusted networks.
+    pub fn allow_http(mut self) -> Self {
+        self.allow_http = true;
+        self
+    }
+
+    /// Time limit for one token or discovery request, connecting included. Default 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Time limit for connecting (built-in client only). Default 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Largest token or discovery response body accepted. Default 64 KiB.
+    pub fn max_response_size(mut self, bytes: usize) -> Self {
+        self.max_response_size = bytes;
+        self
+    }
+
+    /// Whether a response without `expires_in` takes its lifetime from the JWT `exp` claim
+    /// (read, never verified or trusted for anything else). Default on; when off, or when the
+    /// token is not a JWT, the cache's default lifetime applies.
+    pub fn expiry_from_jwt(mut self, enabled: bool) -> Self {
+        self.expiry_from_jwt = enabled;
+        self
+    }
+
+    /// Checks the configuration and builds the credentials. Fetches nothing.
+    pub fn build(mut self) -> Result<ClientCredentials, Error> {
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        let client_id = self.client_id.take().unwrap_or_default();
+        if client_id.trim().is_empty() {
+            return Err(Error::config(
+                "the client id is empty; set it with `.client_id(..)`",
+            ));
+        }
+        if client_id.chars().any(char::is_control) {
+            return Err(Error::config(
+                "the client id contains control characters; check for a stray newline",
+            ));
+        }
+        let authentication = self.authentication()?;
+        for scope in &self.scopes {
+            // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+            if !scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+            {
+                return Err(Error::config(format!(
+                    "the scope `{}` has characters RFC 6749 does not allow (quotes, backslashes, \
+                     non-ASCII or control characters)",
+                    scope.escape_debug()
+                )));
+            }
+        }
+        let endpoint = match self.endpoint {
+            Some(EndpointConfig::Token(uri)) => {
+                url::check_scheme(&uri, self.allow_http, "token endpoint")?;
+                TokenEndpoint::fixed(uri)
+            }
+            Some(EndpointConfig::Issuer(uri)) => {
+                url::check_scheme(&uri, self.allow_http, "issuer")?;
+                TokenEndpoint::discovered(Issuer::new(uri, self.allow_http))
+            }
+            None => {
+                return Err(Error::config(
+                    "no token endpoint; set `.token_endpoint(url)` or `.issuer(url)`",
+                ))
+            }
+        };
+        let http = match self.http {
+            Some(http) => http,
+            None => default_client(self.connect_timeout)?,
+        }
+        .with_limits(self.timeout, self.max_response_size);
+        let scope = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
+        Ok(ClientCredentials {
+            inner: Arc::new(Inner {
+                endpoint,
+                client_id,
+                authentication,
+                scope,
+                params: self.params,
+                http,
+                expiry_from_jwt: self.expiry_from_jwt,
+            }),
+        })
+    }
+
+    /// The client authentication: the configured method with what it needs, or the secret
+    /// with the method left to negotiate.
+    fn authentication(&mut self) -> Result<Authentication, Error> {
+        let encoding = match self.method {
+            None => None,
+            Some(ClientAuthMethod::ClientSecretBasic) => Some(SecretEncoding::Basic),
+            Some(ClientAuthMethod::ClientSecretPost) => Some(SecretEncoding::Post),
+            Some(
+                method @ (ClientAuthMethod::ClientSecretJwt | ClientAuthMethod::PrivateKeyJwt),
+            ) => {
+                #[cfg(not(feature = "jwt-client-auth"))]
+                return Err(Error::config(format!(
+                    "the client authentication method {} needs the cargo feature \
+                     `jwt-client-auth` of tower-client-credentials",
+                    method.as_str()
+                )));
+                #[cfg(feature = "jwt-client-auth")]
+                return self.assertion(method);
+            }
+        };
+        let method = match encoding {
+            Some(encoding) => SecretMethod::Configured(encoding),
+            None => SecretMethod::Negotiated(OnceLock::new()),
+        };
+        let secret = checked_secret(self.client_secret.take())?.ok_or_else(no_secret)?;
+        Ok(Authentication::Secret { secret, method })
+    }
+
+    /// `client_secret_jwt` needs the secret; `private_key_jwt` signs with the key alone (a
+    /// secret given anyway is still checked).
+    #[cfg(feature = "jwt-client-auth")]
+    fn assertion(&mut self, method: ClientAuthMethod) -> Result<Authentication, Error> {
+        use crate::oauth::assertion::AssertionKey;
+        let key = if method == ClientAuthMethod::PrivateKeyJwt {
+            let key = self.private_key.take().ok_or_else(|| {
+                Error::config(
+                    "private_key_jwt needs a private key; set it with `.private_key_jwt(..)`",
+                )
+            })?;
+            checked_secret(self.client_secret.take())?;
+            AssertionKey::PrivateKey(key)
+        } else {
+            AssertionKey::ClientSecret(
+                checked_secret(self.client_secret.take())?.ok_or_else(no_secret)?,
+            )
+        };
+        Ok(Authentication::Assertion(key))
+    }
+}
+
+fn no_secret() -> Error {
+    Error::config("no client secret; set it with `.client_secret(..)`")
+}
+
+/// The secret, if given, after the checks that catch a copy-paste mistake.
+fn checked_secret(secret: Option<SecretString>) -> Result<Option<SecretString>, Error> {
+    if let Some(client_secret) = &secret {
+        let secret = client_secret.expose_secret();
+        if secret.is_empty() {
+            return Err(Error::config(
+                "the client secret is empty; set it with `.client_secret(..)`",
+            ));
+        }
+        if secret.chars().any(char::is_control) {
+            return Err(Error::config(
+                "the client secret contains control characters; check for a stray newline",
+            ));
+        }
+    }
+    Ok(secret)
+}
+
+#[cfg(feature = "rustls")]
+fn default_client(connect_timeout: Duration) -> Result<HttpClient, Error> {
+    HttpClient::default_client(connect_timeout)
+}
+
+#[cfg(not(feature = "rustls"))]
+fn default_client(_connect_timeout: Duration) -> Result<HttpClient, Error> {
+    Err(Error::config(
+        "no HTTP client for the token endpoint: enable the `rustls` feature or pass one with \
+         `.http_client(..)`",
+    ))
+}
+
+impl fmt::Debug for ClientCredentialsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("ClientCredentialsBuilder");
+        debug
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]");
+        #[cfg(feature = "jwt-client-auth")]
+        debug.field("private_key", &self.private_key);
+        debug.field("scopes", &self.scopes).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;
