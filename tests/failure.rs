@@ -14,35 +14,16 @@ use secrecy::ExposeSecret;
 use tokio::time::{advance, sleep, Instant};
 use tower::{service_fn, Service, ServiceExt};
 use tower_client_credentials::testing::{AuthServer, Behavior};
-use tower_client_credentials::{
-    BearerAuthLayer, ClientAuthMethod, ClientCredentials, Error, ErrorKind, TokenCache,
-    TokenCacheBuilder,
-};
+use tower_client_credentials::{BearerAuthLayer, Error, ErrorKind, TokenCache, TokenCacheBuilder};
 
-fn credentials(auth: &AuthServer) -> ClientCredentials {
-    ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .auth_method(ClientAuthMethod::ClientSecretBasic)
-        .http_client(auth.in_process_client())
-        .build()
-        .unwrap()
-}
+mod common;
+use common::{default_client, in_process_credentials, settle};
 
 fn cache(
     auth: &AuthServer,
     configure: impl FnOnce(TokenCacheBuilder) -> TokenCacheBuilder,
 ) -> TokenCache {
-    configure(TokenCache::builder(credentials(auth))).build()
-}
-
-/// Lets spawned refresh tasks run without moving the clock.
-async fn settle() {
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+    configure(TokenCache::builder(in_process_credentials(auth))).build()
 }
 
 /// The most attempts an outage of `window` can see with the default schedule: one at once, then
@@ -370,11 +351,7 @@ async fn zero_or_negative_expires_in_falls_back_to_the_jwt_exp() {
 async fn without_any_lifetime_the_default_applies() {
     let auth = AuthServer::start().await.unwrap();
     auth.push_behavior([Behavior::ExpiresIn(serde_json::Value::Null)]);
-    let credentials = ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
+    let credentials = default_client(&auth)
         .http_client(auth.in_process_client())
         .expiry_from_jwt(false)
         .build()

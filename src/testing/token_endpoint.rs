@@ -2,6 +2,7 @@
 //! client authenticated, play any scripted behaviour, authenticate the client, check the grant
 //! type and the scopes, issue a token.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,8 +31,27 @@ pub struct TokenRequestSeen {
     pub accept: Option<String>,
 }
 
-/// The outcome of one step: `Err` holds the answer that ends the request there.
-type Step<T> = Result<T, Reply>;
+/// The outcome of one step: `Err` ends the request there.
+type Step<T> = Result<T, Refusal>;
+
+/// An RFC 6749 §5.2 error answer that ends a token request early.
+struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    description: Cow<'static, str>,
+}
+
+fn refuse(
+    status: StatusCode,
+    error: &'static str,
+    description: impl Into<Cow<'static, str>>,
+) -> Refusal {
+    Refusal {
+        status,
+        error,
+        description: description.into(),
+    }
+}
 
 /// A token request as read: the headers the endpoint looks at and the form fields.
 struct TokenRequest {
@@ -69,7 +89,10 @@ impl State {
         let behavior = lock(&self.script)
             .pop_front()
             .or_else(|| lock(&self.default_behavior).clone());
-        let (Ok(response) | Err(response)) = self.answer_token_request(request, behavior).await;
+        let response = match self.answer_token_request(request, behavior).await {
+            Ok(response) => response,
+            Err(refusal) => oauth_error(refusal.status, refusal.error, &refusal.description),
+        };
         self.token_requests.fetch_add(1, Ordering::SeqCst);
         response
     }
@@ -85,7 +108,7 @@ impl State {
         B::Error: Into<crate::BoxError>,
     {
         if request.method() != Method::POST {
-            return Err(oauth_error(
+            return Err(refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request",
                 "use POST",
@@ -109,7 +132,7 @@ impl State {
     /// the method the client is restricted to.
     fn authenticate(&self, authentication: &ClientAuthentication) -> Step<&Client> {
         let failed = || {
-            oauth_error(
+            refuse(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "Client authentication failed.",
@@ -241,7 +264,7 @@ impl TokenRequest {
         let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
-                return Err(oauth_error(
+                return Err(refuse(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
                     "body unreadable",
@@ -276,17 +299,15 @@ impl TokenRequest {
             credential: Credential::Secret(secret),
         };
         match (basic, post, assertion) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
-                Err(oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "more than one client authentication method",
-                ))
-            }
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "more than one client authentication method",
+            )),
             (Some(basic), None, None) => Ok(secret(ClientAuthMethod::ClientSecretBasic, basic)),
             (None, Some(post), None) => Ok(secret(ClientAuthMethod::ClientSecretPost, post)),
             (None, None, Some(assertion)) => self.assertion_authentication(assertion),
-            (None, None, None) => Err(oauth_error(
+            (None, None, None) => Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "no client authentication",
@@ -296,7 +317,7 @@ impl TokenRequest {
 
     fn assertion_authentication(&self, assertion: String) -> Step<ClientAuthentication> {
         if self.field("client_assertion_type").as_deref() != Some(crate::assertion::JWT_BEARER) {
-            return Err(oauth_error(
+            return Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "unsupported client_assertion_type",
@@ -304,7 +325,7 @@ impl TokenRequest {
         }
         let Some((method, client_id)) = assertion_method(&assertion, self.field("client_id"))
         else {
-            return Err(oauth_error(
+            return Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "client assertions are not supported or malformed (JWT client \
@@ -342,7 +363,7 @@ impl TokenRequest {
 
     fn require_form_body(&self) -> Step<()> {
         if self.content_type.as_deref() != Some("application/x-www-form-urlencoded") {
-            return Err(oauth_error(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "the body must be form-urlencoded",
@@ -354,12 +375,12 @@ impl TokenRequest {
     fn require_client_credentials_grant(&self) -> Step<()> {
         match self.field("grant_type").as_deref() {
             Some("client_credentials") => Ok(()),
-            Some(_) => Err(oauth_error(
+            Some(_) => Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 "only client_credentials",
             )),
-            None => Err(oauth_error(
+            None => Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "grant_type is missing",
@@ -378,10 +399,10 @@ fn require_allowed_scopes(client: &Client, scope: &str) -> Step<()> {
         .filter(|s| !s.is_empty())
         .find(|s| !allowed.iter().any(|a| a == s))
     {
-        Some(bad) => Err(oauth_error(
+        Some(bad) => Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
-            &format!("scope {bad} is not allowed"),
+            format!("scope {bad} is not allowed"),
         )),
         None => Ok(()),
     }
