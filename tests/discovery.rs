@@ -279,17 +279,22 @@ async fn issuer_mismatch_names_both_issuers() {
     assert_eq!(credentials.token_endpoint(), None);
 }
 
-#[tokio::test]
-async fn metadata_without_token_endpoint_is_a_discovery_error() {
-    let auth = AuthServer::start().await.unwrap();
-    let document = serde_json::json!({ "issuer": auth.issuer() }).to_string();
+/// The error of a first token request when the metadata endpoint answers `document`.
+async fn fetch_error_with_metadata(auth: &AuthServer, document: String) -> Error {
     auth.push_discovery_behavior([Behavior::Raw(StatusCode::OK, "application/json", document)]);
-    let err = issuer_builder(&auth.issuer())
+    issuer_builder(&auth.issuer())
         .build()
         .unwrap()
         .fetch_token()
         .await
-        .unwrap_err();
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn metadata_without_token_endpoint_is_a_discovery_error() {
+    let auth = AuthServer::start().await.unwrap();
+    let document = serde_json::json!({ "issuer": auth.issuer() }).to_string();
+    let err = fetch_error_with_metadata(&auth, document).await;
     assert_eq!(err.kind(), ErrorKind::Discovery);
     assert!(err.to_string().contains("token_endpoint"), "{err}");
     assert_eq!(auth.token_requests(), 0);
@@ -303,13 +308,7 @@ async fn discovered_plain_http_token_endpoint_is_refused() {
         "token_endpoint": "http://idp.example/oauth2/default/v1/token",
     })
     .to_string();
-    auth.push_discovery_behavior([Behavior::Raw(StatusCode::OK, "application/json", document)]);
-    let err = issuer_builder(&auth.issuer())
-        .build()
-        .unwrap()
-        .fetch_token()
-        .await
-        .unwrap_err();
+    let err = fetch_error_with_metadata(&auth, document).await;
     assert_eq!(err.kind(), ErrorKind::Discovery);
     assert!(err.to_string().contains("allow_http"), "{err}");
 }

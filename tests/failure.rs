@@ -26,6 +26,19 @@ fn cache(
     configure(TokenCache::builder(in_process_credentials(auth))).build()
 }
 
+/// After one failure that asked for a wait: still backing off when `before` has passed, a token
+/// once `after` more has, and only the one new request sent.
+async fn assert_waits(cache: &TokenCache, auth: &AuthServer, before: Duration, after: Duration) {
+    advance(before).await;
+    assert_eq!(
+        cache.token().await.unwrap_err().kind(),
+        ErrorKind::BackingOff
+    );
+    advance(after).await;
+    cache.token().await.unwrap();
+    assert_eq!(auth.token_requests(), 2);
+}
+
 /// The most attempts an outage of `window` can see with the default schedule: one at once, then
 /// one after each wait, where wait k is at least half of min(100 ms × 2^(k-1), 30 s).
 fn max_attempts(window: Duration) -> usize {
@@ -111,14 +124,13 @@ async fn service_unavailable_retry_after_is_honoured() {
         cache.token().await.unwrap_err().status(),
         Some(StatusCode::SERVICE_UNAVAILABLE)
     );
-    advance(Duration::from_millis(2900)).await;
-    assert_eq!(
-        cache.token().await.unwrap_err().kind(),
-        ErrorKind::BackingOff
-    );
-    advance(Duration::from_millis(200)).await;
-    cache.token().await.unwrap();
-    assert_eq!(auth.token_requests(), 2);
+    assert_waits(
+        &cache,
+        &auth,
+        Duration::from_millis(2900),
+        Duration::from_millis(200),
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -133,14 +145,13 @@ async fn okta_rate_limit_reset_is_honoured() {
         wait > Duration::from_secs(8) && wait <= Duration::from_secs(10),
         "{wait:?}"
     );
-    advance(Duration::from_secs(8)).await;
-    assert_eq!(
-        cache.token().await.unwrap_err().kind(),
-        ErrorKind::BackingOff
-    );
-    advance(Duration::from_secs(3)).await;
-    cache.token().await.unwrap();
-    assert_eq!(auth.token_requests(), 2);
+    assert_waits(
+        &cache,
+        &auth,
+        Duration::from_secs(8),
+        Duration::from_secs(3),
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
