@@ -15,20 +15,23 @@
 
 #![allow(missing_docs)] // `criterion_group!` generates an undocumented public function.
 
-use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier, RwLock};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
-use http::{Request, Response};
-use tower::{Layer, Service, ServiceBuilder};
-use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenCache, TokenSource};
-use tower_http::set_header::SetRequestHeaderLayer;
+use http::Request;
+use tower::{Layer, Service};
+use tower_client_credentials::{BearerAuthLayer, TokenCache};
+
+mod common;
+use common::{
+    benchmarking, noop_inner, noop_waker, paired, set_request_header_static, StaticSource,
+};
 
 const TOKEN: &str = "eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2ln";
 const BEARER: &str =
@@ -38,32 +41,6 @@ const THREADS: [usize; 3] = [1, 2, 8];
 /// Calls per arm per round of the paired comparison, and rounds.
 const PAIRED_CALLS: u64 = 40_000;
 const PAIRED_ROUNDS: usize = 40;
-
-struct StaticSource;
-
-impl TokenSource for StaticSource {
-    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
-        Box::pin(async { Token::bearer(TOKEN, Some(Duration::from_secs(3600))) })
-    }
-}
-
-struct NoopWake;
-
-impl Wake for NoopWake {
-    fn wake(self: Arc<Self>) {}
-}
-
-type NoopFuture = std::future::Ready<Result<Response<()>, Infallible>>;
-type NoopService = tower::util::ServiceFn<fn(Request<()>) -> NoopFuture>;
-
-fn noop(request: Request<()>) -> NoopFuture {
-    drop(black_box(request));
-    std::future::ready(Ok(Response::new(())))
-}
-
-fn noop_inner() -> NoopService {
-    tower::service_fn(noop as fn(Request<()>) -> NoopFuture)
-}
 
 /// Builds a request and drives one call through `service`: `poll_ready`, `call`, one poll.
 #[inline]
@@ -101,7 +78,7 @@ where
             let mut service = service.clone();
             let barrier = &barrier;
             scope.spawn(move || {
-                let waker = Waker::from(Arc::new(NoopWake));
+                let waker = noop_waker();
                 let mut cx = Context::from_waker(&waker);
                 one_call(&mut service, &mut cx); // warm-up, not timed
                 barrier.wait();
@@ -152,23 +129,14 @@ fn contention(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let cache = TokenCache::new(StaticSource);
+    let cache = TokenCache::new(StaticSource(TOKEN));
     runtime.block_on(cache.prefetch()).unwrap();
 
     let layered = BearerAuthLayer::from_cache(cache)
         .with_header("x-api-key", API_KEY)
         .unwrap()
         .layer(noop_inner());
-    let baseline = ServiceBuilder::new()
-        .layer(SetRequestHeaderLayer::overriding(
-            AUTHORIZATION,
-            HeaderValue::from_static(BEARER),
-        ))
-        .layer(SetRequestHeaderLayer::overriding(
-            HeaderName::from_static("x-api-key"),
-            HeaderValue::from_static(API_KEY),
-        ))
-        .service(noop_inner());
+    let baseline = set_request_header_static(BEARER, API_KEY, noop_inner());
     let rwlock = {
         let mut token = HeaderValue::from_str(BEARER).unwrap();
         token.set_sensitive(true);
@@ -203,6 +171,8 @@ fn contention(c: &mut Criterion) {
         for threads in THREADS {
             paired(
                 &format!("contention/{threads}"),
+                PAIRED_ROUNDS,
+                PAIRED_CALLS,
                 1,
                 &mut [
                     ("bearer_auth", &mut || {
@@ -219,49 +189,6 @@ fn contention(c: &mut Criterion) {
         }
     }
     drop(runtime);
-}
-
-/// Whether the binary runs as a benchmark (`cargo bench`), not as a test (`cargo test --benches`)
-/// nor under a profiler (`--profile-time`): only then is the paired comparison run.
-fn benchmarking() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().any(|arg| arg == "--bench") && !args.iter().any(|arg| arg == "--profile-time")
-}
-
-/// Runs the arms in `PAIRED_ROUNDS` rounds, each arm once per round in an order rotated every
-/// round, and prints each arm's median time per call and the median (and quartiles) of its
-/// per-round ratio to arm `baseline`. Robust to the load of other processes, which changes
-/// slowly compared with one round.
-fn paired(label: &str, baseline: usize, arms: &mut [(&str, &mut dyn FnMut() -> Duration)]) {
-    let n = arms.len();
-    let mut times = vec![Vec::with_capacity(PAIRED_ROUNDS); n];
-    for round in 0..PAIRED_ROUNDS {
-        for k in 0..n {
-            let i = (round + k) % n;
-            times[i].push((arms[i].1)().as_secs_f64());
-        }
-    }
-    let quantile = |v: &mut Vec<f64>, q: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * q).round() as usize]
-    };
-    println!("paired {label}: {PAIRED_ROUNDS} rounds x {PAIRED_CALLS} calls per arm");
-    for i in 0..n {
-        let mut ratios: Vec<f64> = times[i]
-            .iter()
-            .zip(&times[baseline])
-            .map(|(a, b)| a / b)
-            .collect();
-        let ns = quantile(&mut times[i].clone(), 0.5) / PAIRED_CALLS as f64 * 1e9;
-        println!(
-            "paired {label}/{:<20} {ns:>8.1} ns/call  ratio to {}: {:.3} (quartiles {:.3}..{:.3})",
-            arms[i].0,
-            arms[baseline].0,
-            quantile(&mut ratios, 0.5),
-            quantile(&mut ratios, 0.25),
-            quantile(&mut ratios, 0.75),
-        );
-    }
 }
 
 criterion_group!(benches, contention);

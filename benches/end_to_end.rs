@@ -26,8 +26,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenCache, TokenSource};
+use tower_client_credentials::{BearerAuthLayer, TokenCache};
 use tower_http::set_header::SetRequestHeaderLayer;
+
+mod common;
+use common::{benchmarking, quantile, StaticSource};
 
 const TOKEN: &str = "eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2ln";
 const BEARER: &str =
@@ -36,14 +39,6 @@ const API_KEY: &str = "3f6c2b1e-9d4a-4c1b-8e2f-7a5d0c9b1e42";
 /// Requests per arm per round of the paired comparison, and rounds.
 const PAIRED_REQUESTS: usize = 200;
 const PAIRED_ROUNDS: usize = 60;
-
-struct StaticSource;
-
-impl TokenSource for StaticSource {
-    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
-        Box::pin(async { Token::bearer(TOKEN, Some(Duration::from_secs(3600))) })
-    }
-}
 
 /// A minimal HTTP/1.1 server on loopback: 200 with an empty body when `authorization` and
 /// `x-api-key` are present, else 401. Runs until the runtime is dropped.
@@ -117,7 +112,7 @@ fn end_to_end(c: &mut Criterion) {
     let uri: http::Uri = format!("http://{addr}/v1/items").parse().unwrap();
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let cache = TokenCache::new(StaticSource);
+    let cache = TokenCache::new(StaticSource(TOKEN));
     runtime.block_on(cache.prefetch()).unwrap();
     let mut layered = ServiceBuilder::new()
         .layer(
@@ -169,10 +164,6 @@ fn end_to_end(c: &mut Criterion) {
                 }
             }
         });
-        let quantile = |v: &mut Vec<f64>, q: f64| {
-            v.sort_by(f64::total_cmp);
-            v[((v.len() - 1) as f64 * q).round() as usize]
-        };
         let per_request = |times: &[Duration]| {
             let mut v: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
             quantile(&mut v, 0.5) / PAIRED_REQUESTS as f64 * 1e6
@@ -194,13 +185,6 @@ fn end_to_end(c: &mut Criterion) {
         );
     }
     drop(runtime);
-}
-
-/// Whether the binary runs as a benchmark (`cargo bench`), not as a test (`cargo test --benches`)
-/// nor under a profiler (`--profile-time`): only then is the paired comparison run.
-fn benchmarking() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().any(|arg| arg == "--bench") && !args.iter().any(|arg| arg == "--profile-time")
 }
 
 criterion_group!(benches, end_to_end);

@@ -28,7 +28,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -36,8 +36,14 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceBuilder};
-use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenCache, TokenSource};
+use tower_client_credentials::{BearerAuthLayer, TokenCache};
 use tower_http::set_header::SetRequestHeaderLayer;
+
+mod common;
+use common::{
+    benchmarking, noop_inner, noop_waker, paired, set_request_header_static, NoopService,
+    StaticSource,
+};
 
 /// A realistic access token: a JWT (Okta's are ~900 bytes; length does not change the cost).
 macro_rules! token {
@@ -57,20 +63,6 @@ const API_KEY: &str = "3f6c2b1e-9d4a-4c1b-8e2f-7a5d0c9b1e42";
 const PAIRED_CALLS: usize = 2_000;
 const PAIRED_ROUNDS: usize = 300;
 
-struct StaticSource;
-
-impl TokenSource for StaticSource {
-    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
-        Box::pin(async { Token::bearer(TOKEN, Some(Duration::from_secs(3600))) })
-    }
-}
-
-struct NoopWake;
-
-impl Wake for NoopWake {
-    fn wake(self: Arc<Self>) {}
-}
-
 /// `poll_ready`, `call` and one poll of the response future, which must all be ready at once.
 #[inline]
 fn drive<S>(service: &mut S, cx: &mut Context<'_>, request: Request<()>) -> S::Response
@@ -88,20 +80,6 @@ where
         Poll::Ready(Err(error)) => panic!("service failed: {error:?}"),
         Poll::Pending => panic!("response future pending"),
     }
-}
-
-type NoopFuture = std::future::Ready<Result<Response<()>, Infallible>>;
-type NoopService = tower::util::ServiceFn<fn(Request<()>) -> NoopFuture>;
-
-/// The inner service's function: takes the request (dropping it, headers included) and answers
-/// at once.
-fn noop(request: Request<()>) -> NoopFuture {
-    drop(black_box(request));
-    std::future::ready(Ok(Response::new(())))
-}
-
-fn noop_inner() -> NoopService {
-    tower::service_fn(noop as fn(Request<()>) -> NoopFuture)
 }
 
 fn request() -> Request<()> {
@@ -196,7 +174,7 @@ where
     S: Service<Request<()>>,
     S::Error: Debug,
 {
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
     let requests: Vec<_> = (0..PAIRED_CALLS).map(|_| request()).collect();
     let start = Instant::now();
@@ -206,71 +184,19 @@ where
     start.elapsed()
 }
 
-/// Runs the arms in `PAIRED_ROUNDS` rounds, each arm once per round in an order rotated every
-/// round, and prints each arm's median time per call and the median (and quartiles) of its
-/// per-round ratio to arm `baseline`.
-fn paired(label: &str, baseline: usize, arms: &mut [(&str, &mut dyn FnMut() -> Duration)]) {
-    let n = arms.len();
-    let mut times = vec![Vec::with_capacity(PAIRED_ROUNDS); n];
-    for round in 0..PAIRED_ROUNDS {
-        for k in 0..n {
-            let i = (round + k) % n;
-            times[i].push((arms[i].1)().as_secs_f64());
-        }
-    }
-    let median = |v: &mut Vec<f64>, q: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * q).round() as usize]
-    };
-    println!("paired {label}: {PAIRED_ROUNDS} rounds x {PAIRED_CALLS} calls per arm");
-    for i in 0..n {
-        let mut ratios: Vec<f64> = times[i]
-            .iter()
-            .zip(&times[baseline])
-            .map(|(a, b)| a / b)
-            .collect();
-        let mut own = times[i].clone();
-        let ns = median(&mut own, 0.5) / PAIRED_CALLS as f64 * 1e9;
-        println!(
-            "paired {label}/{:<40} {ns:>8.1} ns/call  ratio to {}: {:.3} (quartiles {:.3}..{:.3})",
-            arms[i].0,
-            arms[baseline].0,
-            median(&mut ratios, 0.5),
-            median(&mut ratios, 0.25),
-            median(&mut ratios, 0.75),
-        );
-    }
-}
-
-/// Whether the binary runs as a benchmark (`cargo bench`), not as a test (`cargo test --benches`)
-/// nor under a profiler (`--profile-time`): only then is the paired comparison run.
-fn benchmarking() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().any(|arg| arg == "--bench") && !args.iter().any(|arg| arg == "--profile-time")
-}
-
 fn hot_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let cache = TokenCache::new(StaticSource);
+    let cache = TokenCache::new(StaticSource(TOKEN));
     runtime.block_on(cache.prefetch()).unwrap();
 
     let layer = BearerAuthLayer::from_cache(cache.clone())
         .with_header("x-api-key", API_KEY)
         .unwrap();
     let mut layered = layer.layer(noop_inner());
-    let mut baseline = ServiceBuilder::new()
-        .layer(SetRequestHeaderLayer::overriding(
-            AUTHORIZATION,
-            HeaderValue::from_static(BEARER),
-        ))
-        .layer(SetRequestHeaderLayer::overriding(
-            HeaderName::from_static("x-api-key"),
-            HeaderValue::from_static(API_KEY),
-        ))
-        .service(noop_inner());
+    let mut baseline = set_request_header_static(BEARER, API_KEY, noop_inner());
     let mut shared_baseline = ServiceBuilder::new()
         .layer(SetRequestHeaderLayer::overriding(
             AUTHORIZATION,
@@ -282,7 +208,7 @@ fn hot_path(c: &mut Criterion) {
         ))
         .service(noop_inner());
 
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
 
     // Check once that the arms do what they claim (and warm them up: the first clone of a
@@ -376,6 +302,8 @@ fn hot_path(c: &mut Criterion) {
     if benchmarking() {
         paired(
             "hot_path",
+            PAIRED_ROUNDS,
+            PAIRED_CALLS as u64,
             1,
             &mut [
                 ("bearer_auth", &mut || time_calls(&mut layered)),

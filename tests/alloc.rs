@@ -13,34 +13,23 @@
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use allocation_counter::AllocationInfo;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceBuilder};
-use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenCache, TokenSource};
+use tower_client_credentials::{BearerAuthLayer, TokenCache};
 use tower_http::set_header::SetRequestHeaderLayer;
+
+// The fixtures of the hot-path benches, whose path this test counts the allocations of.
+#[path = "../benches/common/mod.rs"]
+mod bench_common;
+use bench_common::{noop_waker, StaticSource};
 
 const TOKEN: &str = "eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJhbGxvYy10ZXN0In0.c2ln";
 const API_KEY: &str = "3f6c2b1e-9d4a-4c1b-8e2f-7a5d0c9b1e42";
 const CALLS: usize = 100;
-
-struct StaticSource;
-
-impl TokenSource for StaticSource {
-    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
-        Box::pin(async { Token::bearer(TOKEN, Some(Duration::from_secs(3600))) })
-    }
-}
-
-struct NoopWake;
-
-impl Wake for NoopWake {
-    fn wake(self: Arc<Self>) {}
-}
 
 type NoopFuture = std::future::Ready<Result<Response<()>, Infallible>>;
 type NoopService = tower::util::ServiceFn<fn(Request<()>) -> NoopFuture>;
@@ -89,7 +78,7 @@ where
     S: Service<Request<()>>,
     S::Error: Debug,
 {
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
     drive_with(service, &mut cx, request)
 }
@@ -121,7 +110,7 @@ where
     S: Service<Request<()>>,
     S::Error: Debug,
 {
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
     let mut requests: Vec<_> = (0..CALLS).map(|_| make_request()).collect();
     let mut responses = Vec::with_capacity(CALLS);
@@ -163,7 +152,7 @@ fn fresh_cache() -> TokenCache {
         .enable_all()
         .build()
         .unwrap();
-    let cache = TokenCache::new(StaticSource);
+    let cache = TokenCache::new(StaticSource(TOKEN));
     runtime.block_on(cache.prefetch()).unwrap();
     cache
 }
@@ -220,7 +209,7 @@ fn poll_ready_alone_allocates_nothing() {
     let cache = fresh_cache();
     let mut layer = layered(&cache, false);
     drive(&mut layer, fresh_request());
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
     let info = allocation_counter::measure(|| {
         for _ in 0..CALLS {

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -45,25 +45,13 @@ use tower::timeout::error::Elapsed;
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_client_credentials::testing::{ApiServer, AuthServer, Behavior};
-use tower_client_credentials::{
-    BearerAuth, BearerAuthLayer, BoxError, ClientCredentials, Error, ErrorKind,
-};
+use tower_client_credentials::{BearerAuth, BearerAuthLayer, BoxError, Error, ErrorKind};
 use tower_http::trace::TraceLayer;
 
+mod common;
+use common::{credentials, default_client, HttpClient};
+
 const API_KEY: &str = "api-key-7c2e91";
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn credentials(auth: &AuthServer) -> ClientCredentials {
-    ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .scopes(["role:app", "organization:read"])
-        .build()
-        .unwrap()
-}
 
 fn auth_layer(auth: &AuthServer) -> BearerAuthLayer {
     BearerAuthLayer::new(credentials(auth))
@@ -320,11 +308,7 @@ async fn tonic_token_failure_surfaces_as_a_grpc_status() {
     let layer = BearerAuthLayer::from_cache(
         // An explicit method: no fallback from Basic to the form body after `invalid_client`.
         tower_client_credentials::TokenCache::builder(
-            ClientCredentials::builder()
-                .token_endpoint(auth.token_endpoint())
-                .unwrap()
-                .client_id(AuthServer::CLIENT_ID)
-                .client_secret(AuthServer::CLIENT_SECRET)
+            default_client(&auth)
                 .auth_method(tower_client_credentials::ClientAuthMethod::ClientSecretBasic)
                 .build()
                 .unwrap(),

@@ -10,39 +10,26 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_client_credentials::testing::{ApiServer, AuthServer, Behavior, MetadataLocation};
 use tower_client_credentials::{
-    BearerAuthLayer, BoxError, ClientAuthMethod, ClientCredentials, ClientCredentialsBuilder,
-    Error, ErrorKind, TokenSource,
+    BearerAuthLayer, BoxError, ClientAuthMethod, ClientCredentialsBuilder, Error, ErrorKind,
+    TokenSource,
+};
+
+mod common;
+use common::{
+    assert_explicit_method_is_not_second_guessed, assert_falls_back_to_post_and_remembers,
+    crate_error, hyper_client, start_with_post_only_client, token_endpoint_builder, API_SCOPES,
 };
 
 const API_KEY: &str = "api-key-7d2e41";
 /// A secret no error may ever show.
 const SECRET: &str = "Sup3r-Secret-Value-42";
 
-fn hyper_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
 /// Credentials that know only the issuer.
 fn issuer_builder(issuer: &str) -> ClientCredentialsBuilder {
-    ClientCredentials::builder()
-        .issuer(issuer)
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .scopes(["role:app", "organization:read"])
-}
-
-fn token_endpoint_builder(url: &str) -> ClientCredentialsBuilder {
-    ClientCredentials::builder()
-        .token_endpoint(url)
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
+    common::issuer_builder(issuer).scopes(API_SCOPES)
 }
 
 /// Origin (`http://127.0.0.1:port`) of a server.
@@ -292,17 +279,22 @@ async fn issuer_mismatch_names_both_issuers() {
     assert_eq!(credentials.token_endpoint(), None);
 }
 
-#[tokio::test]
-async fn metadata_without_token_endpoint_is_a_discovery_error() {
-    let auth = AuthServer::start().await.unwrap();
-    let document = serde_json::json!({ "issuer": auth.issuer() }).to_string();
+/// The error of a first token request when the metadata endpoint answers `document`.
+async fn fetch_error_with_metadata(auth: &AuthServer, document: String) -> Error {
     auth.push_discovery_behavior([Behavior::Raw(StatusCode::OK, "application/json", document)]);
-    let err = issuer_builder(&auth.issuer())
+    issuer_builder(&auth.issuer())
         .build()
         .unwrap()
         .fetch_token()
         .await
-        .unwrap_err();
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn metadata_without_token_endpoint_is_a_discovery_error() {
+    let auth = AuthServer::start().await.unwrap();
+    let document = serde_json::json!({ "issuer": auth.issuer() }).to_string();
+    let err = fetch_error_with_metadata(&auth, document).await;
     assert_eq!(err.kind(), ErrorKind::Discovery);
     assert!(err.to_string().contains("token_endpoint"), "{err}");
     assert_eq!(auth.token_requests(), 0);
@@ -316,13 +308,7 @@ async fn discovered_plain_http_token_endpoint_is_refused() {
         "token_endpoint": "http://idp.example/oauth2/default/v1/token",
     })
     .to_string();
-    auth.push_discovery_behavior([Behavior::Raw(StatusCode::OK, "application/json", document)]);
-    let err = issuer_builder(&auth.issuer())
-        .build()
-        .unwrap()
-        .fetch_token()
-        .await
-        .unwrap_err();
+    let err = fetch_error_with_metadata(&auth, document).await;
     assert_eq!(err.kind(), ErrorKind::Discovery);
     assert!(err.to_string().contains("allow_http"), "{err}");
 }
@@ -331,16 +317,10 @@ async fn discovered_plain_http_token_endpoint_is_refused() {
 
 #[tokio::test]
 async fn auth_method_comes_from_the_metadata() {
-    let auth = AuthServer::builder()
-        .advertised_auth_methods(Some(&["client_secret_post"]))
-        .client(
-            AuthServer::CLIENT_ID,
-            AuthServer::CLIENT_SECRET,
-            Some(ClientAuthMethod::ClientSecretPost),
-        )
-        .start()
-        .await
-        .unwrap();
+    let auth = start_with_post_only_client(
+        AuthServer::builder().advertised_auth_methods(Some(&["client_secret_post"])),
+    )
+    .await;
     let credentials = issuer_builder(&auth.issuer()).build().unwrap();
     assert_eq!(credentials.auth_method(), None);
     credentials.fetch_token().await.unwrap();
@@ -357,25 +337,10 @@ async fn auth_method_comes_from_the_metadata() {
 
 #[tokio::test]
 async fn without_a_method_list_basic_then_post_and_remembered() {
-    let auth = AuthServer::builder()
-        .advertised_auth_methods(None)
-        .client(
-            AuthServer::CLIENT_ID,
-            AuthServer::CLIENT_SECRET,
-            Some(ClientAuthMethod::ClientSecretPost),
-        )
-        .start()
-        .await
-        .unwrap();
+    let auth =
+        start_with_post_only_client(AuthServer::builder().advertised_auth_methods(None)).await;
     let credentials = issuer_builder(&auth.issuer()).build().unwrap();
-    credentials.fetch_token().await.unwrap();
-    assert_eq!(auth.token_requests(), 2, "basic first, then post");
-    assert_eq!(
-        credentials.auth_method(),
-        Some(ClientAuthMethod::ClientSecretPost)
-    );
-    credentials.fetch_token().await.unwrap();
-    assert_eq!(auth.token_requests(), 3, "post remembered");
+    assert_falls_back_to_post_and_remembers(&credentials, &auth).await;
 }
 
 #[tokio::test]
@@ -395,23 +360,15 @@ async fn an_explicit_method_is_not_second_guessed_by_the_metadata() {
     assert_eq!(seen.method, Some(ClientAuthMethod::ClientSecretBasic));
 
     // And a rejected explicit method is an error, not a fallback.
-    let auth = AuthServer::builder()
-        .advertised_auth_methods(Some(&["client_secret_post"]))
-        .client(
-            AuthServer::CLIENT_ID,
-            AuthServer::CLIENT_SECRET,
-            Some(ClientAuthMethod::ClientSecretPost),
-        )
-        .start()
-        .await
-        .unwrap();
+    let auth = start_with_post_only_client(
+        AuthServer::builder().advertised_auth_methods(Some(&["client_secret_post"])),
+    )
+    .await;
     let credentials = issuer_builder(&auth.issuer())
         .auth_method(ClientAuthMethod::ClientSecretBasic)
         .build()
         .unwrap();
-    let err = credentials.fetch_token().await.unwrap_err();
-    assert_eq!(err.oauth_error().unwrap().error, "invalid_client");
-    assert_eq!(auth.token_requests(), 1);
+    assert_explicit_method_is_not_second_guessed(&credentials, &auth).await;
     assert_eq!(
         credentials.auth_method(),
         Some(ClientAuthMethod::ClientSecretBasic)
@@ -704,6 +661,5 @@ async fn errors_never_contain_the_secret() {
         .call(request)
         .await
         .unwrap_err();
-    let err = err.downcast::<Error>().expect("the crate's Error");
-    assert_secret_free(&err);
+    assert_secret_free(&crate_error(err));
 }

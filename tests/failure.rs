@@ -14,35 +14,29 @@ use secrecy::ExposeSecret;
 use tokio::time::{advance, sleep, Instant};
 use tower::{service_fn, Service, ServiceExt};
 use tower_client_credentials::testing::{AuthServer, Behavior};
-use tower_client_credentials::{
-    BearerAuthLayer, ClientAuthMethod, ClientCredentials, Error, ErrorKind, TokenCache,
-    TokenCacheBuilder,
-};
+use tower_client_credentials::{BearerAuthLayer, Error, ErrorKind, TokenCache, TokenCacheBuilder};
 
-fn credentials(auth: &AuthServer) -> ClientCredentials {
-    ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .auth_method(ClientAuthMethod::ClientSecretBasic)
-        .http_client(auth.in_process_client())
-        .build()
-        .unwrap()
-}
+mod common;
+use common::{default_client, in_process_credentials, settle};
 
 fn cache(
     auth: &AuthServer,
     configure: impl FnOnce(TokenCacheBuilder) -> TokenCacheBuilder,
 ) -> TokenCache {
-    configure(TokenCache::builder(credentials(auth))).build()
+    configure(TokenCache::builder(in_process_credentials(auth))).build()
 }
 
-/// Lets spawned refresh tasks run without moving the clock.
-async fn settle() {
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+/// After one failure that asked for a wait: still backing off when `before` has passed, a token
+/// once `after` more has, and only the one new request sent.
+async fn assert_waits(cache: &TokenCache, auth: &AuthServer, before: Duration, after: Duration) {
+    advance(before).await;
+    assert_eq!(
+        cache.token().await.unwrap_err().kind(),
+        ErrorKind::BackingOff
+    );
+    advance(after).await;
+    cache.token().await.unwrap();
+    assert_eq!(auth.token_requests(), 2);
 }
 
 /// The most attempts an outage of `window` can see with the default schedule: one at once, then
@@ -130,14 +124,13 @@ async fn service_unavailable_retry_after_is_honoured() {
         cache.token().await.unwrap_err().status(),
         Some(StatusCode::SERVICE_UNAVAILABLE)
     );
-    advance(Duration::from_millis(2900)).await;
-    assert_eq!(
-        cache.token().await.unwrap_err().kind(),
-        ErrorKind::BackingOff
-    );
-    advance(Duration::from_millis(200)).await;
-    cache.token().await.unwrap();
-    assert_eq!(auth.token_requests(), 2);
+    assert_waits(
+        &cache,
+        &auth,
+        Duration::from_millis(2900),
+        Duration::from_millis(200),
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,14 +145,13 @@ async fn okta_rate_limit_reset_is_honoured() {
         wait > Duration::from_secs(8) && wait <= Duration::from_secs(10),
         "{wait:?}"
     );
-    advance(Duration::from_secs(8)).await;
-    assert_eq!(
-        cache.token().await.unwrap_err().kind(),
-        ErrorKind::BackingOff
-    );
-    advance(Duration::from_secs(3)).await;
-    cache.token().await.unwrap();
-    assert_eq!(auth.token_requests(), 2);
+    assert_waits(
+        &cache,
+        &auth,
+        Duration::from_secs(8),
+        Duration::from_secs(3),
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -370,11 +362,7 @@ async fn zero_or_negative_expires_in_falls_back_to_the_jwt_exp() {
 async fn without_any_lifetime_the_default_applies() {
     let auth = AuthServer::start().await.unwrap();
     auth.push_behavior([Behavior::ExpiresIn(serde_json::Value::Null)]);
-    let credentials = ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
+    let credentials = default_client(&auth)
         .http_client(auth.in_process_client())
         .expiry_from_jwt(false)
         .build()

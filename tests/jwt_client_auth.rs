@@ -2,12 +2,14 @@
 //! authorization server: `client_secret_jwt` on the wire and its verification. The same methods
 //! against panva's oidc-provider are in `tests/oidc_provider.rs`.
 
-use base64::Engine as _;
 use secrecy::ExposeSecret;
 use tower_client_credentials::testing::AuthServer;
 use tower_client_credentials::{
     ClientAuthMethod, ClientCredentials, ErrorKind, JwtSigningAlgorithm, TokenSource,
 };
+
+mod common;
+use common::{issuer_builder, jwt_part};
 
 const CLIENT: &str = "jwt-client";
 const SECRET: &str = "jwt-client-secret-of-at-least-32-bytes";
@@ -19,14 +21,6 @@ async fn server() -> AuthServer {
         .start()
         .await
         .unwrap()
-}
-
-fn jwt_part(jwt: &str, index: usize) -> serde_json::Value {
-    let part = jwt.split('.').nth(index).expect("a JWT has three parts");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .expect("base64url JWT part");
-    serde_json::from_slice(&bytes).expect("JSON JWT part")
 }
 
 #[tokio::test]
@@ -174,13 +168,7 @@ async fn auto_detection_never_picks_a_jwt_method() {
         .start()
         .await
         .unwrap();
-    let credentials = ClientCredentials::builder()
-        .issuer(server.issuer())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .build()
-        .unwrap();
+    let credentials = issuer_builder(&server.issuer()).build().unwrap();
     credentials.fetch_token().await.unwrap();
     assert_eq!(
         credentials.auth_method(),

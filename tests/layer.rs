@@ -3,37 +3,24 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use secrecy::ExposeSecret;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_client_credentials::testing::{ApiServer, AuthServer, Behavior};
 use tower_client_credentials::{
-    BearerAuth, BearerAuthLayer, BoxError, ClientAuthMethod, ClientCredentials, Error, ErrorKind,
+    BearerAuth, BearerAuthLayer, BoxError, ClientAuthMethod, ClientCredentials, ErrorKind,
     TokenSource,
 };
 
+mod common;
+use common::{
+    assert_explicit_method_is_not_second_guessed, assert_falls_back_to_post_and_remembers,
+    crate_error, credentials, default_client, hyper_client, start_with_post_only_client,
+    HttpClient,
+};
+
 const API_KEY: &str = "api-key-3f1b9c";
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn hyper_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn credentials(server: &AuthServer) -> ClientCredentials {
-    ClientCredentials::builder()
-        .token_endpoint(server.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .scopes(["role:app", "organization:read"])
-        .build()
-        .unwrap()
-}
 
 fn layered(source: impl TokenSource) -> BearerAuth<HttpClient> {
     ServiceBuilder::new()
@@ -49,13 +36,6 @@ async fn get(client: &mut BearerAuth<HttpClient>, url: &str) -> Result<StatusCod
     let request = Request::get(url).body(Full::default()).unwrap();
     let response = client.ready().await?.call(request).await?;
     Ok(response.status())
-}
-
-fn crate_error(error: BoxError) -> Error {
-    match error.downcast::<Error>() {
-        Ok(error) => *error,
-        Err(other) => panic!("expected the crate's Error, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -139,20 +119,8 @@ async fn client_secret_basic_on_the_wire() {
 
 #[tokio::test]
 async fn client_secret_post_on_the_wire() {
-    let auth = AuthServer::builder()
-        .client(
-            AuthServer::CLIENT_ID,
-            AuthServer::CLIENT_SECRET,
-            Some(ClientAuthMethod::ClientSecretPost),
-        )
-        .start()
-        .await
-        .unwrap();
-    let credentials = ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
+    let auth = start_with_post_only_client(AuthServer::builder()).await;
+    let credentials = default_client(&auth)
         .auth_method(ClientAuthMethod::ClientSecretPost)
         .audience("https://api.example")
         .build()
@@ -174,48 +142,18 @@ async fn client_secret_post_on_the_wire() {
 
 #[tokio::test]
 async fn explicit_method_is_not_second_guessed() {
-    let auth = AuthServer::builder()
-        .client(
-            AuthServer::CLIENT_ID,
-            AuthServer::CLIENT_SECRET,
-            Some(ClientAuthMethod::ClientSecretPost),
-        )
-        .start()
-        .await
-        .unwrap();
-    let credentials = ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
+    let auth = start_with_post_only_client(AuthServer::builder()).await;
+    let credentials = default_client(&auth)
         .auth_method(ClientAuthMethod::ClientSecretBasic)
         .build()
         .unwrap();
-    let err = credentials.fetch_token().await.unwrap_err();
-    assert_eq!(err.oauth_error().unwrap().error, "invalid_client");
-    assert_eq!(auth.token_requests(), 1);
+    assert_explicit_method_is_not_second_guessed(&credentials, &auth).await;
 }
 
 #[tokio::test]
 async fn undeclared_method_falls_back_to_post_and_is_remembered() {
-    let auth = AuthServer::builder()
-        .client(
-            AuthServer::CLIENT_ID,
-            AuthServer::CLIENT_SECRET,
-            Some(ClientAuthMethod::ClientSecretPost),
-        )
-        .start()
-        .await
-        .unwrap();
-    let credentials = credentials(&auth);
-    credentials.fetch_token().await.unwrap();
-    assert_eq!(auth.token_requests(), 2, "basic first, then post");
-    assert_eq!(
-        credentials.auth_method(),
-        Some(ClientAuthMethod::ClientSecretPost)
-    );
-    credentials.fetch_token().await.unwrap();
-    assert_eq!(auth.token_requests(), 3, "post remembered");
+    let auth = start_with_post_only_client(AuthServer::builder()).await;
+    assert_falls_back_to_post_and_remembers(&credentials(&auth), &auth).await;
 }
 
 #[tokio::test]

@@ -13,7 +13,10 @@ use metrics::{
 use tokio::time::advance;
 use tower_client_credentials::cache::metric;
 use tower_client_credentials::testing::{AuthServer, Behavior};
-use tower_client_credentials::{ClientAuthMethod, ClientCredentials, TokenCache};
+use tower_client_credentials::TokenCache;
+
+mod common;
+use common::{in_process_credentials, settle};
 
 #[derive(Default)]
 struct Value(AtomicU64, Mutex<Vec<f64>>);
@@ -102,16 +105,9 @@ async fn the_cache_reports_what_an_operator_needs() {
         .await
         .unwrap();
     auth.push_behavior([Behavior::server_error()]);
-    let credentials = ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .auth_method(ClientAuthMethod::ClientSecretBasic)
-        .http_client(auth.in_process_client())
-        .build()
-        .unwrap();
-    let cache = TokenCache::builder(credentials).refresh_jitter(0.0).build();
+    let cache = TokenCache::builder(in_process_credentials(&auth))
+        .refresh_jitter(0.0)
+        .build();
 
     cache.token().await.unwrap_err();
     advance(Duration::from_secs(1)).await;
@@ -119,9 +115,7 @@ async fn the_cache_reports_what_an_operator_needs() {
     // Into the refresh-ahead window (70 s): served while the refresh runs.
     advance(Duration::from_secs(75)).await;
     cache.token().await.unwrap();
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+    settle().await;
 
     let requests = |outcome: &str| {
         recorder.counter(&format!("{}{{outcome={outcome}}}", metric::TOKEN_REQUESTS))

@@ -16,8 +16,6 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -26,6 +24,9 @@ use tower_client_credentials::{
     BearerAuthLayer, ClientAuthMethod, ClientCredentials, ClientCredentialsBuilder, ErrorKind,
     TokenSource,
 };
+
+mod common;
+use common::{hyper_client, jwt_part};
 
 const BASIC_CLIENT: &str = "basic-client";
 const BASIC_SECRET: &str = "basic secret:with%special&chars";
@@ -130,7 +131,7 @@ impl OidcProvider {
     /// Asks the server whether it considers `token` active (RFC 7662), authenticating as
     /// `basic-client`. Only opaque tokens can be introspected by oidc-provider.
     async fn introspect(&self, token: &str) -> serde_json::Value {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let client = hyper_client();
         let basic = format!(
             "{}:{}",
             form_urlencoded::byte_serialize(BASIC_CLIENT.as_bytes()).collect::<String>(),
@@ -185,7 +186,7 @@ impl Recorder {
 /// Sends the credentials' token and discovery requests through a plain hyper-util client that
 /// records each request's path, so a test can count what actually reached oidc-provider.
 fn recorded(builder: ClientCredentialsBuilder, recorder: &Recorder) -> ClientCredentialsBuilder {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = hyper_client();
     let recorder = recorder.clone();
     builder.http_client(service_fn(move |request: Request<Full<Bytes>>| {
         recorder
@@ -195,14 +196,6 @@ fn recorded(builder: ClientCredentialsBuilder, recorder: &Recorder) -> ClientCre
             .push(request.uri().path().to_string());
         client.request(request)
     }))
-}
-
-fn jwt_part(jwt: &str, index: usize) -> serde_json::Value {
-    let part = jwt.split('.').nth(index).expect("a JWT has three parts");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .expect("base64url JWT part");
-    serde_json::from_slice(&bytes).expect("JSON JWT part")
 }
 
 #[tokio::test]

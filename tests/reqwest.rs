@@ -4,28 +4,21 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_client_credentials::reqwest::BearerAuthMiddleware;
 use tower_client_credentials::testing::{ApiServer, AuthServer, Behavior};
-use tower_client_credentials::{BearerAuthLayer, ClientCredentials, Error, ErrorKind};
+use tower_client_credentials::{BearerAuthLayer, Error, ErrorKind};
+
+mod common;
+use common::{default_client, hyper_client};
 
 const API_KEY: &str = "api-key-51d0a4";
 
 fn layer(auth: &AuthServer) -> BearerAuthLayer {
-    let credentials = ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .scopes(["role:app"])
-        .build()
-        .unwrap();
+    let credentials = default_client(auth).scopes(["role:app"]).build().unwrap();
     BearerAuthLayer::new(credentials)
         .with_header("x-api-key", API_KEY)
         .unwrap()
@@ -46,7 +39,7 @@ async fn hyper_and_reqwest_clients_share_one_token() {
     let layer = layer(&auth);
     let hyper = ServiceBuilder::new()
         .layer(layer.clone())
-        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        .service(hyper_client());
     let reqwest = reqwest_client(&layer);
 
     let mut calls = tokio::task::JoinSet::new();

@@ -3,25 +3,20 @@
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_client_credentials::layer::{is_invalid_token, RetryUnauthorized};
 use tower_client_credentials::testing::{ApiServer, AuthServer};
-use tower_client_credentials::{BearerAuthLayer, ClientCredentials, TokenCache};
+use tower_client_credentials::{BearerAuthLayer, TokenCache};
+
+mod common;
+use common::{default_client, hyper_client, HttpClient};
 
 const API_KEY: &str = "retry-api-key";
 
-type Layered = RetryUnauthorized<Client<HttpConnector, Full<Bytes>>>;
+type Layered = RetryUnauthorized<HttpClient>;
 
 fn layer(auth: &AuthServer, api_key: &str) -> BearerAuthLayer {
-    let credentials = ClientCredentials::builder()
-        .token_endpoint(auth.token_endpoint())
-        .unwrap()
-        .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
-        .build()
-        .unwrap();
+    let credentials = default_client(auth).build().unwrap();
     BearerAuthLayer::from_cache(TokenCache::new(credentials))
         .with_header("x-api-key", api_key)
         .unwrap()
@@ -30,7 +25,7 @@ fn layer(auth: &AuthServer, api_key: &str) -> BearerAuthLayer {
 fn client(layer: BearerAuthLayer) -> Layered {
     ServiceBuilder::new()
         .layer(layer.retry_on_unauthorized())
-        .service(Client::builder(TokioExecutor::new()).build_http())
+        .service(hyper_client())
 }
 
 async fn post(client: &mut Layered, url: &str) -> StatusCode {
@@ -103,7 +98,7 @@ async fn the_plain_layer_does_not_retry() {
     let api = ApiServer::start(&auth, API_KEY).await.unwrap();
     let mut client = ServiceBuilder::new()
         .layer(layer(&auth, API_KEY))
-        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        .service(hyper_client());
     let request = || Request::get(api.url()).body(Full::default()).unwrap();
     client.ready().await.unwrap().call(request()).await.unwrap();
     auth.revoke_all();
@@ -122,7 +117,7 @@ async fn a_custom_predicate_decides_what_a_rejection_is() {
                 .retry_on_unauthorized()
                 .retry_if(is_invalid_token),
         )
-        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        .service(hyper_client());
     let request = || Request::get(api.url()).body(Full::default()).unwrap();
     client.ready().await.unwrap().call(request()).await.unwrap();
     auth.revoke_all();

@@ -1,0 +1,125 @@
+//! Fixtures the benches share (and `tests/alloc.rs`, which counts the allocations of the path
+//! `hot_path.rs` times): a token source that answers at once, a no-op inner service and waker,
+//! the static `SetRequestHeader` baseline, and the paired comparison.
+
+// Every bench compiles its own copy of this module and uses only some of it.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::{Request, Response};
+use tower::ServiceBuilder;
+use tower_client_credentials::{BoxFuture, Error, Token, TokenSource};
+use tower_http::set_header::{SetRequestHeader, SetRequestHeaderLayer};
+
+/// A token source that answers at once with this token, valid for an hour.
+pub(crate) struct StaticSource(pub(crate) &'static str);
+
+impl TokenSource for StaticSource {
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        let token = self.0;
+        Box::pin(async move { Token::bearer(token, Some(Duration::from_secs(3600))) })
+    }
+}
+
+struct NoopWake;
+
+impl Wake for NoopWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// A waker that does nothing: services are driven by hand, outside any runtime.
+pub(crate) fn noop_waker() -> Waker {
+    Waker::from(Arc::new(NoopWake))
+}
+
+pub(crate) type NoopFuture = std::future::Ready<Result<Response<()>, Infallible>>;
+pub(crate) type NoopService = tower::util::ServiceFn<fn(Request<()>) -> NoopFuture>;
+
+/// The inner service's function: takes the request (dropping it, headers included) and answers
+/// at once.
+fn noop(request: Request<()>) -> NoopFuture {
+    drop(black_box(request));
+    std::future::ready(Ok(Response::new(())))
+}
+
+/// The inner service every arm wraps; see [`noop`].
+pub(crate) fn noop_inner() -> NoopService {
+    tower::service_fn(noop as fn(Request<()>) -> NoopFuture)
+}
+
+/// tower-http's `SetRequestHeader` ×2 adding `Authorization: {bearer}` and `x-api-key` from
+/// static values: the floor the layer is compared with.
+pub(crate) fn set_request_header_static<S>(
+    bearer: &'static str,
+    api_key: &'static str,
+    inner: S,
+) -> SetRequestHeader<SetRequestHeader<S, HeaderValue>, HeaderValue> {
+    ServiceBuilder::new()
+        .layer(SetRequestHeaderLayer::overriding(
+            AUTHORIZATION,
+            HeaderValue::from_static(bearer),
+        ))
+        .layer(SetRequestHeaderLayer::overriding(
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static(api_key),
+        ))
+        .service(inner)
+}
+
+/// Whether the binary runs as a benchmark (`cargo bench`), not as a test (`cargo test --benches`)
+/// nor under a profiler (`--profile-time`): only then is the paired comparison run.
+pub(crate) fn benchmarking() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|arg| arg == "--bench") && !args.iter().any(|arg| arg == "--profile-time")
+}
+
+/// The `q` quantile (0.5: the median) of `values`, which it sorts.
+pub(crate) fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Runs the arms in `rounds` rounds, each arm once per round (`calls` calls) in an order rotated
+/// every round, and prints each arm's median time per call and the median (and quartiles) of its
+/// per-round ratio to arm `baseline`. Robust to the load of other processes, which changes
+/// slowly compared with one round.
+pub(crate) fn paired(
+    label: &str,
+    rounds: usize,
+    calls: u64,
+    baseline: usize,
+    arms: &mut [(&str, &mut dyn FnMut() -> Duration)],
+) {
+    let n = arms.len();
+    let mut times = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds {
+        for k in 0..n {
+            let i = (round + k) % n;
+            times[i].push((arms[i].1)().as_secs_f64());
+        }
+    }
+    let width = arms.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    println!("paired {label}: {rounds} rounds x {calls} calls per arm");
+    for i in 0..n {
+        let mut ratios: Vec<f64> = times[i]
+            .iter()
+            .zip(&times[baseline])
+            .map(|(a, b)| a / b)
+            .collect();
+        let ns = quantile(&mut times[i].clone(), 0.5) / calls as f64 * 1e9;
+        println!(
+            "paired {label}/{:<width$} {ns:>8.1} ns/call  ratio to {}: {:.3} (quartiles {:.3}..{:.3})",
+            arms[i].0,
+            arms[baseline].0,
+            quantile(&mut ratios, 0.5),
+            quantile(&mut ratios, 0.25),
+            quantile(&mut ratios, 0.75),
+        );
+    }
+}

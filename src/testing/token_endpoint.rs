@@ -1,0 +1,462 @@
+//! The token endpoint (RFC 6749 §4.4), in the order it decides: read the request, tell how the
+//! client authenticated, play any scripted behaviour, authenticate the client, check the grant
+//! type and the scopes, issue a token.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+
+use super::auth_server::{Client, State};
+use super::behaviour::{misbehave, Behavior};
+use super::lock;
+use super::response::{json, oauth_error, Reply};
+use crate::ClientAuthMethod;
+
+/// What the server saw of the last token request (for assertions on the wire format).
+#[derive(Debug, Clone)]
+pub struct TokenRequestSeen {
+    /// The client authentication method used.
+    pub method: Option<ClientAuthMethod>,
+    /// The form fields (the client secret, if sent in the body, replaced by `[redacted]`; a
+    /// `client_assertion` is kept, it is short-lived and signed).
+    pub form: Vec<(String, String)>,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The `Accept` header.
+    pub accept: Option<String>,
+}
+
+/// The outcome of one step: `Err` ends the request there.
+type Step<T> = Result<T, Refusal>;
+
+/// An RFC 6749 §5.2 error answer that ends a token request early.
+struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    description: Cow<'static, str>,
+}
+
+fn refuse(
+    status: StatusCode,
+    error: &'static str,
+    description: impl Into<Cow<'static, str>>,
+) -> Refusal {
+    Refusal {
+        status,
+        error,
+        description: description.into(),
+    }
+}
+
+/// A token request as read: the headers the endpoint looks at and the form fields.
+struct TokenRequest {
+    content_type: Option<String>,
+    accept: Option<String>,
+    authorization: Option<String>,
+    form: Vec<(String, String)>,
+}
+
+/// How a token request authenticated the client: the method, the client id it names, and the
+/// credential to verify.
+struct ClientAuthentication {
+    method: ClientAuthMethod,
+    client_id: String,
+    credential: Credential,
+}
+
+/// The credential a token request presented.
+enum Credential {
+    /// `client_secret_basic` or `client_secret_post`.
+    Secret(String),
+    /// A JWT client assertion (RFC 7523).
+    Assertion(String),
+}
+
+impl State {
+    /// Answers a token request (the next scripted behaviour, else the default one, shapes the
+    /// answer) and counts it.
+    pub(super) async fn token<B>(&self, request: Request<B>) -> Reply
+    where
+        B: Body + Send,
+        B::Data: Send,
+        B::Error: Into<crate::BoxError>,
+    {
+        let behavior = lock(&self.script)
+            .pop_front()
+            .or_else(|| lock(&self.default_behavior).clone());
+        let response = match self.answer_token_request(request, behavior).await {
+            Ok(response) => response,
+            Err(refusal) => oauth_error(refusal.status, refusal.error, &refusal.description),
+        };
+        self.token_requests.fetch_add(1, Ordering::SeqCst);
+        response
+    }
+
+    async fn answer_token_request<B>(
+        &self,
+        request: Request<B>,
+        behavior: Option<Behavior>,
+    ) -> Step<Reply>
+    where
+        B: Body + Send,
+        B::Data: Send,
+        B::Error: Into<crate::BoxError>,
+    {
+        if request.method() != Method::POST {
+            return Err(refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "use POST",
+            ));
+        }
+        let request = TokenRequest::read(request).await?;
+        let authentication = request.client_authentication()?;
+        *lock(&self.last_request) = Some(request.seen(authentication.method));
+        if let Some(response) = misbehave(behavior.as_ref()).await {
+            return Ok(response);
+        }
+        request.require_form_body()?;
+        let client = self.authenticate(&authentication)?;
+        request.require_client_credentials_grant()?;
+        let scope = request.field("scope").unwrap_or_default();
+        require_allowed_scopes(client, &scope)?;
+        Ok(self.issue_response(&authentication.client_id, &scope, behavior))
+    }
+
+    /// The registered client `authentication` names, if its credential is right and it used
+    /// the method the client is restricted to.
+    fn authenticate(&self, authentication: &ClientAuthentication) -> Step<&Client> {
+        let failed = || {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed.",
+            )
+        };
+        let ClientAuthentication {
+            method,
+            client_id,
+            credential,
+        } = authentication;
+        let client = self.clients.get(client_id).ok_or_else(failed)?;
+        let authenticated = match credential {
+            Credential::Secret(secret) => client.secret == *secret,
+            Credential::Assertion(jwt) => {
+                self.verify_assertion(jwt, client_id, &client.secret, *method)
+            }
+        };
+        if !authenticated || client.method.is_some_and(|m| m != *method) {
+            return Err(failed());
+        }
+        Ok(client)
+    }
+
+    /// RFC 7523 §3: a `client_secret_jwt` assertion signed HS256 with the client's secret, `iss`
+    /// and `sub` the client id, `aud` this token endpoint, unexpired, with a `jti`.
+    /// `private_key_jwt` is not verified here (no client keys are registered): refused.
+    #[cfg(feature = "jwt-client-auth")]
+    fn verify_assertion(
+        &self,
+        jwt: &str,
+        client_id: &str,
+        secret: &str,
+        method: ClientAuthMethod,
+    ) -> bool {
+        if method != ClientAuthMethod::ClientSecretJwt {
+            return false;
+        }
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_audience(&[format!("{}/v1/token", self.issuer_url())]);
+        validation.set_issuer(&[client_id]);
+        validation.sub = Some(client_id.to_string());
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        validation.leeway = 0;
+        jsonwebtoken::decode::<serde_json::Value>(
+            jwt,
+            &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+            &validation,
+        )
+        .is_ok_and(|data| data.claims["jti"].as_str().is_some_and(|j| !j.is_empty()))
+    }
+
+    #[cfg(not(feature = "jwt-client-auth"))]
+    fn verify_assertion(&self, _: &str, _: &str, _: &str, _: ClientAuthMethod) -> bool {
+        false
+    }
+
+    /// The successful answer: a new token for `client_id` and `scope`, with the `expires_in`
+    /// that `behavior` may override.
+    fn issue_response(&self, client_id: &str, scope: &str, behavior: Option<Behavior>) -> Reply {
+        let lifetime = *lock(&self.lifetime);
+        let now = SystemTime::now();
+        let token = self.issue(client_id, scope, now, lifetime);
+        let expires_in = match behavior {
+            Some(Behavior::ExpiresIn(value)) => value,
+            _ => serde_json::json!(lifetime.as_secs()),
+        };
+        let mut body = serde_json::json!({
+            "token_type": "Bearer",
+            "access_token": token,
+            "scope": scope,
+        });
+        if !expires_in.is_null() {
+            body["expires_in"] = expires_in;
+        }
+        let mut response = json(StatusCode::OK, body);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    /// Mints a JWT-shaped token (Okta's claims, a random signature nobody checks) and records
+    /// it as valid until `now + lifetime`.
+    fn issue(&self, client_id: &str, scope: &str, now: SystemTime, lifetime: Duration) -> String {
+        let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = engine.encode(r#"{"alg":"RS256","typ":"JWT","kid":"test"}"#);
+        let claims = serde_json::json!({
+            "iss": self.issuer_url(),
+            "sub": client_id,
+            "cid": client_id,
+            "scp": scope.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+            "iat": iat,
+            "exp": iat + lifetime.as_secs(),
+            "jti": format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+        });
+        let payload = engine.encode(claims.to_string());
+        let signature = engine.encode((0..32).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
+        let token = format!("{header}.{payload}.{signature}");
+        lock(&self.issued).insert(token.clone(), now + lifetime);
+        token
+    }
+}
+
+impl TokenRequest {
+    /// Reads the headers and at most 64 KiB of form body.
+    async fn read<B>(request: Request<B>) -> Step<Self>
+    where
+        B: Body + Send,
+        B::Data: Send,
+        B::Error: Into<crate::BoxError>,
+    {
+        let (content_type, accept, authorization) = {
+            // Scoped: the closure borrows the request, which need not be `Sync`, so it must
+            // end before the body is awaited.
+            let header = |name: header::HeaderName| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            (
+                header(header::CONTENT_TYPE),
+                header(header::ACCEPT),
+                header(header::AUTHORIZATION),
+            )
+        };
+        let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "body unreadable",
+                ))
+            }
+        };
+        Ok(TokenRequest {
+            content_type,
+            accept,
+            authorization,
+            form: form_urlencoded::parse(&body).into_owned().collect(),
+        })
+    }
+
+    fn field(&self, name: &str) -> Option<String> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Client authentication (RFC 6749 §2.3.1, RFC 7523 §2.2): exactly one method.
+    fn client_authentication(&self) -> Step<ClientAuthentication> {
+        let basic = self.authorization.as_deref().and_then(basic_credentials);
+        let post = self
+            .field("client_secret")
+            .map(|secret| (self.field("client_id").unwrap_or_default(), secret));
+        let assertion = self.field("client_assertion");
+        let secret = |method, (client_id, secret)| ClientAuthentication {
+            method,
+            client_id,
+            credential: Credential::Secret(secret),
+        };
+        match (basic, post, assertion) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "more than one client authentication method",
+            )),
+            (Some(basic), None, None) => Ok(secret(ClientAuthMethod::ClientSecretBasic, basic)),
+            (None, Some(post), None) => Ok(secret(ClientAuthMethod::ClientSecretPost, post)),
+            (None, None, Some(assertion)) => self.assertion_authentication(assertion),
+            (None, None, None) => Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "no client authentication",
+            )),
+        }
+    }
+
+    fn assertion_authentication(&self, assertion: String) -> Step<ClientAuthentication> {
+        if self.field("client_assertion_type").as_deref()
+            != Some(crate::oauth::client_auth::JWT_BEARER)
+        {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "unsupported client_assertion_type",
+            ));
+        }
+        let Some((method, client_id)) = assertion_method(&assertion, self.field("client_id"))
+        else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client assertions are not supported or malformed (JWT client \
+                 authentication needs the feature `jwt-client-auth`)",
+            ));
+        };
+        Ok(ClientAuthentication {
+            method,
+            client_id,
+            credential: Credential::Assertion(assertion),
+        })
+    }
+
+    /// What [`AuthServer::last_request`](super::AuthServer::last_request) shows, the client
+    /// secret redacted.
+    fn seen(&self, method: ClientAuthMethod) -> TokenRequestSeen {
+        TokenRequestSeen {
+            method: Some(method),
+            form: self
+                .form
+                .iter()
+                .map(|(k, v)| {
+                    let v = if k == "client_secret" {
+                        "[redacted]".to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            content_type: self.content_type.clone(),
+            accept: self.accept.clone(),
+        }
+    }
+
+    fn require_form_body(&self) -> Step<()> {
+        if self.content_type.as_deref() != Some("application/x-www-form-urlencoded") {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the body must be form-urlencoded",
+            ));
+        }
+        Ok(())
+    }
+
+    fn require_client_credentials_grant(&self) -> Step<()> {
+        match self.field("grant_type").as_deref() {
+            Some("client_credentials") => Ok(()),
+            Some(_) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only client_credentials",
+            )),
+            None => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is missing",
+            )),
+        }
+    }
+}
+
+/// Every space-separated scope in `scope` must be one `client` may request.
+fn require_allowed_scopes(client: &Client, scope: &str) -> Step<()> {
+    let Some(allowed) = &client.scopes else {
+        return Ok(());
+    };
+    match scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .find(|s| !allowed.iter().any(|a| a == s))
+    {
+        Some(bad) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!("scope {bad} is not allowed"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The client id and secret of an `Authorization: Basic` header, each decoded from the
+/// `application/x-www-form-urlencoded` form RFC 6749 §2.3.1 wants.
+fn basic_credentials(authorization: &str) -> Option<(String, String)> {
+    let (scheme, rest) = authorization.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let decode = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((decode(id)?, decode(secret)?))
+}
+
+/// The method (from the JWS `alg`: HMAC is `client_secret_jwt`) and the client id (the
+/// `client_id` field, else the unverified `sub`) of a client assertion. `None` when it is
+/// malformed, or always without the feature `jwt-client-auth`.
+#[cfg(feature = "jwt-client-auth")]
+fn assertion_method(jwt: &str, client_id: Option<String>) -> Option<(ClientAuthMethod, String)> {
+    let header = jsonwebtoken::decode_header(jwt).ok()?;
+    let method = match header.alg {
+        jsonwebtoken::Algorithm::HS256
+        | jsonwebtoken::Algorithm::HS384
+        | jsonwebtoken::Algorithm::HS512 => ClientAuthMethod::ClientSecretJwt,
+        _ => ClientAuthMethod::PrivateKeyJwt,
+    };
+    let id = match client_id {
+        Some(id) => id,
+        None => {
+            let payload = jwt.split('.').nth(1)?;
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()?;
+            let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+            claims["sub"].as_str()?.to_string()
+        }
+    };
+    Some((method, id))
+}
+
+#[cfg(not(feature = "jwt-client-auth"))]
+fn assertion_method(_: &str, _: Option<String>) -> Option<(ClientAuthMethod, String)> {
+    None
+}
