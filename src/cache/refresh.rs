@@ -2,7 +2,7 @@
 //! its own; callers with no usable token wait for it (or fail fast while the cache backs off);
 //! the outcome updates the backoff state and the current token.
 
-use std::sync::{Arc, MutexGuard, Weak};
+use std::sync::{Arc, MutexGuard, TryLockError, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -243,9 +243,13 @@ impl Shared {
     /// the cache is backing off.
     #[cold]
     pub(super) fn refresh_ahead(self: &Arc<Self>, generation: u64) {
-        // `try_lock`: a request in the refresh-ahead window must never wait for another.
-        let Ok(mut state) = self.refresh.try_lock() else {
-            return;
+        // `try_lock`: a request in the refresh-ahead window must never wait for another. A
+        // poisoned lock is used as is (see `lock_state`): were it taken as "busy", refresh
+        // ahead would be off for good.
+        let mut state = match self.refresh.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
         };
         self.refresh_ahead_locked(&mut state, generation);
     }

@@ -259,3 +259,32 @@ fn a_refresh_on_a_runtime_no_longer_driven_does_not_wedge_the_cache() {
     });
     drop(a);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_poisoned_lock_does_not_turn_off_refresh_ahead() {
+    let source = scripted(100, 100, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_jitter(0.0)
+        .build();
+    assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-0");
+    // A panic while the refresh state is locked poisons the mutex.
+    let shared = cache.shared.clone();
+    let panicked = std::thread::spawn(move || {
+        let _state = shared.refresh.lock();
+        panic!("poison the refresh state");
+    })
+    .join();
+    assert!(panicked.is_err() && cache.shared.refresh.is_poisoned());
+    // Past the refresh point (70 s), a request starts the refresh ahead of expiry.
+    tokio::time::advance(Duration::from_secs(71)).await;
+    assert_eq!(
+        cache.usable_header(&mut cache.reader()).unwrap(),
+        "Bearer token-0"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        cache.usable_header(&mut cache.reader()).unwrap(),
+        "Bearer token-1"
+    );
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+}
