@@ -46,7 +46,10 @@ pub enum ErrorKind {
     /// No valid token is available because the last refresh failed and the next attempt is not
     /// due yet (see [`Error::retry_after`]); the cache is backing off to protect the endpoint.
     BackingOff,
-    /// The background refresh task stopped without a result (its runtime was shut down).
+    /// The refresh this request waited for stalled past its time limit (its runtime is no
+    /// longer driven), or kept being stopped (its runtime shut down). A refresh stopped by its
+    /// runtime shutting down is not counted as a failure of the token endpoint: no backoff, and
+    /// a waiter on another runtime starts it again there.
     RefreshAborted,
     /// A custom [`TokenSource`](crate::TokenSource) failed.
     Source,
