@@ -35,6 +35,8 @@ pub(super) struct RefreshState {
     last_flight_id: u64,
     /// Consecutive failures since the last success.
     failures: u32,
+    /// Permanent failures among them: they step through their own, longer schedule.
+    permanent_failures: u32,
     /// No refresh may start before this instant (backoff).
     not_before: Option<Instant>,
     last_error: Option<Error>,
@@ -218,6 +220,11 @@ impl Shared {
 
     fn backing_off_error(&self, state: &RefreshState, remaining: Duration) -> Error {
         let message = match &state.last_error {
+            Some(last) if !last.is_transient() => format!(
+                "the last token refresh failed ({last}); waiting will not fix that: check the \
+                 client's configuration and registration; the next attempt is due in {} ms",
+                remaining.as_millis()
+            ),
             Some(last) => format!(
                 "the last token refresh failed ({last}); the next attempt is due in {} ms",
                 remaining.as_millis()
@@ -357,6 +364,7 @@ impl Shared {
             Ok((token, refresh_at, expires_at)) => {
                 let token = Arc::new(token);
                 state.failures = 0;
+                state.permanent_failures = 0;
                 state.not_before = None;
                 state.last_error = None;
                 state.next_generation += 1;
@@ -392,12 +400,23 @@ impl Shared {
             }
             Err(error) => {
                 state.failures = state.failures.saturating_add(1);
-                let delay = schedule::backoff_delay(
-                    &self.config,
-                    state.failures,
-                    error.retry_after(),
-                    fastrand::f64(),
-                );
+                let permanent = !error.is_transient();
+                let delay = if permanent {
+                    state.permanent_failures = state.permanent_failures.saturating_add(1);
+                    schedule::permanent_backoff_delay(
+                        &self.config,
+                        state.permanent_failures,
+                        error.retry_after(),
+                        fastrand::f64(),
+                    )
+                } else {
+                    schedule::backoff_delay(
+                        &self.config,
+                        state.failures,
+                        error.retry_after(),
+                        fastrand::f64(),
+                    )
+                };
                 let next = now.checked_add(delay).unwrap_or(now + ONE_YEAR);
                 state.not_before = Some(next);
                 state.last_error = Some(error.clone());
@@ -405,6 +424,7 @@ impl Shared {
                     error = %error,
                     kind = ?error.kind(),
                     consecutive_failures = state.failures,
+                    permanent,
                     next_attempt_in_ms = delay.as_millis() as u64,
                     "access token refresh failed"
                 );
