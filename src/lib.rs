@@ -83,7 +83,7 @@ pub mod reqwest;
 pub mod testing;
 
 pub use crate::assertion::JwtSigningAlgorithm;
-pub use crate::cache::{TokenCache, TokenCacheBuilder};
+pub use crate::cache::{TokenCache, TokenCacheBuilder, TokenState, TokenStatus};
 pub use crate::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use crate::endpoint::ClientAuthMethod;
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError};

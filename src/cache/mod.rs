@@ -38,6 +38,7 @@ mod metrics;
 mod read;
 mod refresh;
 mod schedule;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +52,7 @@ pub use self::builder::TokenCacheBuilder;
 #[cfg(feature = "metrics")]
 pub use self::metrics::metric;
 pub(crate) use self::read::Reader;
+pub use self::status::{TokenState, TokenStatus};
 
 use self::builder::Config;
 use self::read::Current;

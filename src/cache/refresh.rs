@@ -44,6 +44,14 @@ pub(super) struct RefreshState {
     next_generation: u64,
 }
 
+/// What [`TokenCache::status`] reports of the refresh state.
+pub(super) struct RefreshSnapshot {
+    pub(super) refreshing: bool,
+    pub(super) failures: u32,
+    pub(super) last_error: Option<Error>,
+    pub(super) not_before: Option<Instant>,
+}
+
 /// One refresh: its id, its result channel and when its waiters give up on it.
 #[derive(Clone)]
 struct Flight {
@@ -68,6 +76,15 @@ impl RefreshState {
             self.running = None;
         }
         self.running.as_ref()
+    }
+
+    pub(super) fn snapshot(&mut self) -> RefreshSnapshot {
+        RefreshSnapshot {
+            refreshing: self.live_refresh().is_some(),
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+            not_before: self.not_before,
+        }
     }
 }
 

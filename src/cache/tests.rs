@@ -452,3 +452,97 @@ async fn a_panicking_source_is_a_failure_that_backs_off_not_an_abort_restarted_a
     );
     assert_eq!(source.0.load(Ordering::SeqCst), 1);
 }
+
+/// A source that answers call `n` with `answer(n)` after 100 ms.
+struct Answers<F>(AtomicUsize, F);
+
+impl<F> TokenSource for Arc<Answers<F>>
+where
+    F: Fn(usize) -> Result<Token, Error> + Send + Sync + 'static,
+{
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(async move {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (self.1)(n)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_reports_state_expiry_scope_failures_and_never_the_token() {
+    let source = Arc::new(Answers(AtomicUsize::new(0), |n| match n {
+        0 => Err(Error::new(ErrorKind::Transport, "scripted outage")),
+        1 => Ok(Token::bearer("s3cr3t-t0k3n", Some(Duration::from_secs(100)))?
+            .with_scope("role:app organization:read")),
+        _ => Err(
+            Error::new(ErrorKind::TokenEndpoint, "scripted").with_oauth(crate::OAuthError {
+                status: http::StatusCode::UNAUTHORIZED,
+                error: "invalid_client".into(),
+                error_description: None,
+                error_uri: None,
+            }),
+        ),
+    }));
+    let cache = TokenCache::builder(source.clone())
+        .backoff_base(Duration::from_secs(2))
+        .refresh_jitter(0.0)
+        .build();
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Empty);
+    assert!(status.expires_at.is_none() && status.last_error.is_none());
+
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Refreshing);
+    assert!(status.refreshing);
+    waiter.await.unwrap().unwrap_err();
+
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::BackingOff);
+    assert_eq!(status.consecutive_failures, 1);
+    assert_eq!(
+        status.last_error.as_ref().map(Error::kind),
+        Some(ErrorKind::Transport)
+    );
+    assert!(status.next_attempt_in.unwrap() <= Duration::from_secs(2));
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    cache.token().await.unwrap();
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Valid);
+    assert_eq!(status.remaining_lifetime, Some(Duration::from_secs(100)));
+    let wall = status
+        .expires_at
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(wall > Duration::from_secs(99) && wall <= Duration::from_secs(100));
+    assert_eq!(status.scope.as_deref(), Some("role:app organization:read"));
+    assert!(status.last_error.is_none() && status.next_attempt_in.is_none());
+    assert!(!status.refreshing && status.consecutive_failures == 0);
+    for shown in [format!("{status:?}"), status.to_string()] {
+        assert!(!shown.contains("s3cr3t-t0k3n"), "{shown}");
+    }
+    assert!(status.to_string().starts_with("valid, expires in 100 s"));
+
+    // Past the refresh point (70 s) the refresh ahead fails permanently: still valid.
+    tokio::time::advance(Duration::from_secs(71)).await;
+    cache.token().await.unwrap();
+    assert!(cache.status().refreshing);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Valid);
+    assert!(!status.last_error.as_ref().unwrap().is_transient());
+    // Expired: failed, not backing off.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Failed);
+    assert_eq!(status.remaining_lifetime, Some(Duration::ZERO));
+    assert!(status.next_attempt_in.is_some());
+    assert!(status.to_string().starts_with("failed; last refresh failed: "));
+}
