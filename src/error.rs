@@ -356,7 +356,10 @@ mod tests {
         let backing_off = Error::new(ErrorKind::BackingOff, "y").with_source(invalid_client);
         assert!(!backing_off.is_transient());
         #[cfg(feature = "tonic")]
-        assert_eq!(backing_off.grpc_status().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            backing_off.grpc_status().code(),
+            tonic::Code::Unauthenticated
+        );
 
         let outage = Error::new(ErrorKind::Transport, "down");
         let backing_off = Error::new(ErrorKind::BackingOff, "y").with_source(outage);

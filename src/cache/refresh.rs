@@ -201,8 +201,7 @@ impl TokenCache {
         state.last_invalidation = Some(now);
         self.shared.current.store(None);
         tracing::info!("cached access token invalidated");
-        if state.live_refresh().is_none() && state.not_before.is_none_or(|t| t <= now)
-        {
+        if state.live_refresh().is_none() && state.not_before.is_none_or(|t| t <= now) {
             let _ = self.shared.start(&mut state);
         }
         true
@@ -217,10 +216,7 @@ impl Shared {
     }
 
     /// Joins the running refresh, or starts one, or says why not.
-    fn join_or_start(
-        self: &Arc<Self>,
-        state: &mut RefreshState,
-    ) -> Result<Flight, Backoff> {
+    fn join_or_start(self: &Arc<Self>, state: &mut RefreshState) -> Result<Flight, Backoff> {
         if let Some(flight) = state.live_refresh() {
             return Ok(flight.clone());
         }
@@ -367,11 +363,11 @@ impl Shared {
             Ok((token, refresh_at, expires_at))
         });
         let mut state = self.lock_state();
-        if !state
+        let owns_the_state = state
             .running
             .as_ref()
-            .is_some_and(|flight| flight.id == refresh_id)
-        {
+            .is_some_and(|flight| flight.id == refresh_id);
+        if !owns_the_state {
             tracing::debug!("a token refresh that was given up on ended late; result discarded");
             return result.map(|(token, _, _)| Arc::new(token));
         }

@@ -419,7 +419,10 @@ fn joining_a_refresh_outside_a_runtime_is_a_typed_error() {
     match waiter.as_mut().poll(&mut context) {
         std::task::Poll::Ready(Err(error)) => {
             assert_eq!(error.kind(), ErrorKind::Configuration);
-            assert!(error.to_string().contains("outside a tokio runtime"), "{error}");
+            assert!(
+                error.to_string().contains("outside a tokio runtime"),
+                "{error}"
+            );
         }
         other => panic!("expected a typed error at once, got {other:?}"),
     }
@@ -473,8 +476,10 @@ where
 async fn status_reports_state_expiry_scope_failures_and_never_the_token() {
     let source = Arc::new(Answers(AtomicUsize::new(0), |n| match n {
         0 => Err(Error::new(ErrorKind::Transport, "scripted outage")),
-        1 => Ok(Token::bearer("s3cr3t-t0k3n", Some(Duration::from_secs(100)))?
-            .with_scope("role:app organization:read")),
+        1 => Ok(
+            Token::bearer("s3cr3t-t0k3n", Some(Duration::from_secs(100)))?
+                .with_scope("role:app organization:read"),
+        ),
         _ => Err(
             Error::new(ErrorKind::TokenEndpoint, "scripted").with_oauth(crate::OAuthError {
                 status: http::StatusCode::UNAUTHORIZED,
@@ -544,5 +549,7 @@ async fn status_reports_state_expiry_scope_failures_and_never_the_token() {
     assert_eq!(status.state, TokenState::Failed);
     assert_eq!(status.remaining_lifetime, Some(Duration::ZERO));
     assert!(status.next_attempt_in.is_some());
-    assert!(status.to_string().starts_with("failed; last refresh failed: "));
+    assert!(status
+        .to_string()
+        .starts_with("failed; last refresh failed: "));
 }
