@@ -46,7 +46,10 @@ pub enum ErrorKind {
     /// No valid token is available because the last refresh failed and the next attempt is not
     /// due yet (see [`Error::retry_after`]); the cache is backing off to protect the endpoint.
     BackingOff,
-    /// The background refresh task stopped without a result (its runtime was shut down).
+    /// The refresh this request waited for stalled past its time limit (its runtime is no
+    /// longer driven), or kept being stopped (its runtime shut down). A refresh stopped by its
+    /// runtime shutting down is not counted as a failure of the token endpoint: no backoff, and
+    /// a waiter on another runtime starts it again there.
     RefreshAborted,
     /// A custom [`TokenSource`](crate::TokenSource) failed.
     Source,
@@ -213,10 +216,16 @@ impl Error {
 
     /// Whether a later attempt with the same configuration may succeed. Configuration errors and
     /// permanent OAuth2 errors (`invalid_client`, `invalid_scope`, ...) and 400/401 answers are
-    /// not; transport failures, 5xx, 429 and garbage answers are.
+    /// not; transport failures, 5xx, 429 and garbage answers are. [`ErrorKind::BackingOff`] is
+    /// as transient as the failure it carries: waiting out the backoff does not fix
+    /// `invalid_client`.
     pub fn is_transient(&self) -> bool {
         match self.inner.kind {
             ErrorKind::Configuration => false,
+            ErrorKind::BackingOff => self
+                .cause()
+                .and_then(|cause| cause.downcast_ref::<Error>())
+                .is_none_or(Error::is_transient),
             ErrorKind::TokenEndpoint => {
                 let permanent_code = self.inner.oauth.as_ref().is_some_and(|e| e.is_permanent());
                 let permanent_status =
@@ -334,6 +343,31 @@ mod tests {
         let err = Error::new(ErrorKind::TokenEndpoint, "x")
             .with_status(http::StatusCode::TOO_MANY_REQUESTS);
         assert!(err.is_transient());
+    }
+
+    #[test]
+    fn backing_off_reports_the_transience_of_its_cause() {
+        let invalid_client = Error::new(ErrorKind::TokenEndpoint, "x").with_oauth(OAuthError {
+            status: http::StatusCode::UNAUTHORIZED,
+            error: "invalid_client".into(),
+            error_description: None,
+            error_uri: None,
+        });
+        let backing_off = Error::new(ErrorKind::BackingOff, "y").with_source(invalid_client);
+        assert!(!backing_off.is_transient());
+        #[cfg(feature = "tonic")]
+        assert_eq!(
+            backing_off.grpc_status().code(),
+            tonic::Code::Unauthenticated
+        );
+
+        let outage = Error::new(ErrorKind::Transport, "down");
+        let backing_off = Error::new(ErrorKind::BackingOff, "y").with_source(outage);
+        assert!(backing_off.is_transient());
+        #[cfg(feature = "tonic")]
+        assert_eq!(backing_off.grpc_status().code(), tonic::Code::Unavailable);
+        // Backing off after an invalidation, with no failed attempt: waiting helps.
+        assert!(Error::new(ErrorKind::BackingOff, "y").is_transient());
     }
 
     #[test]

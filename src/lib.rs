@@ -82,7 +82,7 @@ pub mod reqwest;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use crate::cache::{TokenCache, TokenCacheBuilder};
+pub use crate::cache::{TokenCache, TokenCacheBuilder, TokenState, TokenStatus};
 pub use crate::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError};
 pub use crate::layer::{BearerAuth, BearerAuthLayer};

@@ -46,6 +46,8 @@ pub(super) struct Config {
     pub(super) backoff_base: Duration,
     pub(super) backoff_factor: u32,
     pub(super) max_backoff: Duration,
+    pub(super) permanent_backoff_base: Duration,
+    pub(super) max_permanent_backoff: Duration,
     pub(super) max_retry_after: Duration,
     pub(super) max_backoff_wait: Duration,
     pub(super) refresh_timeout: Duration,
@@ -63,6 +65,14 @@ impl Default for Config {
             backoff_base: Duration::from_millis(100),
             backoff_factor: 2,
             max_backoff: Duration::from_secs(30),
+            // Seconds, not 100 ms: a permanent failure needs a person, and the first retry
+            // still comes soon enough to notice a fix made in the identity provider (a scope
+            // granted, a secret re-registered). Five minutes at most: at most 12 requests an
+            // hour per process, so 100 misconfigured replicas make 20 a minute, a few percent
+            // of Okta's 600 a minute for one app, while a fix is picked up within 5 minutes
+            // without a restart.
+            permanent_backoff_base: Duration::from_secs(5),
+            max_permanent_backoff: Duration::from_secs(300),
             max_retry_after: Duration::from_secs(300),
             max_backoff_wait: Duration::ZERO,
             refresh_timeout: Duration::from_secs(60),
@@ -127,6 +137,26 @@ impl TokenCacheBuilder {
     /// Largest backoff step. Default 30 s.
     pub fn max_backoff(mut self, max: Duration) -> Self {
         self.config.max_backoff = clamp_to_century(max);
+        self
+    }
+
+    /// First backoff step after a permanent failure (`invalid_client`, `unauthorized_client`,
+    /// `invalid_scope`, `unsupported_grant_type`, a bare 401: errors whose
+    /// [`is_transient`](crate::Error::is_transient) is false). It doubles with each permanent
+    /// failure since the last success, up to [`max_permanent_backoff`](Self::max_permanent_backoff);
+    /// each wait is a random point in the upper half of its step. Default 5 s.
+    ///
+    /// Such a failure will not heal by itself, and an identity provider's rate limit is often
+    /// shared by every app of an organisation: a misconfigured client must not spend it.
+    pub fn permanent_backoff_base(mut self, base: Duration) -> Self {
+        self.config.permanent_backoff_base = clamp_to_century(base);
+        self
+    }
+
+    /// Largest backoff step after permanent failures; see
+    /// [`permanent_backoff_base`](Self::permanent_backoff_base). Default 5 minutes.
+    pub fn max_permanent_backoff(mut self, max: Duration) -> Self {
+        self.config.max_permanent_backoff = clamp_to_century(max);
         self
     }
 
