@@ -67,11 +67,13 @@
 mod assertion;
 pub mod cache;
 pub mod client_credentials;
+mod coarse_clock;
 mod discovery;
 mod endpoint;
 mod error;
 pub mod layer;
 pub mod retry;
+mod secret_header;
 pub mod source;
 mod time;
 mod token;

@@ -431,3 +431,200 @@ async fn nothing_secret_in_debug_output() {
         assert!(!text.contains(API_KEY), "{text}");
     }
 }
+
+// A service made ready does not keep its token (issue 12, defect 1; DESIGN.md rule 8): tower lets
+// a caller wait between `poll_ready` and `call` (a balancer, a ready cache), so `call` must send
+// the token valid then, or nothing. Paused clock, the authorization server reached in-process.
+
+/// An inner service that records the `Authorization` value of every request it gets.
+#[derive(Clone, Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn service(
+        &self,
+    ) -> impl Service<Request<()>, Response = (), Error = std::convert::Infallible> + Clone {
+        let seen = self.0.clone();
+        tower::service_fn(move |request: Request<()>| {
+            let authorization = request.headers()[http::header::AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_string();
+            seen.lock().unwrap().push(authorization);
+            std::future::ready(Ok(()))
+        })
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn in_process_layer(auth: &AuthServer) -> BearerAuthLayer {
+    let credentials = ClientCredentials::builder()
+        .token_endpoint(auth.token_endpoint())
+        .unwrap()
+        .client_id(AuthServer::CLIENT_ID)
+        .client_secret(AuthServer::CLIENT_SECRET)
+        .http_client(auth.in_process_client())
+        .build()
+        .unwrap();
+    BearerAuthLayer::new(credentials)
+        .with_header("x-api-key", API_KEY)
+        .unwrap()
+}
+
+fn unit_request() -> Request<()> {
+    Request::get("http://api.example.com/v1/items")
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_made_ready_never_sends_its_token_after_expiry() {
+    let auth = AuthServer::builder()
+        .token_lifetime(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let layer = in_process_layer(&auth);
+    let recorder = Recorder::default();
+    let mut service = tower::Layer::layer(&layer, recorder.service());
+    let first = layer.cache().token().await.unwrap();
+    let first_text = first.secret().expose_secret().to_string();
+
+    // Ready while the token is valid, called after it expired.
+    service.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let result = service.call(unit_request()).await;
+    assert!(
+        recorder.seen().is_empty(),
+        "the API received a token at or after its expiry"
+    );
+    let error = crate_error(result.unwrap_err());
+    assert_eq!(error.kind(), ErrorKind::NoValidTokenAtCall, "{error}");
+    assert!(error.is_transient());
+    assert!(!error.to_string().contains(&first_text));
+
+    // Made ready again, the service waits for the refresh and sends the new token.
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(unit_request())
+        .await
+        .unwrap();
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 1);
+    assert_ne!(seen[0], format!("Bearer {first_text}"));
+    assert!(auth.is_valid_token(seen[0].trim_start_matches("Bearer ")));
+    assert_eq!(auth.token_requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_made_ready_never_sends_an_invalidated_token() {
+    let auth = AuthServer::start().await.unwrap();
+    let layer = in_process_layer(&auth);
+    let recorder = Recorder::default();
+    let mut service = tower::Layer::layer(&layer, recorder.service());
+    // Long-lived (its own header copies made), then ready.
+    for _ in 0..3 {
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(unit_request())
+            .await
+            .unwrap();
+    }
+    let first = layer.cache().cached().unwrap();
+    let first_header = format!("Bearer {}", first.secret().expose_secret());
+    service.ready().await.unwrap();
+
+    // Invalidated between `poll_ready` and `call`, before the refresh it starts has finished.
+    assert!(layer.cache().invalidate(&first));
+    let error = crate_error(service.call(unit_request()).await.unwrap_err());
+    assert_eq!(error.kind(), ErrorKind::NoValidTokenAtCall, "{error}");
+    assert_eq!(recorder.seen().len(), 3);
+
+    // Invalidated between `poll_ready` and `call`, and the refresh has finished: the call sends
+    // the newer token.
+    service.ready().await.unwrap();
+    let second = layer.cache().cached().unwrap();
+    assert_ne!(
+        second.secret().expose_secret(),
+        first.secret().expose_secret()
+    );
+    tokio::time::advance(Duration::from_secs(60)).await; // past the invalidation rate limit
+    assert!(layer.cache().invalidate(&second));
+    while layer
+        .cache()
+        .cached()
+        .is_none_or(|t| t.secret().expose_secret() == second.secret().expose_secret())
+    {
+        tokio::task::yield_now().await;
+    }
+    service.call(unit_request()).await.unwrap();
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 4);
+    let third = layer.cache().cached().unwrap();
+    assert_eq!(
+        seen[3],
+        format!("Bearer {}", third.secret().expose_secret())
+    );
+    assert!(seen.iter().take(3).all(|s| *s == first_header));
+    assert_eq!(auth.token_requests(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_made_ready_and_called_later_send_only_valid_tokens() {
+    // A ready cache of many clones (as tower's balancers keep), called long after: each call
+    // sends a valid token or fails; none sends an expired one.
+    let auth = AuthServer::builder()
+        .token_lifetime(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let layer = in_process_layer(&auth);
+    let recorder = Recorder::default();
+    let service = tower::Layer::layer(&layer, recorder.service());
+    let mut ready = Vec::new();
+    for k in 0..8 {
+        let mut clone = service.clone();
+        if k % 2 == 0 {
+            // Some of them long-lived, with their own copies.
+            for _ in 0..2 {
+                clone
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(unit_request())
+                    .await
+                    .unwrap();
+            }
+        }
+        clone.ready().await.unwrap();
+        ready.push(clone);
+    }
+    let before = recorder.seen().len();
+    tokio::time::advance(Duration::from_secs(120)).await;
+    for clone in &mut ready {
+        let error = crate_error(clone.call(unit_request()).await.unwrap_err());
+        assert_eq!(error.kind(), ErrorKind::NoValidTokenAtCall);
+    }
+    assert_eq!(recorder.seen().len(), before);
+    for clone in &mut ready {
+        clone
+            .ready()
+            .await
+            .unwrap()
+            .call(unit_request())
+            .await
+            .unwrap();
+    }
+    let seen = recorder.seen();
+    assert!(seen[before..]
+        .iter()
+        .all(|s| auth.is_valid_token(s.trim_start_matches("Bearer "))));
+    assert_eq!(auth.token_requests(), 2);
+}
