@@ -2,8 +2,8 @@
 //!
 //! This is the hot path of the whole crate, and the one place its cost is stated: with a fresh
 //! token cached, a check costs one atomic load and pointer comparison (a per-service
-//! `arc_swap::Cache` of the shared slot) and one read of the coarse monotonic clock (vDSO, a few
-//! nanoseconds, no syscall) against the token's refresh point moved earlier by a safety margin
+//! `arc_swap::Cache` of the shared slot) and one read of the coarse monotonic clock (vDSO, about
+//! 10 ns, no syscall) against the token's refresh point moved earlier by a safety margin
 //! ([`CoarseDeadline`]); no allocation, lock, await or shared write. Only in the last second
 //! (plus a tick) before the refresh point or expiry, or under tokio's paused clock, does the
 //! precise clock decide. `benches/hot_path.rs` measures it against tower-http's
