@@ -628,3 +628,96 @@ async fn clones_made_ready_and_called_later_send_only_valid_tokens() {
         .all(|s| auth.is_valid_token(s.trim_start_matches("Bearer "))));
     assert_eq!(auth.token_requests(), 2);
 }
+
+/// Issues one token with `lifetime`, then never answers again (a hung token endpoint).
+struct OneTokenThenHang {
+    lifetime: Duration,
+    issued: std::sync::atomic::AtomicBool,
+}
+
+impl TokenSource for OneTokenThenHang {
+    fn fetch_token(
+        &self,
+    ) -> tower_client_credentials::BoxFuture<'_, Result<tower_client_credentials::Token, Error>>
+    {
+        let first = !self.issued.swap(true, std::sync::atomic::Ordering::SeqCst);
+        let lifetime = self.lifetime;
+        Box::pin(async move {
+            if !first {
+                std::future::pending::<()>().await;
+            }
+            tower_client_credentials::Token::bearer("only-token", Some(lifetime))
+        })
+    }
+}
+
+#[tokio::test]
+async fn with_the_real_clocks_a_token_is_never_sent_at_or_after_its_expiry() {
+    // Real time, so the per-request check runs on the coarse clock while the token is fresh and
+    // on the precise clock near its refresh point and expiry; requests are sent as fast as the
+    // service allows across both, and across expiry. The inner service timestamps each request
+    // when it receives it, after the layer's check: every timestamp must be before expiry.
+    let lifetime = Duration::from_secs(3);
+    let cache = tower_client_credentials::TokenCache::builder(OneTokenThenHang {
+        lifetime,
+        issued: Default::default(),
+    })
+    .refresh_margin(Duration::from_millis(500))
+    .refresh_jitter(0.0)
+    .build();
+    let token = cache.token().await.unwrap();
+    let expires_at = token.expires_at().unwrap();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let inner = {
+        let sent = sent.clone();
+        tower::service_fn(move |_request: Request<()>| {
+            sent.lock().unwrap().push(tokio::time::Instant::now());
+            std::future::ready(Ok::<_, std::convert::Infallible>(()))
+        })
+    };
+    let mut service = tower::Layer::layer(&BearerAuthLayer::from_cache(cache.clone()), inner);
+    let mut failed_at_call = 0;
+    while tokio::time::Instant::now() < expires_at + Duration::from_millis(300) {
+        match tokio::time::timeout(Duration::from_millis(20), service.ready()).await {
+            // Past expiry: the refresh hangs, `poll_ready` waits.
+            Err(_elapsed) => continue,
+            Ok(ready) => {
+                if let Err(error) = ready.unwrap().call(unit_request()).await {
+                    assert_eq!(crate_error(error).kind(), ErrorKind::NoValidTokenAtCall);
+                    failed_at_call += 1;
+                }
+            }
+        }
+        if sent.lock().unwrap().len() % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let sent = sent.lock().unwrap();
+    let received = token.received_at();
+    let late: Vec<_> = sent.iter().filter(|at| **at >= expires_at).collect();
+    assert!(
+        late.is_empty(),
+        "{} requests sent at or after expiry",
+        late.len()
+    );
+    // Not vacuous: requests went out while the coarse clock decided (more than 1 s before the
+    // refresh point) and while the precise one did (the last second before expiry).
+    let early = sent
+        .iter()
+        .filter(|at| **at < received + Duration::from_millis(1000))
+        .count();
+    let last_second = sent
+        .iter()
+        .filter(|at| **at >= expires_at - Duration::from_secs(1))
+        .count();
+    assert!(early > 1000, "only {early} requests in the first second");
+    assert!(
+        last_second > 1000,
+        "only {last_second} requests in the last second"
+    );
+    eprintln!(
+        "{} requests; {early} in the first second, {last_second} in the last; {failed_at_call} \
+         failed at call",
+        sent.len()
+    );
+}
