@@ -53,6 +53,11 @@ pub enum ErrorKind {
     RefreshAborted,
     /// A custom [`TokenSource`](crate::TokenSource) failed.
     Source,
+    /// The service was made ready with a valid token, but by the time `call` came that token had
+    /// expired or been invalidated, and no newer valid token was cached: the request was not
+    /// sent (a token is never sent at or after its expiry). Transient: make the service ready
+    /// again, which waits for the refresh.
+    NoValidTokenAtCall,
 }
 
 impl ErrorKind {
@@ -66,6 +71,7 @@ impl ErrorKind {
             ErrorKind::BackingOff => "no valid access token (backing off after a failed refresh)",
             ErrorKind::RefreshAborted => "token refresh aborted",
             ErrorKind::Source => "token source failed",
+            ErrorKind::NoValidTokenAtCall => "no valid access token when the request was called",
         }
     }
 }

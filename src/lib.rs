@@ -36,8 +36,9 @@
 //!   the layer and its services shares one [`TokenCache`].
 //! * **No needless waiting**: a token is refreshed ahead of expiry while the old one keeps
 //!   serving; only a request that finds no valid token waits.
-//! * **A cheap hot path**: with a valid token, a request costs a lock-free load, a clock read
-//!   and the header inserts: no allocation, lock or await.
+//! * **A cheap hot path**: with a valid token, a request costs a lock-free load, a coarse clock
+//!   read and the header inserts: no allocation, lock, await, or write to memory shared with
+//!   other services.
 //! * **Bounded failure**: a failing token endpoint gets one attempt per backoff step, honouring
 //!   `Retry-After`; errors are typed ([`ErrorKind`]) and never contain a secret, token or key.
 //!
@@ -68,11 +69,13 @@
 
 pub mod cache;
 pub mod client_credentials;
+mod coarse_clock;
 mod error;
 mod http;
 pub mod layer;
 mod oauth;
 pub mod retry;
+mod secret_header;
 pub mod source;
 mod time;
 mod token;

@@ -5,14 +5,18 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use http::HeaderValue;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::secret_header::SecretHeaderValue;
 
 /// An access token with its lifetime.
 ///
 /// The token text is kept as a [`SecretString`] (zeroized on drop) and `Debug` never prints it.
+/// The prebuilt `Authorization` value is zeroized too, when the last copy of it (in a request
+/// handed to the inner service, say) is dropped; copies the HTTP client makes while sending
+/// (its write buffer) are beyond the crate's reach.
 /// Expiry is monotonic ([`tokio::time::Instant`]), computed when the token was received.
 ///
 /// # Example
@@ -29,7 +33,7 @@ use crate::error::Error;
 #[derive(Clone)]
 pub struct Token {
     access_token: SecretString,
-    header: HeaderValue,
+    header: SecretHeaderValue,
     received_at: Instant,
     lifetime: Option<Duration>,
     scope: Option<String>,
@@ -45,11 +49,12 @@ impl Token {
         access_token: impl Into<String>,
         lifetime: Option<Duration>,
     ) -> Result<Self, Error> {
-        let access_token: String = access_token.into();
-        let header = bearer_header(&access_token)?;
+        // A secret from the start, so that it is zeroized on every path, the error one included.
+        let access_token = SecretString::from(access_token.into());
+        let header = bearer_header(access_token.expose_secret())?;
         let lifetime = lifetime.map(crate::time::clamp_to_century);
         Ok(Token {
-            access_token: SecretString::from(access_token),
+            access_token,
             header,
             received_at: Instant::now(),
             lifetime,
@@ -83,6 +88,11 @@ impl Token {
 
     /// The prebuilt `Authorization: Bearer ...` value, marked sensitive.
     pub(crate) fn header(&self) -> &HeaderValue {
+        self.header.shared()
+    }
+
+    /// The prebuilt `Authorization` value, from which a service makes its own copy.
+    pub(crate) fn secret_header(&self) -> &SecretHeaderValue {
         &self.header
     }
 
@@ -150,25 +160,24 @@ impl Token {
     }
 }
 
-pub(crate) fn bearer_header(access_token: &str) -> Result<HeaderValue, Error> {
+pub(crate) fn bearer_header(access_token: &str) -> Result<SecretHeaderValue, Error> {
     if access_token.is_empty() {
         return Err(Error::new(
             crate::ErrorKind::InvalidTokenResponse,
             "the access token is empty",
         ));
     }
-    let mut value = String::with_capacity(7 + access_token.len());
-    value.push_str("Bearer ");
-    value.push_str(access_token);
-    let mut header = HeaderValue::from_str(&value).map_err(|_| {
+    // Zeroized with the header value (see `SecretHeaderValue`), also if it is rejected.
+    let mut value = Vec::with_capacity(7 + access_token.len());
+    value.extend_from_slice(b"Bearer ");
+    value.extend_from_slice(access_token.as_bytes());
+    SecretHeaderValue::new(value).map_err(|_| {
         // Never echo the token: say only what is wrong with it.
         Error::new(
             crate::ErrorKind::InvalidTokenResponse,
             "the access token holds characters that are not allowed in an HTTP header",
         )
-    })?;
-    header.set_sensitive(true);
-    Ok(header)
+    })
 }
 
 impl fmt::Debug for Token {

@@ -3,8 +3,8 @@
 //!
 //! # How a request meets the cache
 //!
-//! * **Fresh token** (before its jittered refresh point): one lock-free `ArcSwap` load, one clock
-//!   read and a clone of the prebuilt header value. No allocation, lock or await.
+//! * **Fresh token** (before its jittered refresh point): one lock-free `ArcSwap` load, one
+//!   coarse clock read and a clone of the prebuilt header value. No allocation, lock or await.
 //! * **Refresh-ahead window** (after the refresh point, before expiry): same as fresh, and the
 //!   first such request starts one background refresh. Nobody waits for it.
 //! * **No valid token** (cold start, expired, invalidated): the request waits for the single

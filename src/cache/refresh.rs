@@ -329,12 +329,12 @@ impl Shared {
         let current = self.current.load();
         if let Some(current) = current.as_ref().filter(|c| c.generation == generation) {
             let refresh_at = until.map_or(current.expires_at, |u| u.min(current.expires_at));
-            self.current.store(Some(Arc::new(Current {
-                token: current.token.clone(),
+            self.current.store(Some(Arc::new(Current::new(
+                current.token.clone(),
                 refresh_at,
-                expires_at: current.expires_at,
+                current.expires_at,
                 generation,
-            })));
+            ))));
         }
     }
 
@@ -382,12 +382,12 @@ impl Shared {
                 state.last_error = None;
                 state.next_generation += 1;
                 let generation = state.next_generation;
-                self.current.store(Some(Arc::new(Current {
-                    token: token.clone(),
+                self.current.store(Some(Arc::new(Current::new(
+                    token.clone(),
                     refresh_at,
                     expires_at,
                     generation,
-                })));
+                ))));
                 tracing::info!(
                     lifetime_s = (expires_at - now).as_secs(),
                     refresh_in_s = refresh_at.saturating_duration_since(now).as_secs(),
