@@ -150,6 +150,11 @@ impl TokenCache {
         }
         state.last_invalidation = Some(now);
         self.shared.current.store(None);
+        // The rejected token leaves the shared store too (compare-and-delete).
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.shared.store {
+            store.invalidated(&current.token);
+        }
         tracing::info!("cached access token invalidated");
         if state
             .live_refresh(self.shared.config.refresh_timeout)
@@ -163,6 +168,24 @@ impl TokenCache {
 }
 
 impl Shared {
+    /// A new token from the source, or, with a shared store, from the store or from the source
+    /// under the store's lease (see [`crate::store`]).
+    fn fetch(&self) -> crate::source::BoxFuture<'_, Result<Token, Error>> {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store {
+            let current = self.current.load_full().map(|c| c.token.clone());
+            return Box::pin(store.fetch(&*self.source, current, |failures, error| {
+                schedule::backoff_delay(
+                    &self.config,
+                    failures,
+                    error.retry_after(),
+                    fastrand::f64(),
+                )
+            }));
+        }
+        self.source.fetch_token()
+    }
+
     pub(super) fn lock_state(&self) -> MutexGuard<'_, RefreshState> {
         // A panic while holding this lock cannot leave the state half-updated in a way that
         // matters (every field is a plain value), so a poisoned lock is used as is.
@@ -407,7 +430,7 @@ impl RefreshTask {
         tracing::debug!("access token refresh started");
         let started = Instant::now();
         let timeout = self.shared.config.refresh_timeout;
-        let result = match tokio::time::timeout(timeout, self.shared.source.fetch_token()).await {
+        let result = match tokio::time::timeout(timeout, self.shared.fetch()).await {
             Ok(result) => result,
             Err(_) => Err(Error::new(
                 ErrorKind::Transport,
