@@ -52,6 +52,7 @@
 //! * [`source`]: the [`TokenSource`] trait for tokens from elsewhere.
 //! * `testing` (feature `test-util`): a real authorization server on loopback.
 //! * `reqwest` (feature `reqwest`): the middleware for reqwest.
+//! * `store` (feature `store`, `redis`): a token store shared by the replicas of a service.
 //!
 //! # Cargo features
 //!
@@ -62,6 +63,9 @@
 //!   `reqwest-middleware` client.
 //! * `jwt-client-auth`: `client_secret_jwt` and `private_key_jwt` client authentication
 //!   (RFC 7523).
+//! * `store`: [`store::TokenStore`], a second cache level shared by processes (one token
+//!   request per expiry for a whole fleet).
+//! * `redis`: `store::RedisStore`, that store on Redis or a Redis Cluster.
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
 //!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
 
@@ -77,6 +81,8 @@ mod oauth;
 pub mod retry;
 mod secret_header;
 pub mod source;
+#[cfg(feature = "store")]
+pub mod store;
 mod time;
 mod token;
 

@@ -34,6 +34,9 @@ use crate::time::{clamp_to_century, ONE_YEAR};
 pub struct TokenCacheBuilder {
     source: Arc<dyn TokenSource>,
     config: Config,
+    /// The second cache level shared by processes, if any.
+    #[cfg(feature = "store")]
+    store: Option<Arc<dyn crate::store::TokenStore>>,
 }
 
 /// The cache's settings, read by the refresh and timing code.
@@ -87,6 +90,8 @@ impl TokenCacheBuilder {
         TokenCacheBuilder {
             source,
             config: Config::default(),
+            #[cfg(feature = "store")]
+            store: None,
         }
     }
 
@@ -195,9 +200,58 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// Shares tokens, token requests and backoff with every other process whose cache uses the
+    /// same store and credential set (see [`crate::store`]): for example a
+    /// [`RedisStore`](crate::store::RedisStore). The store is an optimisation: when it fails
+    /// the cache fetches on its own. It is used only if the source names its credential set
+    /// ([`TokenSource::store_key`]; [`ClientCredentials`](crate::ClientCredentials) does).
+    ///
+    /// ```
+    /// # #[cfg(feature = "redis")] {
+    /// use tower_client_credentials::store::RedisStore;
+    /// use tower_client_credentials::{ClientCredentials, TokenCache};
+    ///
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/v1/token")?
+    ///     .client_id("my-client")
+    ///     .client_secret("my-secret")
+    ///     .build()?;
+    /// let cache = TokenCache::builder(credentials)
+    ///     .store(RedisStore::new("redis://127.0.0.1:6379")?)
+    ///     .build();
+    /// # }
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
+    #[cfg(feature = "store")]
+    pub fn store(mut self, store: impl crate::store::TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     /// Builds the cache. No token is fetched until one is needed (or [`TokenCache::prefetch`]).
     pub fn build(self) -> TokenCache {
-        TokenCache::from_parts(self.source, self.config)
+        #[cfg(feature = "store")]
+        let store = self.store.and_then(|store| match self.source.store_key() {
+            Some(key) => Some(Arc::new(crate::store::Coordinator::new(
+                store,
+                key,
+                self.config.refresh_timeout,
+                self.config.default_lifetime,
+            ))),
+            None => {
+                tracing::warn!(
+                    "the token source does not name its credential set (TokenSource::store_key), \
+                     so the shared token store is not used"
+                );
+                None
+            }
+        });
+        TokenCache::from_parts(
+            self.source,
+            self.config,
+            #[cfg(feature = "store")]
+            store,
+        )
     }
 }
 

@@ -114,6 +114,9 @@ struct Shared {
     config: Config,
     /// Refresh and backoff state; never locked on the read path.
     refresh: Mutex<RefreshState>,
+    /// Coordinates refreshes with other processes through a shared store (feature `store`).
+    #[cfg(feature = "store")]
+    store: Option<Arc<crate::store::Coordinator>>,
 }
 
 impl TokenCache {
@@ -127,13 +130,19 @@ impl TokenCache {
         TokenCacheBuilder::new(Arc::new(source))
     }
 
-    fn from_parts(source: Arc<dyn TokenSource>, config: Config) -> Self {
+    fn from_parts(
+        source: Arc<dyn TokenSource>,
+        config: Config,
+        #[cfg(feature = "store")] store: Option<Arc<crate::store::Coordinator>>,
+    ) -> Self {
         TokenCache {
             shared: Arc::new(Shared {
                 current: Arc::new(ArcSwapOption::empty()),
                 source,
                 config,
                 refresh: Mutex::new(RefreshState::default()),
+                #[cfg(feature = "store")]
+                store,
             }),
         }
     }

@@ -200,6 +200,11 @@ impl TokenCache {
         }
         state.last_invalidation = Some(now);
         self.shared.current.store(None);
+        // The rejected token leaves the shared store too (compare-and-delete).
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.shared.store {
+            store.invalidated(&current.token);
+        }
         tracing::info!("cached access token invalidated");
         if state.live_refresh().is_none() && state.not_before.is_none_or(|t| t <= now) {
             let _ = self.shared.start(&mut state);
@@ -209,6 +214,26 @@ impl TokenCache {
 }
 
 impl Shared {
+    /// A new token from the source, or, with a shared store, from the store or from the source
+    /// under the store's lease (see [`crate::store`]).
+    fn fetch(&self) -> crate::source::BoxFuture<'_, Result<Token, Error>> {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store {
+            let current = self.current.load_full().map(|c| c.token.clone());
+            // The fleet backs off on the cache's own schedule, the longer one after a permanent
+            // failure.
+            return Box::pin(store.fetch(&*self.source, current, |failures, error| {
+                let step = if error.is_transient() {
+                    schedule::backoff_delay
+                } else {
+                    schedule::permanent_backoff_delay
+                };
+                step(&self.config, failures, error.retry_after(), fastrand::f64())
+            }));
+        }
+        self.source.fetch_token()
+    }
+
     pub(super) fn lock_state(&self) -> MutexGuard<'_, RefreshState> {
         // A panic while holding this lock cannot leave the state half-updated in a way that
         // matters (every field is a plain value), so a poisoned lock is used as is.
@@ -526,8 +551,7 @@ async fn fetch_catching_panics(shared: &Shared) -> Result<Token, Error> {
             "the token source panicked; see the panic message in the log",
         )
     };
-    let Ok(mut fetch) = std::panic::catch_unwind(AssertUnwindSafe(|| shared.source.fetch_token()))
-    else {
+    let Ok(mut fetch) = std::panic::catch_unwind(AssertUnwindSafe(|| shared.fetch())) else {
         return Err(panicked());
     };
     std::future::poll_fn(|cx| {

@@ -95,6 +95,32 @@ impl Authentication {
         }
     }
 
+    /// What names this authentication in a shared store's key: the configured method
+    /// (`negotiated` when none is: the key must not change once one is detected), and the secret
+    /// that keys the hash, if there is one (a private key is not hashed).
+    #[cfg(feature = "store")]
+    pub(super) fn store_identity(&self) -> (&'static str, Option<&SecretString>) {
+        match self {
+            Authentication::Secret {
+                secret,
+                method: SecretMethod::Configured(encoding),
+            } => (encoding.method().as_str(), Some(secret)),
+            Authentication::Secret {
+                secret,
+                method: SecretMethod::Negotiated(_),
+            } => ("negotiated", Some(secret)),
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Assertion(key) => match key {
+                crate::oauth::assertion::AssertionKey::ClientSecret(secret) => {
+                    (ClientAuthMethod::ClientSecretJwt.as_str(), Some(secret))
+                }
+                crate::oauth::assertion::AssertionKey::PrivateKey(_) => {
+                    (ClientAuthMethod::PrivateKeyJwt.as_str(), None)
+                }
+            },
+        }
+    }
+
     /// Gets a token through `request`, which sends one token request with the client
     /// authentication it is given. `supported` is the server metadata's
     /// `token_endpoint_auth_methods_supported`, when known.

@@ -120,6 +120,27 @@ impl TokenSource for ClientCredentials {
     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
         Box::pin(self.fetch())
     }
+
+    /// The credential set: token endpoint (or issuer), client id, configured auth method
+    /// (`negotiated` when none is), scopes and extra parameters, keyed by the client secret
+    /// (with `private_key_jwt`: without key material; the client id still separates the set).
+    #[cfg(feature = "store")]
+    fn store_key(&self) -> Option<crate::store::StoreKey> {
+        use secrecy::ExposeSecret;
+        let inner = &self.inner;
+        let (method, secret) = inner.authentication.store_identity();
+        let mut key =
+            crate::store::StoreKey::builder(inner.endpoint.configured(), &*inner.client_id)
+                .auth_method(method)
+                .scopes(inner.scope.as_deref());
+        for (name, value) in &inner.params {
+            key = key.param(name.as_str(), value.as_str());
+        }
+        if let Some(secret) = secret {
+            key = key.secret(secret.expose_secret().as_bytes());
+        }
+        Some(key.build())
+    }
 }
 
 impl fmt::Debug for ClientCredentials {

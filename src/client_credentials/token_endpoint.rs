@@ -42,6 +42,16 @@ impl TokenEndpoint {
         })
     }
 
+    /// The configured URL (token endpoint or issuer) with what it is: what identifies the
+    /// authorization server before discovery (part of the store key of `ClientCredentials`).
+    #[cfg(feature = "store")]
+    pub(crate) fn configured(&self) -> String {
+        match self {
+            TokenEndpoint::Fixed(resolved) => format!("token_endpoint {}", resolved.token_endpoint),
+            TokenEndpoint::Discovered(d) => format!("issuer {}", d.issuer.uri),
+        }
+    }
+
     pub(crate) fn known(&self) -> Option<http::Uri> {
         match self {
             TokenEndpoint::Fixed(resolved) => Some(resolved.token_endpoint.clone()),
