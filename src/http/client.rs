@@ -176,7 +176,7 @@ impl HttpClient {
             let location = response
                 .headers()
                 .get(http::header::LOCATION)
-                .map(|l| secrets.clean(&String::from_utf8_lossy(l.as_bytes()), 300))
+                .map(|l| redacted_location(&String::from_utf8_lossy(l.as_bytes()), secrets))
                 .unwrap_or_else(|| "(none)".to_string());
             return Err(Error::new(
                 ErrorKind::Transport,
@@ -193,11 +193,39 @@ impl HttpClient {
     }
 }
 
+/// A redirect's `Location` as an error may show it: without its query and fragment (where a
+/// server would put credentials or a token it echoes), cleaned of `secrets`.
+fn redacted_location(location: &str, secrets: &Secrets) -> String {
+    match location.find(['?', '#']) {
+        Some(end) => format!("{}?[query redacted]", secrets.clean(&location[..end], 300)),
+        None => secrets.clean(location, 300),
+    }
+}
+
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpClient")
             .field("timeout", &self.timeout)
             .field("max_response_size", &self.max_response_size)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[test]
+    fn a_location_is_shown_without_its_query_or_any_secret() {
+        let secrets = Secrets::client_secret("id", &SecretString::from("Sekrit-Value"));
+        assert_eq!(
+            redacted_location("https://idp.example/cb?token=abc&secret=x#f", &secrets),
+            "https://idp.example/cb?[query redacted]"
+        );
+        assert_eq!(
+            redacted_location("https://idp.example/Sekrit-Value/\r\nx", &secrets),
+            "https://idp.example/[redacted]/\\r\\nx"
+        );
     }
 }
