@@ -237,6 +237,19 @@ fn rejected_client_auth(error: &Error) -> bool {
         }
 }
 
+#[cfg(feature = "jwt-client-auth")]
+impl Authentication {
+    /// The `private_key_jwt` key, for a redacted `Debug`.
+    pub(super) fn private_key(&self) -> Option<&crate::oauth::assertion::PrivateKey> {
+        match self {
+            Authentication::Assertion(crate::oauth::assertion::AssertionKey::PrivateKey(key)) => {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,18 +304,5 @@ mod tests {
             .await;
         assert!(token.is_ok());
         assert_eq!(auth.method(), Some(ClientAuthMethod::ClientSecretPost));
-    }
-}
-
-#[cfg(feature = "jwt-client-auth")]
-impl Authentication {
-    /// The `private_key_jwt` key, for a redacted `Debug`.
-    pub(super) fn private_key(&self) -> Option<&crate::oauth::assertion::PrivateKey> {
-        match self {
-            Authentication::Assertion(crate::oauth::assertion::AssertionKey::PrivateKey(key)) => {
-                Some(key)
-            }
-            _ => None,
-        }
     }
 }

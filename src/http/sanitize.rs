@@ -99,8 +99,7 @@ impl Secrets {
             }
         }
         let mut out = String::with_capacity(redacted.len().min(max.saturating_mul(4)));
-        let mut kept = 0;
-        for c in redacted.chars() {
+        for (kept, c) in redacted.chars().enumerate() {
             if kept == max {
                 out.push('…');
                 break;
@@ -110,7 +109,6 @@ impl Secrets {
             } else {
                 out.push(c);
             }
-            kept += 1;
         }
         out
     }
@@ -264,7 +262,7 @@ mod tests {
         let secrets = secrets();
         let cleaned = secrets.clean(&format!("xx{SECRET}"), 5);
         assert!(!cleaned.contains("s3c"), "{cleaned}");
-        assert_eq!(secrets.clean(&format!("{SECRET}"), 512), REDACTED);
+        assert_eq!(secrets.clean(SECRET, 512), REDACTED);
     }
 
     #[test]
