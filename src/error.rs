@@ -38,7 +38,9 @@ pub enum ErrorKind {
     /// timeout, a redirect that was not followed, or a body over the size limit.
     Transport,
     /// The token endpoint answered with an OAuth2 error (RFC 6749 §5.2); see
-    /// [`Error::oauth_error`].
+    /// [`Error::oauth_error`]. A bare HTTP 401 (a body that is not a §5.2 error) is one too,
+    /// with [`Error::status`] 401 and no `oauth_error`: the server refused the client
+    /// authentication without naming an error code.
     TokenEndpoint,
     /// The token endpoint answered, but not with a usable token response: not JSON, a missing
     /// `access_token`, a token type other than `Bearer`, ...
@@ -216,6 +218,12 @@ impl Error {
     /// How long to wait before the next attempt is worth making: the server's `Retry-After` (or
     /// Okta's `X-Rate-Limit-Reset`) on a token endpoint error, or the remaining backoff for
     /// [`ErrorKind::BackingOff`].
+    ///
+    /// A server's wait is capped at 5 minutes, the default of
+    /// [`TokenCacheBuilder::max_retry_after`](crate::TokenCacheBuilder::max_retry_after), in
+    /// every form (seconds, HTTP date, `X-Rate-Limit-Reset`): a broken or hostile server cannot
+    /// make a caller who honours it wait longer (a `max_retry_after` above 5 minutes therefore
+    /// changes nothing).
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
     }

@@ -43,8 +43,9 @@ pub struct Token {
 impl Token {
     /// A bearer token that expires `lifetime` from now (`None`: no known expiry).
     ///
-    /// Fails if the token is empty or holds characters not allowed in an HTTP header (RFC 6750
-    /// `b64token`s are always allowed).
+    /// Fails unless the token is an RFC 6750 §2.1 `b64token` (letters, digits, `-._~+/`, then
+    /// any `=` padding): anything else (a space, a comma, a non-ASCII letter) would change what
+    /// the `Authorization` header says. The error never quotes the token.
     pub fn bearer(
         access_token: impl Into<String>,
         lifetime: Option<Duration>,
@@ -213,6 +214,15 @@ pub(crate) fn bearer_header(access_token: &str) -> Result<SecretHeaderValue, Err
             "the access token is empty",
         ));
     }
+    if !is_b64token(access_token) {
+        // Never echo the token: say only what is wrong with it.
+        return Err(Error::new(
+            crate::ErrorKind::InvalidTokenResponse,
+            "the access token is not an RFC 6750 b64token (letters, digits, `-._~+/`, then `=` \
+             padding), so an `Authorization: Bearer` header cannot carry it; check the token \
+             endpoint and its token format",
+        ));
+    }
     // Zeroized with the header value (see `SecretHeaderValue`), also if it is rejected.
     let mut value = Vec::with_capacity(7 + access_token.len());
     value.extend_from_slice(b"Bearer ");
@@ -224,6 +234,15 @@ pub(crate) fn bearer_header(access_token: &str) -> Result<SecretHeaderValue, Err
             "the access token holds characters that are not allowed in an HTTP header",
         )
     })
+}
+
+/// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(text: &str) -> bool {
+    let body = text.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 impl fmt::Debug for Token {
@@ -263,6 +282,28 @@ mod tests {
         let err = Token::bearer("secret\ntoken", None).unwrap_err();
         assert!(!err.to_string().contains("secret"));
         assert!(Token::bearer("", None).is_err());
+    }
+
+    #[test]
+    fn only_b64tokens_are_accepted() {
+        for good in ["abc", "a-b.c_d~e+f/g==", "eyJ0.eyJ1.c2ln", "Zm9v="] {
+            assert!(Token::bearer(good, None).is_ok(), "{good}");
+        }
+        for bad in [
+            "zqx ök én",
+            "ZQX, Basic Zm9vOmJhcg==",
+            "zqx\ten",
+            "zqx en",
+            "zqx=b",
+            "===",
+            "zqx\"en",
+            "zqx;en",
+        ] {
+            let err = Token::bearer(bad, None).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidTokenResponse, "{bad}");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.to_lowercase().contains("zqx"), "{shown}");
+        }
     }
 
     #[test]

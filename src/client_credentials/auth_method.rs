@@ -1,9 +1,15 @@
 //! How these credentials authenticate the client: decided at build, except that with a secret
 //! and no configured method, `client_secret_basic` or `client_secret_post` is negotiated at the
 //! first token request and the one that works is remembered.
+//!
+//! When both are refused, that is remembered too: each later fetch sends one request, with the
+//! method the previous one did not try, instead of two. So a misconfigured client costs the
+//! token endpoint (whose rate limit other applications may share) one request per attempt, and
+//! a fix on either side (the secret, or the method the server allows) is still found within two
+//! attempts.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use secrecy::SecretString;
 
@@ -27,8 +33,55 @@ pub(super) enum Authentication {
 /// How the secret is sent: as configured, or as negotiated.
 pub(super) enum SecretMethod {
     Configured(SecretEncoding),
-    /// Not configured: empty until a token request succeeds, then the method that did.
-    Negotiated(OnceLock<SecretEncoding>),
+    /// Not configured: what the negotiation has learned so far.
+    Negotiated(Negotiation),
+}
+
+/// What the negotiation of the secret's encoding has learned. The cache runs one fetch at a
+/// time; an atomic keeps concurrent direct callers safe (the worst they can do is repeat a try).
+#[derive(Debug, Default)]
+pub(super) struct Negotiation(AtomicU8);
+
+/// What a [`Negotiation`] knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Learned {
+    /// Nothing yet: try every candidate.
+    Nothing,
+    /// This encoding worked: use it, and only it, from now on.
+    Works(SecretEncoding),
+    /// Every candidate was refused: try one per fetch, this one next.
+    AllRefusedTryNext(SecretEncoding),
+}
+
+impl Negotiation {
+    fn get(&self) -> Learned {
+        match self.0.load(Ordering::Acquire) {
+            1 => Learned::Works(SecretEncoding::Basic),
+            2 => Learned::Works(SecretEncoding::Post),
+            3 => Learned::AllRefusedTryNext(SecretEncoding::Basic),
+            4 => Learned::AllRefusedTryNext(SecretEncoding::Post),
+            _ => Learned::Nothing,
+        }
+    }
+
+    fn set(&self, learned: Learned) {
+        let value = match learned {
+            Learned::Nothing => 0,
+            Learned::Works(SecretEncoding::Basic) => 1,
+            Learned::Works(SecretEncoding::Post) => 2,
+            Learned::AllRefusedTryNext(SecretEncoding::Basic) => 3,
+            Learned::AllRefusedTryNext(SecretEncoding::Post) => 4,
+        };
+        self.0.store(value, Ordering::Release);
+    }
+
+    /// The encoding that worked, if one did.
+    fn works(&self) -> Option<SecretEncoding> {
+        match self.get() {
+            Learned::Works(encoding) => Some(encoding),
+            _ => None,
+        }
+    }
 }
 
 /// The two ways to send the secret itself (RFC 6749 §2.3.1).
@@ -82,7 +135,7 @@ impl Authentication {
             Authentication::Secret {
                 method: SecretMethod::Negotiated(learned),
                 ..
-            } => learned.get().map(|encoding| encoding.method()),
+            } => learned.works().map(|encoding| encoding.method()),
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => Some(match key {
                 crate::oauth::assertion::AssertionKey::ClientSecret(_) => {
@@ -145,17 +198,25 @@ impl Authentication {
                 method: SecretMethod::Negotiated(learned),
             } => (secret, learned),
         };
-        if let Some(encoding) = learned.get() {
-            return request(encoding.with(secret)).await;
-        }
-        // Not configured and not learned yet. The one that works is kept for the life of these
-        // credentials.
+        let candidates = SecretEncoding::candidates(supported);
+        let to_try: &[SecretEncoding] = match learned.get() {
+            Learned::Works(encoding) => return request(encoding.with(secret)).await,
+            Learned::Nothing => candidates,
+            // Both were refused before: one request per fetch, alternating.
+            Learned::AllRefusedTryNext(encoding) => std::slice::from_ref(
+                candidates
+                    .iter()
+                    .find(|&&c| c == encoding)
+                    .unwrap_or(&candidates[0]),
+            ),
+        };
+        // The one that works is kept for the life of these credentials.
         let mut last = None;
-        for &encoding in SecretEncoding::candidates(supported) {
+        for &encoding in to_try {
             let method = encoding.method();
             match request(encoding.with(secret)).await {
                 Ok(token) => {
-                    let _ = learned.set(encoding);
+                    learned.set(Learned::Works(encoding));
                     tracing::debug!(
                         method = method.as_str(),
                         "client authentication method detected"
@@ -167,12 +228,27 @@ impl Authentication {
                         method = method.as_str(),
                         "client authentication method rejected"
                     );
-                    last = Some(error);
+                    last = Some((encoding, error));
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(last.unwrap_or_else(|| Error::config("no client authentication method to try")))
+        let Some((refused, error)) = last else {
+            return Err(Error::config("no client authentication method to try"));
+        };
+        let next = candidates
+            .iter()
+            .copied()
+            .find(|&c| c != refused)
+            .unwrap_or(refused);
+        if learned.get() == Learned::Nothing {
+            tracing::debug!(
+                "every client authentication method was refused; later attempts send one \
+                 request each, alternating"
+            );
+        }
+        learned.set(Learned::AllRefusedTryNext(next));
+        Err(error)
     }
 }
 
@@ -197,5 +273,62 @@ impl Authentication {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn negotiated() -> Authentication {
+        Authentication::Secret {
+            secret: SecretString::from("secret"),
+            method: SecretMethod::Negotiated(Negotiation::default()),
+        }
+    }
+
+    fn refused() -> Error {
+        Error::new(ErrorKind::TokenEndpoint, "who are you")
+            .with_status(http::StatusCode::UNAUTHORIZED)
+    }
+
+    /// Runs one fetch against a server that refuses every request, and returns the methods
+    /// it saw.
+    async fn fetch_refused(auth: &Authentication) -> Vec<SecretEncoding> {
+        let seen = Mutex::new(Vec::new());
+        let result = auth
+            .fetch(None, |client_auth| {
+                seen.lock().unwrap().push(match client_auth {
+                    ClientAuth::Basic(_) => SecretEncoding::Basic,
+                    ClientAuth::Post(_) => SecretEncoding::Post,
+                    #[cfg(feature = "jwt-client-auth")]
+                    ClientAuth::Assertion(_) => unreachable!(),
+                });
+                async { Err(refused()) }
+            })
+            .await;
+        assert_eq!(
+            result.unwrap_err().status(),
+            Some(http::StatusCode::UNAUTHORIZED)
+        );
+        seen.into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn once_both_methods_are_refused_each_attempt_sends_one_request() {
+        use SecretEncoding::{Basic, Post};
+        let auth = negotiated();
+        assert_eq!(fetch_refused(&auth).await, [Basic, Post]);
+        assert_eq!(fetch_refused(&auth).await, [Basic]);
+        assert_eq!(fetch_refused(&auth).await, [Post]);
+        assert_eq!(fetch_refused(&auth).await, [Basic]);
+        assert_eq!(auth.method(), None);
+        // A success is remembered, and ends the alternation.
+        let token = auth
+            .fetch(None, |_| async { Token::bearer("t", None) })
+            .await;
+        assert!(token.is_ok());
+        assert_eq!(auth.method(), Some(ClientAuthMethod::ClientSecretPost));
     }
 }

@@ -3,7 +3,7 @@
 //! token request and named.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use tower_service::Service;
 
-use super::auth_method::{Authentication, SecretEncoding, SecretMethod};
+use super::auth_method::{Authentication, Negotiation, SecretEncoding, SecretMethod};
 use super::token_endpoint::TokenEndpoint;
 use super::{ClientCredentials, Inner};
 use crate::error::{BoxError, Error};
@@ -219,7 +219,28 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// Time limit for one token or discovery request, connecting included. Default 30 s.
+    /// Time limit for one whole token fetch, connecting included. Default 30 s.
+    ///
+    /// One deadline covers everything a fetch does: discovery over all its locations (the
+    /// first fetch with an [`issuer`](Self::issuer)), then the token request, or both token
+    /// requests of the client authentication negotiation. It is the most one
+    /// [`fetch_token`](crate::TokenSource::fetch_token) (and one refresh of a
+    /// [`TokenCache`](crate::TokenCache)) can take; a request still unanswered then fails with
+    /// [`ErrorKind::Transport`](crate::ErrorKind::Transport). The same limit applies to
+    /// [`discover`](ClientCredentials::discover).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// let credentials = ClientCredentials::builder()
+    ///     .issuer("https://idp.example/oauth2/default")?
+    ///     .client_id("my-client")
+    ///     .client_secret("my-secret")
+    ///     .timeout(Duration::from_secs(10))
+    ///     .build()?;
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -331,7 +352,7 @@ impl ClientCredentialsBuilder {
         };
         let method = match encoding {
             Some(encoding) => SecretMethod::Configured(encoding),
-            None => SecretMethod::Negotiated(OnceLock::new()),
+            None => SecretMethod::Negotiated(Negotiation::default()),
         };
         let secret = checked_secret(self.client_secret.take())?.ok_or_else(no_secret)?;
         Ok(Authentication::Secret { secret, method })

@@ -79,18 +79,26 @@ impl ClientCredentials {
     /// Fetches the authorization server metadata now (with [`issuer`](ClientCredentialsBuilder::issuer));
     /// otherwise it is fetched at the first token request. Does nothing for a fixed token
     /// endpoint.
+    ///
+    /// Bounded by [`timeout`](ClientCredentialsBuilder::timeout), like a token fetch.
     pub async fn discover(&self) -> Result<(), Error> {
+        let deadline = self.inner.http.deadline();
         self.inner
             .endpoint
-            .resolve(&self.inner.http)
+            .resolve(&self.inner.http, deadline)
             .await
             .map(drop)
     }
 
-    /// One token request to `endpoint`, authenticated with `auth`.
-    async fn request(&self, endpoint: &http::Uri, auth: ClientAuth<'_>) -> Result<Token, Error> {
+    /// One token request to `endpoint`, authenticated with `auth`, given up at `deadline`.
+    async fn request(
+        &self,
+        endpoint: &http::Uri,
+        auth: ClientAuth<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Token, Error> {
         let inner = &self.inner;
-        let request = TokenRequest {
+        let (request, secrets) = TokenRequest {
             client_id: &inner.client_id,
             auth,
             scope: inner.scope.as_deref(),
@@ -98,19 +106,22 @@ impl ClientCredentials {
         }
         .build(endpoint)?;
         let sent_at = tokio::time::Instant::now();
-        let response = inner.http.send(request).await?;
-        parse_response(&response, inner.expiry_from_jwt)
+        let response = inner.http.send(request, deadline, &secrets).await?;
+        parse_response(&response, inner.expiry_from_jwt, &secrets)
             .map(|token| token.with_received_at(sent_at))
     }
 
+    /// One token fetch: discovery if needed, then the token request (two with the method
+    /// negotiation), all within one deadline.
     async fn fetch(&self) -> Result<Token, Error> {
         let inner = &self.inner;
-        let resolved = inner.endpoint.resolve(&inner.http).await?;
+        let deadline = inner.http.deadline();
+        let resolved = inner.endpoint.resolve(&inner.http, deadline).await?;
         let endpoint = &resolved.token_endpoint;
         inner
             .authentication
             .fetch(resolved.auth_methods.as_deref(), |auth| {
-                self.request(endpoint, auth)
+                self.request(endpoint, auth, deadline)
             })
             .await
     }

@@ -15,6 +15,7 @@
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind};
+use crate::http::sanitize::clean;
 use crate::http::url;
 
 /// What the token request needs from the metadata.
@@ -73,7 +74,7 @@ impl Issuer {
                 format!(
                     "the metadata at {url} is for issuer `{}`, not the configured `{configured}` \
                      (RFC 8414 §3.3); check the issuer URL",
-                    metadata.issuer.chars().take(200).collect::<String>()
+                    clean(&metadata.issuer, 200)
                 ),
             ));
         }
@@ -155,5 +156,27 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("http"), "{err}");
+    }
+
+    #[test]
+    fn a_hostile_issuer_cannot_forge_log_lines() {
+        let d = Issuer::new("https://idm.example/oauth2/aus1".parse().unwrap(), false);
+        let hostile =
+            "https://evil.example/\r\n2025-01-01T00:00:00Z  INFO forged line\u{1b}[2K\u{2028}";
+        let err = d
+            .check(
+                "u",
+                Metadata {
+                    issuer: hostile.into(),
+                    token_endpoint: Some("https://idm.example/t".into()),
+                    token_endpoint_auth_methods_supported: None,
+                },
+            )
+            .unwrap_err();
+        let shown = format!("{err} {err:?}");
+        for c in ['\r', '\n', '\u{1b}', '\u{2028}'] {
+            assert!(!shown.contains(c), "{c:?} in {shown}");
+        }
+        assert!(shown.contains("evil.example/\\r\\n2025"), "{shown}");
     }
 }

@@ -336,7 +336,7 @@ impl State {
     async fn metadata(&self) -> Reply {
         self.discovery_requests.fetch_add(1, Ordering::SeqCst);
         let behavior = lock(&self.discovery_script).pop_front();
-        if let Some(response) = misbehave(behavior.as_ref()).await {
+        if let Some(response) = misbehave(behavior.as_ref(), "").await {
             return response;
         }
         let issuer = self.issuer_url();

@@ -117,7 +117,7 @@ impl State {
         let request = TokenRequest::read(request).await?;
         let authentication = request.client_authentication()?;
         *lock(&self.last_request) = Some(request.seen(authentication.method));
-        if let Some(response) = misbehave(behavior.as_ref()).await {
+        if let Some(response) = misbehave(behavior.as_ref(), &request.credentials()).await {
             return Ok(response);
         }
         request.require_form_body()?;
@@ -361,6 +361,24 @@ impl TokenRequest {
             content_type: self.content_type.clone(),
             accept: self.accept.clone(),
         }
+    }
+
+    /// The client authentication as sent (for the behaviours that echo it): the
+    /// `Authorization` header, the form's `client_secret` and `client_assertion`.
+    fn credentials(&self) -> String {
+        [
+            self.authorization.clone(),
+            self.authorization
+                .as_deref()
+                .and_then(basic_credentials)
+                .map(|(_, secret)| secret),
+            self.field("client_secret"),
+            self.field("client_assertion"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ")
     }
 
     fn require_form_body(&self) -> Step<()> {
