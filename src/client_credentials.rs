@@ -58,6 +58,8 @@ struct Inner {
     detected_method: AtomicU8,
     http: HttpClient,
     jwt_expiry: bool,
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::DpopKey>,
 }
 
 /// Builds [`ClientCredentials`]; get one from [`ClientCredentials::builder`].
@@ -75,6 +77,8 @@ pub struct ClientCredentialsBuilder {
     connect_timeout: Duration,
     max_response_size: usize,
     jwt_expiry: bool,
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::DpopKey>,
     error: Option<Error>,
 }
 
@@ -100,6 +104,8 @@ impl ClientCredentials {
             connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
             max_response_size: transport::DEFAULT_MAX_RESPONSE_SIZE,
             jwt_expiry: true,
+            #[cfg(feature = "dpop")]
+            dpop: None,
             error: None,
         }
     }
@@ -143,18 +149,53 @@ impl ClientCredentials {
         method: ClientAuthMethod,
     ) -> Result<Token, Error> {
         let inner = &self.inner;
-        let request = TokenRequest {
-            client_id: &inner.client_id,
-            client_secret: inner.client_secret.as_ref(),
-            private_key: inner.private_key.as_ref(),
-            scope: inner.scope.as_deref(),
-            params: &inner.params,
-            method,
+        let build = || {
+            #[allow(unused_mut)]
+            let mut request = TokenRequest {
+                client_id: &inner.client_id,
+                client_secret: inner.client_secret.as_ref(),
+                private_key: inner.private_key.as_ref(),
+                scope: inner.scope.as_deref(),
+                params: &inner.params,
+                method,
+            }
+            .build(endpoint)?;
+            #[cfg(feature = "dpop")]
+            if let Some(key) = &inner.dpop {
+                crate::dpop::sign_token_request(key, &mut request)?;
+            }
+            Ok::<_, Error>(request)
+        };
+        let mut sent_at = tokio::time::Instant::now();
+        #[allow(unused_mut)]
+        let mut response = inner.http.send(build()?).await?;
+        #[cfg(feature = "dpop")]
+        if let Some(key) = &inner.dpop {
+            // RFC 9449 §8: the server wants a nonce; it came with the error. One retry, with a
+            // fresh proof (and a fresh client assertion).
+            if crate::dpop::is_token_nonce_challenge(key, endpoint, &response) {
+                tracing::debug!("token endpoint asked for a DPoP nonce; retrying once with it");
+                sent_at = tokio::time::Instant::now();
+                response = inner.http.send(build()?).await?;
+                crate::dpop::is_token_nonce_challenge(key, endpoint, &response);
+            }
         }
-        .build(endpoint)?;
-        let sent_at = tokio::time::Instant::now();
-        let response = inner.http.send(request).await?;
-        parse_response(&response, inner.jwt_expiry).map(|token| token.with_received_at(sent_at))
+        let token = parse_response(&response, inner.jwt_expiry)?;
+        if token.is_dpop() && !self.has_dpop_key() {
+            return Err(Error::new(
+                ErrorKind::InvalidTokenResponse,
+                "the token endpoint issued a DPoP-bound token, but no DPoP key is configured; \
+                 set one with `.dpop(key)` (feature `dpop`) or ask for Bearer tokens",
+            ));
+        }
+        Ok(token.with_received_at(sent_at))
+    }
+
+    fn has_dpop_key(&self) -> bool {
+        #[cfg(feature = "dpop")]
+        return self.inner.dpop.is_some();
+        #[cfg(not(feature = "dpop"))]
+        false
     }
 
     async fn fetch(&self) -> Result<Token, Error> {
@@ -418,6 +459,16 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// Binds the tokens to `key` (RFC 9449 DPoP): every token request carries a proof signed
+    /// with it, and a `use_dpop_nonce` answer is retried once with the server's nonce. Give
+    /// the same key to [`BearerAuthLayer::dpop`](crate::BearerAuthLayer::dpop), which proves
+    /// possession on every API request. Needs the cargo feature `dpop`.
+    #[cfg(feature = "dpop")]
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
     /// Checks the configuration and builds the credentials. Fetches nothing.
     pub fn build(self) -> Result<ClientCredentials, Error> {
         if let Some(error) = self.error {
@@ -517,6 +568,8 @@ impl ClientCredentialsBuilder {
                 detected_method: AtomicU8::new(0),
                 http,
                 jwt_expiry: self.jwt_expiry,
+                #[cfg(feature = "dpop")]
+                dpop: self.dpop,
             }),
         })
     }

@@ -68,6 +68,8 @@ mod assertion;
 pub mod cache;
 pub mod client_credentials;
 mod discovery;
+#[cfg(feature = "dpop")]
+pub mod dpop;
 mod endpoint;
 mod error;
 pub mod layer;

@@ -34,7 +34,10 @@ mod tests {
     #[test]
     fn clamps_and_rejects() {
         assert_eq!(clamp_to_century(Duration::MAX), CENTURY);
-        assert_eq!(clamp_to_century(Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(
+            clamp_to_century(Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
         assert_eq!(positive_seconds(f64::INFINITY), None);
         assert_eq!(positive_seconds(f64::NAN), None);
         assert_eq!(positive_seconds(-1.0), None);
