@@ -57,6 +57,9 @@ use tokio::task::JoinHandle;
 
 use crate::ClientAuthMethod;
 
+#[cfg(feature = "dpop")]
+mod dpop;
+
 /// One scripted answer of the token endpoint (or of the metadata endpoint, see
 /// [`AuthServer::push_discovery_behavior`]).
 #[derive(Debug, Clone)]
@@ -141,6 +144,8 @@ struct State {
     issued: Mutex<HashMap<String, SystemTime>>,
     last_request: Mutex<Option<TokenRequestSeen>>,
     addr: Mutex<Option<SocketAddr>>,
+    #[cfg(feature = "dpop")]
+    dpop: dpop::AuthDpop,
 }
 
 /// What the server saw of the last token request (for assertions on the wire format).
@@ -367,6 +372,8 @@ impl AuthServerBuilder {
             issued: Mutex::new(HashMap::new()),
             last_request: Mutex::new(None),
             addr: Mutex::new(None),
+            #[cfg(feature = "dpop")]
+            dpop: Default::default(),
         });
         let (addr, task) = serve(state.clone(), |state, request| {
             Box::pin(async move { state.route(request).await })
@@ -522,6 +529,13 @@ impl State {
                 header(header::AUTHORIZATION),
             )
         };
+        #[cfg(feature = "dpop")]
+        let dpop_jkt = match self.dpop_token_request(request.headers()) {
+            Ok(jkt) => jkt,
+            Err(refused) => return refused,
+        };
+        #[cfg(not(feature = "dpop"))]
+        let dpop_jkt: Option<String> = None;
         let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
@@ -686,13 +700,13 @@ impl State {
         }
         let lifetime = *lock(&self.lifetime);
         let now = SystemTime::now();
-        let token = self.issue(&id, &scope, now, lifetime);
+        let token = self.issue(&id, &scope, now, lifetime, dpop_jkt.as_deref());
         let expires_in = match behavior {
             Some(Behavior::ExpiresIn(value)) => value,
             _ => serde_json::json!(lifetime.as_secs()),
         };
         let mut body = serde_json::json!({
-            "token_type": "Bearer",
+            "token_type": if dpop_jkt.is_some() { "DPoP" } else { "Bearer" },
             "access_token": token,
             "scope": scope,
         });
@@ -703,6 +717,8 @@ impl State {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        #[cfg(feature = "dpop")]
+        self.add_dpop_nonce(response.headers_mut());
         response
     }
 
@@ -739,11 +755,18 @@ impl State {
         false
     }
 
-    fn issue(&self, client_id: &str, scope: &str, now: SystemTime, lifetime: Duration) -> String {
+    fn issue(
+        &self,
+        client_id: &str,
+        scope: &str,
+        now: SystemTime,
+        lifetime: Duration,
+        dpop_jkt: Option<&str>,
+    ) -> String {
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = engine.encode(r#"{"alg":"RS256","typ":"JWT","kid":"test"}"#);
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": self.issuer_url(),
             "sub": client_id,
             "cid": client_id,
@@ -752,10 +775,17 @@ impl State {
             "exp": iat + lifetime.as_secs(),
             "jti": format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
         });
+        if let Some(jkt) = dpop_jkt {
+            claims["cnf"] = serde_json::json!({ "jkt": jkt });
+        }
         let payload = engine.encode(claims.to_string());
         let signature = engine.encode((0..32).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
         let token = format!("{header}.{payload}.{signature}");
         lock(&self.issued).insert(token.clone(), now + lifetime);
+        #[cfg(feature = "dpop")]
+        if let Some(jkt) = dpop_jkt {
+            self.bind_dpop(&token, jkt.to_string());
+        }
         token
     }
 
@@ -965,6 +995,8 @@ struct ApiState {
     api_key: String,
     accepted: AtomicUsize,
     rejected: AtomicUsize,
+    #[cfg(feature = "dpop")]
+    dpop: crate::dpop::verify::DpopServer,
 }
 
 impl ApiServer {
@@ -975,6 +1007,8 @@ impl ApiServer {
             api_key: api_key.to_string(),
             accepted: AtomicUsize::new(0),
             rejected: AtomicUsize::new(0),
+            #[cfg(feature = "dpop")]
+            dpop: Default::default(),
         });
         let (addr, task) = serve(state.clone(), |state, request| {
             Box::pin(async move { state.answer(request) })
@@ -1001,6 +1035,19 @@ impl ApiServer {
 
 impl ApiState {
     fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        #[cfg(feature = "dpop")]
+        {
+            let key_ok = request
+                .headers()
+                .get("x-api-key")
+                .is_some_and(|k| k.as_bytes() == self.api_key.as_bytes());
+            let method = request.method().as_str();
+            if let Some(response) =
+                self.answer_dpop(request.headers(), method, request.uri(), key_ok)
+            {
+                return response;
+            }
+        }
         let token = request
             .headers()
             .get(header::AUTHORIZATION)

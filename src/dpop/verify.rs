@@ -166,10 +166,62 @@ pub(crate) fn thumbprint(jwk: &Value) -> Option<String> {
     Some(URL_SAFE_NO_PAD.encode(hash.as_ref()))
 }
 
-/// The `htu` a server expects for a request URI: scheme, authority and path.
-pub(crate) fn htu_of(scheme: &str, authority: &str, path: &str) -> String {
-    format!(
-        "{scheme}://{authority}{}",
-        if path.is_empty() { "/" } else { path }
-    )
+/// Why a DPoP request was refused by a test server.
+#[derive(Debug)]
+pub(crate) enum Rejection {
+    /// The proof is valid but lacks the server's current nonce, which the answer carries.
+    Nonce,
+    /// The proof is missing, malformed, or fails a check.
+    Invalid(&'static str),
+}
+
+/// The DPoP side of a test server (token endpoint or API): proof verification with replay
+/// detection, and an optional nonce it requires.
+#[derive(Debug, Default)]
+pub(crate) struct DpopServer {
+    verifier: ProofVerifier,
+    nonce: Mutex<Option<String>>,
+}
+
+impl DpopServer {
+    /// Requires `nonce` in every proof from now on (`None`: no nonce required).
+    pub(crate) fn set_nonce(&self, nonce: Option<&str>) {
+        *self.nonce.lock().unwrap_or_else(|e| e.into_inner()) = nonce.map(str::to_string);
+    }
+
+    /// The nonce currently required.
+    pub(crate) fn nonce(&self) -> Option<String> {
+        self.nonce.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Checks the request's `DPoP` header: `Ok(None)` without one, `Ok(Some(jkt))` for a
+    /// valid proof carrying the required nonce.
+    pub(crate) fn check(
+        &self,
+        headers: &http::HeaderMap,
+        method: &str,
+        htu: &str,
+        access_token: Option<&str>,
+    ) -> Result<Option<String>, Rejection> {
+        let mut proofs = headers.get_all("dpop").iter();
+        let Some(proof) = proofs.next() else {
+            return Ok(None);
+        };
+        if proofs.next().is_some() {
+            return Err(Rejection::Invalid("more than one DPoP header"));
+        }
+        let proof = proof
+            .to_str()
+            .map_err(|_| Rejection::Invalid("not ASCII"))?;
+        let verified = self
+            .verifier
+            .verify(proof, method, htu, access_token)
+            .map_err(Rejection::Invalid)?;
+        match self.nonce() {
+            Some(nonce) if verified.nonce.as_deref() != Some(nonce.as_str()) => {
+                Err(Rejection::Nonce)
+            }
+            _ => Ok(Some(verified.jkt)),
+        }
+    }
 }
