@@ -532,7 +532,7 @@ impl State {
         #[cfg(feature = "dpop")]
         let dpop_jkt = match self.dpop_token_request(request.headers()) {
             Ok(jkt) => jkt,
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         };
         #[cfg(not(feature = "dpop"))]
         let dpop_jkt: Option<String> = None;

@@ -736,3 +736,175 @@ mod jwt_client_auth {
         }
     }
 }
+
+/// RFC 9449 DPoP against oidc-provider (feature `dpop`): its `dPoP` feature verifies the token
+/// request's proof (signature, `htm`, `htu`, `iat`, `jti`, nonce) and binds the token to the key.
+#[cfg(feature = "dpop")]
+mod dpop {
+    use super::*;
+    use tower_client_credentials::dpop::{DpopAlgorithm, DpopKey};
+
+    const DPOP_CLIENT: &str = "dpop-client";
+    const DPOP_SECRET: &str = "dpop-secret";
+    const DPOP_NONCE_CLIENT: &str = "dpop-nonce-client";
+    const DPOP_NONCE_SECRET: &str = "dpop-nonce-secret";
+
+    fn dpop_credentials(
+        provider: &OidcProvider,
+        recorder: &Recorder,
+        (id, secret): (&str, &str),
+        key: &DpopKey,
+    ) -> ClientCredentialsBuilder {
+        recorded(
+            ClientCredentials::builder()
+                .token_endpoint(provider.token_endpoint())
+                .unwrap()
+                .client_id(id)
+                .client_secret(secret)
+                .scopes(["api:read"])
+                .dpop(key.clone()),
+            recorder,
+        )
+    }
+
+    /// RFC 7638 thumbprint of the `jwk` in a proof's header, computed here independently.
+    fn proof_jkt(proof: &str) -> String {
+        let jwk = &jwt_part(proof, 0)["jwk"];
+        let canonical = match jwk["kty"].as_str().unwrap() {
+            "EC" => format!(
+                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+                jwk["crv"].as_str().unwrap(),
+                jwk["x"].as_str().unwrap(),
+                jwk["y"].as_str().unwrap()
+            ),
+            "OKP" => format!(
+                r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+                jwk["crv"].as_str().unwrap(),
+                jwk["x"].as_str().unwrap()
+            ),
+            other => panic!("unexpected kty {other}"),
+        };
+        let hash = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.as_ref())
+    }
+
+    #[tokio::test]
+    async fn a_dpop_bound_token_is_obtained_and_used() {
+        let provider = provider_or_skip!("a_dpop_bound_token_is_obtained_and_used");
+        for key in [
+            DpopKey::generate().unwrap(),
+            DpopKey::generate_with(DpopAlgorithm::EdDSA).unwrap(),
+        ] {
+            let recorder = Recorder::default();
+            let credentials =
+                dpop_credentials(&provider, &recorder, (DPOP_CLIENT, DPOP_SECRET), &key)
+                    .build()
+                    .unwrap();
+            // The API side: what the layer sends, checked against what oidc-provider bound.
+            let seen = Arc::new(Mutex::new(None::<(String, String)>));
+            let api = {
+                let seen = seen.clone();
+                service_fn(move |request: Request<Full<Bytes>>| {
+                    let header = |name| request.headers()[name].to_str().unwrap().to_string();
+                    *seen.lock().unwrap() = Some((header("authorization"), header("dpop")));
+                    async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
+                })
+            };
+            let layer = BearerAuthLayer::new(credentials).dpop(key.clone());
+            let mut client = tower::ServiceBuilder::new().layer(layer).service(api);
+            let request = Request::post("https://api.example.test/items?x=1")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            client.ready().await.unwrap().call(request).await.unwrap();
+            assert_eq!(recorder.token_requests(), 1);
+
+            let (authorization, proof) = seen.lock().unwrap().take().unwrap();
+            let token = authorization
+                .strip_prefix("DPoP ")
+                .expect("a DPoP authorization");
+            let introspection = provider.introspect(token).await;
+            assert_eq!(introspection["active"], true, "{introspection}");
+            assert_eq!(introspection["token_type"], "DPoP", "{introspection}");
+            assert_eq!(
+                introspection["cnf"]["jkt"],
+                key.thumbprint(),
+                "{introspection}"
+            );
+            let claims = jwt_part(&proof, 1);
+            assert_eq!(claims["htm"], "POST");
+            assert_eq!(claims["htu"], "https://api.example.test/items");
+            let ath = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            assert_eq!(
+                claims["ath"],
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ath.as_ref())
+            );
+            assert_eq!(proof_jkt(&proof), key.thumbprint());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dpop_bound_jwt_carries_cnf_jkt() {
+        let provider = provider_or_skip!("a_dpop_bound_jwt_carries_cnf_jkt");
+        let key = DpopKey::generate().unwrap();
+        let recorder = Recorder::default();
+        let credentials = dpop_credentials(&provider, &recorder, (DPOP_CLIENT, DPOP_SECRET), &key)
+            .resource(RESOURCE)
+            .build()
+            .unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        assert!(token.is_dpop());
+        let claims = jwt_part(token.secret().expose_secret(), 1);
+        assert_eq!(claims["cnf"]["jkt"], key.thumbprint(), "{claims}");
+        assert_eq!(claims["aud"], RESOURCE);
+    }
+
+    #[tokio::test]
+    async fn a_nonce_challenge_is_answered_and_the_nonce_kept() {
+        let provider = provider_or_skip!("a_nonce_challenge_is_answered_and_the_nonce_kept");
+        let key = DpopKey::generate().unwrap();
+        let recorder = Recorder::default();
+        let credentials = dpop_credentials(
+            &provider,
+            &recorder,
+            (DPOP_NONCE_CLIENT, DPOP_NONCE_SECRET),
+            &key,
+        )
+        .build()
+        .unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        assert_eq!(
+            recorder.token_requests(),
+            2,
+            "use_dpop_nonce, then the retry"
+        );
+        let introspection = provider.introspect(token.secret().expose_secret()).await;
+        assert_eq!(
+            introspection["cnf"]["jkt"],
+            key.thumbprint(),
+            "{introspection}"
+        );
+        // The nonce from the answer serves the next request at once.
+        credentials.fetch_token().await.unwrap();
+        assert_eq!(recorder.token_requests(), 3);
+    }
+
+    #[tokio::test]
+    async fn without_a_proof_the_dpop_client_is_refused() {
+        let provider = provider_or_skip!("without_a_proof_the_dpop_client_is_refused");
+        let credentials = ClientCredentials::builder()
+            .token_endpoint(provider.token_endpoint())
+            .unwrap()
+            .client_id(DPOP_CLIENT)
+            .client_secret(DPOP_SECRET)
+            .build()
+            .unwrap();
+        let error = credentials.fetch_token().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TokenEndpoint, "{error}");
+        // oidc-provider 9 answers a missing proof for a `dpop_bound_access_tokens` client so.
+        assert_eq!(
+            error.oauth_error().unwrap().error,
+            "invalid_grant",
+            "{error}"
+        );
+    }
+}

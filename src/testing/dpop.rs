@@ -50,7 +50,7 @@ impl State {
     pub(super) fn dpop_token_request(
         &self,
         headers: &HeaderMap,
-    ) -> Result<Option<String>, Response<Full<Bytes>>> {
+    ) -> Result<Option<String>, Box<Response<Full<Bytes>>>> {
         let htu = format!("{}/v1/token", self.issuer_url());
         let server = &self.dpop.server;
         server
@@ -67,7 +67,7 @@ impl State {
                     }
                 };
                 add_nonce(server, response.headers_mut());
-                response
+                Box::new(response)
             })
     }
 

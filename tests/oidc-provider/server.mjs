@@ -160,6 +160,28 @@ server.listen(port, HOST, () => {
         jwks: { keys: [CLIENT_ES256_JWK] },
         scope: API_SCOPES,
       },
+      // DPoP (RFC 9449): tokens must be bound to the proof's key; the second client must
+      // also put a server nonce in its proofs (see features.dPoP.requireNonce).
+      {
+        client_id: 'dpop-client',
+        client_secret: 'dpop-secret',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+        scope: API_SCOPES,
+        dpop_bound_access_tokens: true,
+      },
+      {
+        client_id: 'dpop-nonce-client',
+        client_secret: 'dpop-nonce-secret',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+        scope: API_SCOPES,
+        dpop_bound_access_tokens: true,
+      },
     ],
     // Advertised in discovery and kept on the (opaque) token issued when no
     // `resource` is requested; without this they would be silently dropped.
@@ -169,6 +191,11 @@ server.listen(port, HOST, () => {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      dPoP: {
+        enabled: true,
+        nonceSecret: crypto.randomBytes(32),
+        requireNonce: (ctx) => ctx.oidc?.client?.clientId === 'dpop-nonce-client',
+      },
       // Lets a test inspect the opaque (no `resource`) tokens; any
       // authenticated confidential client may introspect any token.
       introspection: { enabled: true, allowedPolicy: async () => true },
