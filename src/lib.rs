@@ -59,6 +59,8 @@
 //!   `reqwest-middleware` client.
 //! * `jwt-client-auth`: `client_secret_jwt` and `private_key_jwt` client authentication
 //!   (RFC 7523).
+//! * `dpop`: DPoP (RFC 9449) sender-constrained tokens: the `dpop` module (`DpopKey`,
+//!   `ClientCredentialsBuilder::dpop`, `BearerAuthLayer::dpop`).
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
 //!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
 
