@@ -79,6 +79,8 @@ pub struct ClientCredentialsBuilder {
     jwt_expiry: bool,
     #[cfg(feature = "dpop")]
     dpop: Option<crate::dpop::DpopKey>,
+    #[cfg(feature = "mtls")]
+    identity: Option<crate::mtls::ClientIdentity>,
     error: Option<Error>,
 }
 
@@ -106,6 +108,8 @@ impl ClientCredentials {
             jwt_expiry: true,
             #[cfg(feature = "dpop")]
             dpop: None,
+            #[cfg(feature = "mtls")]
+            identity: None,
             error: None,
         }
     }
@@ -201,7 +205,11 @@ impl ClientCredentials {
     async fn fetch(&self) -> Result<Token, Error> {
         let inner = &self.inner;
         let resolved = inner.endpoint.resolve(&inner.http).await?;
-        let endpoint = &resolved.token_endpoint;
+        let endpoint = match (inner.explicit_method, &resolved.mtls_token_endpoint) {
+            // RFC 8705 §5: certificate-authenticated requests go to the alias when there is one.
+            (Some(method), Some(alias)) if method.is_mtls() => alias,
+            _ => &resolved.token_endpoint,
+        };
         if let Some(method) = inner.explicit_method {
             return self.request(endpoint, method).await;
         }
@@ -469,11 +477,35 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// Authenticates with `tls_client_auth` (RFC 8705 §2.1): the token and discovery requests
+    /// present `identity`'s certificate (issued by a CA the server trusts) on the built-in
+    /// rustls client, and the form names the client id; no secret is needed. Tokens the server
+    /// binds to the certificate (`cnf.x5t#S256`) must reach the API over a client with the same
+    /// identity: [`ClientIdentity::hyper_client`](crate::mtls::ClientIdentity::hyper_client).
+    /// When the server's metadata has `mtls_endpoint_aliases`, its token endpoint is used.
+    /// Needs the cargo feature `mtls`.
+    #[cfg(feature = "mtls")]
+    pub fn tls_client_auth(mut self, identity: crate::mtls::ClientIdentity) -> Self {
+        self.identity = Some(identity);
+        self.method = Some(ClientAuthMethod::TlsClientAuth);
+        self
+    }
+
+    /// Like [`tls_client_auth`](Self::tls_client_auth) with a self-signed certificate registered
+    /// with the client (`self_signed_tls_client_auth`, RFC 8705 §2.2).
+    #[cfg(feature = "mtls")]
+    pub fn self_signed_tls_client_auth(mut self, identity: crate::mtls::ClientIdentity) -> Self {
+        self.identity = Some(identity);
+        self.method = Some(ClientAuthMethod::SelfSignedTlsClientAuth);
+        self
+    }
+
     /// Checks the configuration and builds the credentials. Fetches nothing.
     pub fn build(self) -> Result<ClientCredentials, Error> {
         if let Some(error) = self.error {
             return Err(error);
         }
+        let has_identity = self.has_identity();
         let client_id = self.client_id.unwrap_or_default();
         if client_id.trim().is_empty() {
             return Err(Error::config(
@@ -490,6 +522,17 @@ impl ClientCredentialsBuilder {
                 return Err(crate::assertion::feature_missing(method));
             }
         }
+        let mtls = self.method.is_some_and(ClientAuthMethod::is_mtls);
+        if mtls && !has_identity && self.http.is_none() {
+            return Err(Error::config(format!(
+                "{} needs a client certificate; set it with `.tls_client_auth(identity)` or \
+                 `.self_signed_tls_client_auth(identity)` (feature `mtls`), or pass an HTTP \
+                 client that presents one with `.http_client(..)`",
+                self.method
+                    .map(ClientAuthMethod::as_str)
+                    .unwrap_or_default()
+            )));
+        }
         let private_key = match self.method {
             Some(ClientAuthMethod::PrivateKeyJwt) => Some(self.private_key.ok_or_else(|| {
                 Error::config(
@@ -499,7 +542,7 @@ impl ClientCredentialsBuilder {
             _ => None,
         };
         // private_key_jwt signs with the key alone; every other method needs the secret.
-        let client_secret = match (self.client_secret, private_key.is_some()) {
+        let client_secret = match (self.client_secret, private_key.is_some() || mtls) {
             (secret, true) => secret,
             (Some(secret), false) => Some(secret),
             (None, false) => {
@@ -550,7 +593,14 @@ impl ClientCredentialsBuilder {
                 ))
             }
         };
-        let http = match self.http {
+        #[cfg(feature = "mtls")]
+        let identity_client = match (&self.http, &self.identity) {
+            (None, Some(identity)) => Some(identity.token_client(self.connect_timeout)?),
+            _ => None,
+        };
+        #[cfg(not(feature = "mtls"))]
+        let identity_client = None;
+        let http = match self.http.or(identity_client) {
             Some(http) => http,
             None => default_client(self.connect_timeout)?,
         }
@@ -572,6 +622,15 @@ impl ClientCredentialsBuilder {
                 dpop: self.dpop,
             }),
         })
+    }
+}
+
+impl ClientCredentialsBuilder {
+    fn has_identity(&self) -> bool {
+        #[cfg(feature = "mtls")]
+        return self.identity.is_some();
+        #[cfg(not(feature = "mtls"))]
+        false
     }
 }
 

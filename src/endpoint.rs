@@ -29,6 +29,13 @@ pub enum ClientAuthMethod {
     /// RFC 7523 §2.2); set the key with `ClientCredentialsBuilder::private_key_jwt`. Needs the
     /// cargo feature `jwt-client-auth`.
     PrivateKeyJwt,
+    /// Mutual TLS with a certificate issued by a CA the server trusts (`tls_client_auth`,
+    /// RFC 8705 §2.1); set the identity with `ClientCredentialsBuilder::tls_client_auth`.
+    /// Needs the cargo feature `mtls`.
+    TlsClientAuth,
+    /// Mutual TLS with a self-signed certificate registered with the client
+    /// (`self_signed_tls_client_auth`, RFC 8705 §2.2). Needs the cargo feature `mtls`.
+    SelfSignedTlsClientAuth,
 }
 
 impl ClientAuthMethod {
@@ -39,7 +46,17 @@ impl ClientAuthMethod {
             ClientAuthMethod::ClientSecretPost => "client_secret_post",
             ClientAuthMethod::ClientSecretJwt => "client_secret_jwt",
             ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+            ClientAuthMethod::TlsClientAuth => "tls_client_auth",
+            ClientAuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
+    }
+
+    /// Whether the client authenticates with its TLS certificate (RFC 8705).
+    pub(crate) fn is_mtls(self) -> bool {
+        matches!(
+            self,
+            ClientAuthMethod::TlsClientAuth | ClientAuthMethod::SelfSignedTlsClientAuth
+        )
     }
 
     /// Whether the method sends a JWT client assertion (RFC 7523) instead of the secret.
@@ -124,6 +141,10 @@ impl TokenRequest<'_> {
                 )?;
                 form.append_pair("client_assertion_type", assertion::JWT_BEARER);
                 form.append_pair("client_assertion", client_assertion.expose_secret());
+                form.append_pair("client_id", self.client_id);
+            }
+            ClientAuthMethod::TlsClientAuth | ClientAuthMethod::SelfSignedTlsClientAuth => {
+                // RFC 8705 §2: the certificate authenticates; the body names the client.
                 form.append_pair("client_id", self.client_id);
             }
         }

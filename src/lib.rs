@@ -61,6 +61,8 @@
 //!   (RFC 7523).
 //! * `dpop`: DPoP (RFC 9449) sender-constrained tokens: the `dpop` module (`DpopKey`,
 //!   `ClientCredentialsBuilder::dpop`, `BearerAuthLayer::dpop`).
+//! * `mtls`: mutual-TLS client authentication and certificate-bound tokens (RFC 8705): the
+//!   `mtls` module (`ClientIdentity`, `ClientCredentialsBuilder::tls_client_auth`).
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
 //!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
 
@@ -75,6 +77,8 @@ pub mod dpop;
 mod endpoint;
 mod error;
 pub mod layer;
+#[cfg(feature = "mtls")]
+pub mod mtls;
 pub mod source;
 mod time;
 mod token;

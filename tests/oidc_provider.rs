@@ -48,6 +48,11 @@ impl OidcProvider {
     /// Starts the server, or returns `None` (after a loud notice) when node or the npm packages
     /// are missing and `REQUIRE_OIDC_PROVIDER` is not set. Any other failure panics.
     async fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, &[]).await
+    }
+
+    /// [`start`](Self::start) with extra environment variables for `server.mjs` (`TLS=1`).
+    async fn start_with(test: &str, env: &[(&str, &str)]) -> Option<Self> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
         let node = Command::new("node")
             .arg("--version")
@@ -93,6 +98,7 @@ impl OidcProvider {
             .env("PORT", "0")
             .env("STRICT_CLIENT_AUTH", "1")
             .env_remove("OIDC_EXIT_ON_STDIN_EOF")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -904,6 +910,138 @@ mod dpop {
         assert_eq!(
             error.oauth_error().unwrap().error,
             "invalid_grant",
+            "{error}"
+        );
+    }
+}
+
+/// RFC 8705 mutual TLS against oidc-provider served over https (`TLS=1`, feature `mtls`): its
+/// `mTLS` feature with `tlsClientAuth`, `selfSignedTlsClientAuth` and
+/// `certificateBoundAccessTokens`. Test certificates: `tests/mtls/` (made with openssl).
+#[cfg(feature = "mtls")]
+mod mtls {
+    use super::*;
+    use tower_client_credentials::mtls::ClientIdentity;
+
+    const CA: &[u8] = include_bytes!("mtls/ca.pem");
+
+    fn identity(cert: &[u8], key: &[u8]) -> ClientIdentity {
+        ClientIdentity::from_pem(cert, key)
+            .unwrap()
+            .with_root_certificates_pem(CA)
+            .unwrap()
+    }
+
+    fn ca_issued() -> ClientIdentity {
+        identity(
+            include_bytes!("mtls/client.pem"),
+            include_bytes!("mtls/client-key.pem"),
+        )
+    }
+
+    fn self_signed() -> ClientIdentity {
+        identity(
+            include_bytes!("mtls/self-signed.pem"),
+            include_bytes!("mtls/self-signed-key.pem"),
+        )
+    }
+
+    #[tokio::test]
+    async fn tls_client_auth_gets_a_certificate_bound_token_through_the_alias() {
+        let provider = OidcProvider::start_with(
+            "tls_client_auth_gets_a_certificate_bound_token_through_the_alias",
+            &[("TLS", "1")],
+        )
+        .await;
+        let Some(provider) = provider else { return };
+        assert!(provider.issuer.starts_with("https://"));
+        for (client_id, identity, credentials) in [
+            ("mtls-client", ca_issued(), None),
+            ("self-signed-mtls-client", self_signed(), Some(())),
+        ] {
+            let builder = ClientCredentials::builder()
+                .issuer(&provider.issuer)
+                .unwrap()
+                .client_id(client_id)
+                .resource(RESOURCE)
+                .scopes(["api:read"]);
+            let builder = match credentials {
+                None => builder.tls_client_auth(identity.clone()),
+                Some(()) => builder.self_signed_tls_client_auth(identity.clone()),
+            };
+            let credentials = builder.build().unwrap();
+            // server.mjs refuses certificate-authenticated requests at the plain token
+            // endpoint: a token means the `mtls_endpoint_aliases` one was used.
+            let token = credentials.fetch_token().await.unwrap();
+            let claims = jwt_part(token.secret().expose_secret(), 1);
+            assert_eq!(claims["client_id"], client_id, "{claims}");
+            assert_eq!(claims["cnf"]["x5t#S256"], identity.thumbprint(), "{claims}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_api_client_presents_the_same_certificate() {
+        let provider = OidcProvider::start_with(
+            "the_api_client_presents_the_same_certificate",
+            &[("TLS", "1")],
+        )
+        .await;
+        let Some(provider) = provider else { return };
+        let identity = ca_issued();
+        let credentials = ClientCredentials::builder()
+            .issuer(&provider.issuer)
+            .unwrap()
+            .client_id("mtls-client")
+            .tls_client_auth(identity.clone())
+            .build()
+            .unwrap();
+        // The one line: a hyper-util client with the same identity, here calling the server's
+        // introspection endpoint over mutual TLS with the bound (opaque) token.
+        let api_client = identity.hyper_client::<Full<Bytes>>().unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{BASIC_CLIENT}:{}",
+            form_urlencoded::byte_serialize(BASIC_SECRET.as_bytes()).collect::<String>()
+        ));
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", token.secret().expose_secret())
+            .finish();
+        let request = Request::post(format!("{}/token/introspection", provider.issuer))
+            .header(AUTHORIZATION, format!("Basic {basic}"))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = api_client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let introspection: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(introspection["active"], true, "{introspection}");
+        assert_eq!(
+            introspection["cnf"]["x5t#S256"],
+            identity.thumbprint(),
+            "{introspection}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_the_client_did_not_register_is_invalid_client() {
+        let provider = OidcProvider::start_with(
+            "a_certificate_the_client_did_not_register_is_invalid_client",
+            &[("TLS", "1")],
+        )
+        .await;
+        let Some(provider) = provider else { return };
+        let credentials = ClientCredentials::builder()
+            .issuer(&provider.issuer)
+            .unwrap()
+            .client_id("mtls-client")
+            .tls_client_auth(self_signed())
+            .build()
+            .unwrap();
+        let error = credentials.fetch_token().await.unwrap_err();
+        assert_eq!(
+            error.oauth_error().unwrap().error,
+            "invalid_client",
             "{error}"
         );
     }
