@@ -170,6 +170,7 @@ impl ClientCredentials {
             }
             Ok::<_, Error>(request)
         };
+        #[allow(unused_mut)]
         let mut sent_at = tokio::time::Instant::now();
         #[allow(unused_mut)]
         let mut response = inner.http.send(build()?).await?;
