@@ -61,6 +61,10 @@
 //!   `reqwest-middleware` client.
 //! * `jwt-client-auth`: `client_secret_jwt` and `private_key_jwt` client authentication
 //!   (RFC 7523).
+//! * `dpop`: DPoP (RFC 9449) sender-constrained tokens: the `dpop` module (`DpopKey`,
+//!   `ClientCredentialsBuilder::dpop`, `BearerAuthLayer::dpop`).
+//! * `mtls`: mutual-TLS client authentication and certificate-bound tokens (RFC 8705): the
+//!   `mtls` module (`ClientIdentity`, `ClientCredentialsBuilder::tls_client_auth`).
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
 //!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
 
@@ -68,9 +72,13 @@
 
 pub mod cache;
 pub mod client_credentials;
+#[cfg(feature = "dpop")]
+pub mod dpop;
 mod error;
 mod http;
 pub mod layer;
+#[cfg(feature = "mtls")]
+pub mod mtls;
 mod oauth;
 pub mod retry;
 pub mod source;

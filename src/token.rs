@@ -30,6 +30,7 @@ use crate::error::Error;
 pub struct Token {
     access_token: SecretString,
     header: HeaderValue,
+    dpop_bound: bool,
     received_at: Instant,
     lifetime: Option<Duration>,
     scope: Option<String>,
@@ -45,12 +46,31 @@ impl Token {
         access_token: impl Into<String>,
         lifetime: Option<Duration>,
     ) -> Result<Self, Error> {
-        let access_token: String = access_token.into();
-        let header = bearer_header(&access_token)?;
+        Self::with_scheme(access_token.into(), lifetime, false)
+    }
+
+    /// A DPoP-bound token (RFC 9449, `token_type` `DPoP`) that expires `lifetime` from now: sent
+    /// as `Authorization: DPoP <token>`, with a proof from the key it is bound to (feature
+    /// `dpop`, `BearerAuthLayer::dpop`).
+    pub fn dpop(
+        access_token: impl Into<String>,
+        lifetime: Option<Duration>,
+    ) -> Result<Self, Error> {
+        Self::with_scheme(access_token.into(), lifetime, true)
+    }
+
+    fn with_scheme(
+        access_token: String,
+        lifetime: Option<Duration>,
+        dpop_bound: bool,
+    ) -> Result<Self, Error> {
+        let scheme = if dpop_bound { "DPoP" } else { "Bearer" };
+        let header = authorization_header(scheme, &access_token)?;
         let lifetime = lifetime.map(crate::time::clamp_to_century);
         Ok(Token {
             access_token: SecretString::from(access_token),
             header,
+            dpop_bound,
             received_at: Instant::now(),
             lifetime,
             scope: None,
@@ -81,7 +101,21 @@ impl Token {
         &self.access_token
     }
 
-    /// The prebuilt `Authorization: Bearer ...` value, marked sensitive.
+    /// The token type: `Bearer`, or `DPoP` for a token bound to a DPoP key.
+    pub fn token_type(&self) -> &'static str {
+        if self.dpop_bound {
+            "DPoP"
+        } else {
+            "Bearer"
+        }
+    }
+
+    /// Whether the token is bound to a DPoP key (`token_type` `DPoP`).
+    pub fn is_dpop(&self) -> bool {
+        self.dpop_bound
+    }
+
+    /// The prebuilt `Authorization: Bearer ...` (or `DPoP ...`) value, marked sensitive.
     pub(crate) fn header(&self) -> &HeaderValue {
         &self.header
     }
@@ -150,15 +184,16 @@ impl Token {
     }
 }
 
-pub(crate) fn bearer_header(access_token: &str) -> Result<HeaderValue, Error> {
+fn authorization_header(scheme: &str, access_token: &str) -> Result<HeaderValue, Error> {
     if access_token.is_empty() {
         return Err(Error::new(
             crate::ErrorKind::InvalidTokenResponse,
             "the access token is empty",
         ));
     }
-    let mut value = String::with_capacity(7 + access_token.len());
-    value.push_str("Bearer ");
+    let mut value = String::with_capacity(scheme.len() + 1 + access_token.len());
+    value.push_str(scheme);
+    value.push(' ');
     value.push_str(access_token);
     let mut header = HeaderValue::from_str(&value).map_err(|_| {
         // Never echo the token: say only what is wrong with it.
@@ -175,6 +210,7 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("access_token", &"[redacted]")
+            .field("token_type", &self.token_type())
             .field("lifetime", &self.lifetime)
             .field("remaining_lifetime", &self.remaining_lifetime())
             .field("scope", &self.scope)
@@ -201,6 +237,15 @@ mod tests {
         let token = Token::bearer("abc.def", None).unwrap();
         assert_eq!(token.header(), "Bearer abc.def");
         assert!(token.header().is_sensitive());
+    }
+
+    #[test]
+    fn dpop_tokens_get_their_scheme() {
+        let token = Token::dpop("abc.def", None).unwrap();
+        assert_eq!(token.header(), "DPoP abc.def");
+        assert!(token.header().is_sensitive() && token.is_dpop());
+        assert_eq!(token.token_type(), "DPoP");
+        assert_eq!(Token::bearer("x", None).unwrap().token_type(), "Bearer");
     }
 
     #[test]

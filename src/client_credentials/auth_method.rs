@@ -1,6 +1,7 @@
 //! How these credentials authenticate the client: decided at build, except that with a secret
 //! and no configured method, `client_secret_basic` or `client_secret_post` is negotiated at the
-//! first token request and the one that works is remembered.
+//! first token request and the one that works is remembered. A JWT assertion needs its key, and
+//! mutual TLS a certificate and no secret: the variants hold exactly what each needs.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -22,6 +23,39 @@ pub(super) enum Authentication {
     /// A JWT client assertion (RFC 7523), signed with the secret or a private key.
     #[cfg(feature = "jwt-client-auth")]
     Assertion(crate::oauth::assertion::AssertionKey),
+    /// The TLS client certificate (RFC 8705 §2): it authenticates the connection; the form
+    /// only names the client.
+    Certificate {
+        kind: CertificateKind,
+        presented_by: CertificateHolder,
+    },
+}
+
+/// Which RFC 8705 method the certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CertificateKind {
+    /// Issued by a CA the server trusts (`tls_client_auth`, §2.1).
+    CaIssued,
+    /// Self-signed and registered with the client (`self_signed_tls_client_auth`, §2.2).
+    SelfSigned,
+}
+
+/// What presents the certificate on the token and discovery requests.
+pub(super) enum CertificateHolder {
+    /// The built-in client, made with this identity (feature `mtls`).
+    #[cfg(feature = "mtls")]
+    Identity(crate::mtls::ClientIdentity),
+    /// The HTTP client passed to `ClientCredentialsBuilder::http_client`.
+    CallersHttpClient,
+}
+
+impl CertificateKind {
+    fn method(self) -> ClientAuthMethod {
+        match self {
+            CertificateKind::CaIssued => ClientAuthMethod::TlsClientAuth,
+            CertificateKind::SelfSigned => ClientAuthMethod::SelfSignedTlsClientAuth,
+        }
+    }
 }
 
 /// How the secret is sent: as configured, or as negotiated.
@@ -92,7 +126,14 @@ impl Authentication {
                     ClientAuthMethod::PrivateKeyJwt
                 }
             }),
+            Authentication::Certificate { kind, .. } => Some(kind.method()),
         }
+    }
+
+    /// Whether the client authenticates with its TLS certificate: its token requests go to the
+    /// metadata's `mtls_endpoint_aliases` token endpoint when there is one (RFC 8705 §5).
+    pub(super) fn is_certificate(&self) -> bool {
+        matches!(self, Authentication::Certificate { .. })
     }
 
     /// Gets a token through `request`, which sends one token request with the client
@@ -110,6 +151,7 @@ impl Authentication {
         let (secret, learned) = match self {
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => return request(ClientAuth::Assertion(key)).await,
+            Authentication::Certificate { .. } => return request(ClientAuth::Certificate).await,
             Authentication::Secret {
                 secret,
                 method: SecretMethod::Configured(encoding),
@@ -159,6 +201,20 @@ fn rejected_client_auth(error: &Error) -> bool {
             Some(oauth) => oauth.error == "invalid_client",
             None => error.status() == Some(http::StatusCode::UNAUTHORIZED),
         }
+}
+
+#[cfg(feature = "mtls")]
+impl Authentication {
+    /// The identity the built-in client presents, for `Debug` (which shows its thumbprint).
+    pub(super) fn client_identity(&self) -> Option<&crate::mtls::ClientIdentity> {
+        match self {
+            Authentication::Certificate {
+                presented_by: CertificateHolder::Identity(identity),
+                ..
+            } => Some(identity),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(feature = "jwt-client-auth")]

@@ -19,6 +19,9 @@ pub(crate) enum ClientAuth<'a> {
     /// `client_secret_jwt` or `private_key_jwt`: a signed JWT client assertion (RFC 7523).
     #[cfg(feature = "jwt-client-auth")]
     Assertion(&'a crate::oauth::assertion::AssertionKey),
+    /// `tls_client_auth` or `self_signed_tls_client_auth` (RFC 8705 §2): the TLS client
+    /// certificate authenticates; the form only names the client.
+    Certificate,
 }
 
 /// Everything that goes into a token request except the endpoint's URL.
@@ -67,6 +70,9 @@ impl TokenRequest<'_> {
                 )?;
                 form.append_pair("client_assertion_type", client_auth::JWT_BEARER);
                 form.append_pair("client_assertion", client_assertion.expose_secret());
+                form.append_pair("client_id", self.client_id);
+            }
+            ClientAuth::Certificate => {
                 form.append_pair("client_id", self.client_id);
             }
         }
@@ -126,5 +132,20 @@ mod tests {
             &body[..],
             b"grant_type=client_credentials&client_id=id&client_secret=pw"
         );
+    }
+
+    #[tokio::test]
+    async fn certificate_auth_names_the_client_and_sends_no_secret() {
+        let request = TokenRequest {
+            client_id: "id",
+            auth: ClientAuth::Certificate,
+            scope: None,
+            params: &[],
+        }
+        .build(&"https://idp.example/token".parse().unwrap())
+        .unwrap();
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"grant_type=client_credentials&client_id=id");
     }
 }
