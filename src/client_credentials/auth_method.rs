@@ -40,7 +40,9 @@ pub(super) enum CertificateKind {
     SelfSigned,
 }
 
-/// What presents the certificate on the token and discovery requests.
+/// What presents the certificate on the token and discovery requests. `Debug` shows the
+/// identity's thumbprint, never its key.
+#[derive(Debug)]
 pub(super) enum CertificateHolder {
     /// The built-in client, made with this identity (feature `mtls`).
     #[cfg(feature = "mtls")]
@@ -203,15 +205,11 @@ fn rejected_client_auth(error: &Error) -> bool {
         }
 }
 
-#[cfg(feature = "mtls")]
 impl Authentication {
-    /// The identity the built-in client presents, for `Debug` (which shows its thumbprint).
-    pub(super) fn client_identity(&self) -> Option<&crate::mtls::ClientIdentity> {
+    /// What presents the client certificate, for `Debug`.
+    pub(super) fn certificate_holder(&self) -> Option<&CertificateHolder> {
         match self {
-            Authentication::Certificate {
-                presented_by: CertificateHolder::Identity(identity),
-                ..
-            } => Some(identity),
+            Authentication::Certificate { presented_by, .. } => Some(presented_by),
             _ => None,
         }
     }

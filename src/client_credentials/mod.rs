@@ -176,10 +176,9 @@ impl fmt::Debug for ClientCredentials {
             .field("client_secret", &"[redacted]");
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.inner.authentication.private_key());
-        #[cfg(feature = "mtls")]
         debug.field(
-            "client_identity",
-            &self.inner.authentication.client_identity(),
+            "client_certificate",
+            &self.inner.authentication.certificate_holder(),
         );
         #[cfg(feature = "dpop")]
         debug.field("dpop", &self.inner.dpop);
