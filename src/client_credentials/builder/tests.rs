@@ -123,18 +123,15 @@ fn jwt_method_configuration() {
 }
 
 /// A stand-in for a caller's HTTP client that presents a certificate; never called here.
-fn callers_http_client() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = std::convert::Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, std::convert::Infallible>>,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
-    tower::service_fn(|_: Request<Full<Bytes>>| {
-        std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
-    })
+fn never_called(_: Request<Full<Bytes>>) -> CallersAnswer {
+    std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
+}
+
+type CallersAnswer = std::future::Ready<Result<Response<Full<Bytes>>, std::convert::Infallible>>;
+type CallersHttpClient = tower::util::ServiceFn<fn(Request<Full<Bytes>>) -> CallersAnswer>;
+
+fn callers_http_client() -> CallersHttpClient {
+    tower::service_fn(never_called)
 }
 
 #[test]
