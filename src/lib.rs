@@ -66,6 +66,10 @@
 //! * `store`: [`store::TokenStore`], a second cache level shared by processes (one token
 //!   request per expiry for a whole fleet).
 //! * `redis`: `store::RedisStore`, that store on Redis or a Redis Cluster.
+//! * `dpop`: DPoP (RFC 9449) sender-constrained tokens: the `dpop` module (`DpopKey`,
+//!   `ClientCredentialsBuilder::dpop`, `BearerAuthLayer::dpop`).
+//! * `mtls`: mutual-TLS client authentication and certificate-bound tokens (RFC 8705): the
+//!   `mtls` module (`ClientIdentity`, `ClientCredentialsBuilder::tls_client_auth`).
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
 //!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
 
@@ -74,9 +78,13 @@
 pub mod cache;
 pub mod client_credentials;
 mod coarse_clock;
+#[cfg(feature = "dpop")]
+pub mod dpop;
 mod error;
 mod http;
 pub mod layer;
+#[cfg(feature = "mtls")]
+pub mod mtls;
 mod oauth;
 pub mod retry;
 mod secret_header;

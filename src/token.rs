@@ -34,6 +34,7 @@ use crate::secret_header::SecretHeaderValue;
 pub struct Token {
     access_token: SecretString,
     header: SecretHeaderValue,
+    dpop_bound: bool,
     received_at: Instant,
     lifetime: Option<Duration>,
     scope: Option<String>,
@@ -50,13 +51,33 @@ impl Token {
         access_token: impl Into<String>,
         lifetime: Option<Duration>,
     ) -> Result<Self, Error> {
+        Self::with_scheme(access_token.into(), lifetime, false)
+    }
+
+    /// A DPoP-bound token (RFC 9449, `token_type` `DPoP`) that expires `lifetime` from now: sent
+    /// as `Authorization: DPoP <token>`, with a proof from the key it is bound to (feature
+    /// `dpop`, `BearerAuthLayer::dpop`).
+    pub fn dpop(
+        access_token: impl Into<String>,
+        lifetime: Option<Duration>,
+    ) -> Result<Self, Error> {
+        Self::with_scheme(access_token.into(), lifetime, true)
+    }
+
+    fn with_scheme(
+        access_token: String,
+        lifetime: Option<Duration>,
+        dpop_bound: bool,
+    ) -> Result<Self, Error> {
         // A secret from the start, so that it is zeroized on every path, the error one included.
-        let access_token = SecretString::from(access_token.into());
-        let header = bearer_header(access_token.expose_secret())?;
+        let access_token = SecretString::from(access_token);
+        let scheme = if dpop_bound { "DPoP" } else { "Bearer" };
+        let header = authorization_header(scheme, access_token.expose_secret())?;
         let lifetime = lifetime.map(crate::time::clamp_to_century);
         Ok(Token {
             access_token,
             header,
+            dpop_bound,
             received_at: Instant::now(),
             lifetime,
             scope: None,
@@ -87,7 +108,21 @@ impl Token {
         &self.access_token
     }
 
-    /// The prebuilt `Authorization: Bearer ...` value, marked sensitive.
+    /// The token type: `Bearer`, or `DPoP` for a token bound to a DPoP key.
+    pub fn token_type(&self) -> &'static str {
+        if self.dpop_bound {
+            "DPoP"
+        } else {
+            "Bearer"
+        }
+    }
+
+    /// Whether the token is bound to a DPoP key (`token_type` `DPoP`).
+    pub fn is_dpop(&self) -> bool {
+        self.dpop_bound
+    }
+
+    /// The prebuilt `Authorization: Bearer ...` (or `DPoP ...`) value, marked sensitive.
     pub(crate) fn header(&self) -> &HeaderValue {
         self.header.shared()
     }
@@ -207,7 +242,10 @@ impl Token {
     }
 }
 
-pub(crate) fn bearer_header(access_token: &str) -> Result<SecretHeaderValue, Error> {
+pub(crate) fn authorization_header(
+    scheme: &str,
+    access_token: &str,
+) -> Result<SecretHeaderValue, Error> {
     if access_token.is_empty() {
         return Err(Error::new(
             crate::ErrorKind::InvalidTokenResponse,
@@ -219,13 +257,14 @@ pub(crate) fn bearer_header(access_token: &str) -> Result<SecretHeaderValue, Err
         return Err(Error::new(
             crate::ErrorKind::InvalidTokenResponse,
             "the access token is not an RFC 6750 b64token (letters, digits, `-._~+/`, then `=` \
-             padding), so an `Authorization: Bearer` header cannot carry it; check the token \
-             endpoint and its token format",
+             padding), so an `Authorization` header cannot carry it; check the token endpoint \
+             and its token format",
         ));
     }
     // Zeroized with the header value (see `SecretHeaderValue`), also if it is rejected.
-    let mut value = Vec::with_capacity(7 + access_token.len());
-    value.extend_from_slice(b"Bearer ");
+    let mut value = Vec::with_capacity(scheme.len() + 1 + access_token.len());
+    value.extend_from_slice(scheme.as_bytes());
+    value.push(b' ');
     value.extend_from_slice(access_token.as_bytes());
     SecretHeaderValue::new(value).map_err(|_| {
         // Never echo the token: say only what is wrong with it.
@@ -249,6 +288,7 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("access_token", &"[redacted]")
+            .field("token_type", &self.token_type())
             .field("lifetime", &self.lifetime)
             .field("remaining_lifetime", &self.remaining_lifetime())
             .field("scope", &self.scope)
@@ -275,6 +315,15 @@ mod tests {
         let token = Token::bearer("abc.def", None).unwrap();
         assert_eq!(token.header(), "Bearer abc.def");
         assert!(token.header().is_sensitive());
+    }
+
+    #[test]
+    fn dpop_tokens_get_their_scheme() {
+        let token = Token::dpop("abc.def", None).unwrap();
+        assert_eq!(token.header(), "DPoP abc.def");
+        assert!(token.header().is_sensitive() && token.is_dpop());
+        assert_eq!(token.token_type(), "DPoP");
+        assert_eq!(Token::bearer("x", None).unwrap().token_type(), "Bearer");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! How these credentials authenticate the client: decided at build, except that with a secret
 //! and no configured method, `client_secret_basic` or `client_secret_post` is negotiated at the
-//! first token request and the one that works is remembered.
+//! first token request and the one that works is remembered. A JWT assertion needs its key, and
+//! mutual TLS a certificate and no secret: the variants hold exactly what each needs.
 //!
 //! When both are refused, that is remembered too: each later fetch sends one request, with the
 //! method the previous one did not try, instead of two. So a misconfigured client costs the
@@ -28,6 +29,41 @@ pub(super) enum Authentication {
     /// A JWT client assertion (RFC 7523), signed with the secret or a private key.
     #[cfg(feature = "jwt-client-auth")]
     Assertion(crate::oauth::assertion::AssertionKey),
+    /// The TLS client certificate (RFC 8705 §2): it authenticates the connection; the form
+    /// only names the client.
+    Certificate {
+        kind: CertificateKind,
+        presented_by: CertificateHolder,
+    },
+}
+
+/// Which RFC 8705 method the certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CertificateKind {
+    /// Issued by a CA the server trusts (`tls_client_auth`, §2.1).
+    CaIssued,
+    /// Self-signed and registered with the client (`self_signed_tls_client_auth`, §2.2).
+    SelfSigned,
+}
+
+/// What presents the certificate on the token and discovery requests. `Debug` shows the
+/// identity's thumbprint, never its key.
+#[derive(Debug)]
+pub(super) enum CertificateHolder {
+    /// The built-in client, made with this identity (feature `mtls`).
+    #[cfg(feature = "mtls")]
+    Identity(crate::mtls::ClientIdentity),
+    /// The HTTP client passed to `ClientCredentialsBuilder::http_client`.
+    CallersHttpClient,
+}
+
+impl CertificateKind {
+    fn method(self) -> ClientAuthMethod {
+        match self {
+            CertificateKind::CaIssued => ClientAuthMethod::TlsClientAuth,
+            CertificateKind::SelfSigned => ClientAuthMethod::SelfSignedTlsClientAuth,
+        }
+    }
 }
 
 /// How the secret is sent: as configured, or as negotiated.
@@ -145,12 +181,13 @@ impl Authentication {
                     ClientAuthMethod::PrivateKeyJwt
                 }
             }),
+            Authentication::Certificate { kind, .. } => Some(kind.method()),
         }
     }
 
     /// What names this authentication in a shared store's key: the configured method
     /// (`negotiated` when none is: the key must not change once one is detected), and the secret
-    /// that keys the hash, if there is one (a private key is not hashed).
+    /// that keys the hash, if there is one (a private key or a certificate is not hashed).
     #[cfg(feature = "store")]
     pub(super) fn store_identity(&self) -> (&'static str, Option<&SecretString>) {
         match self {
@@ -171,7 +208,14 @@ impl Authentication {
                     (ClientAuthMethod::PrivateKeyJwt.as_str(), None)
                 }
             },
+            Authentication::Certificate { kind, .. } => (kind.method().as_str(), None),
         }
+    }
+
+    /// Whether the client authenticates with its TLS certificate: its token requests go to the
+    /// metadata's `mtls_endpoint_aliases` token endpoint when there is one (RFC 8705 §5).
+    pub(super) fn is_certificate(&self) -> bool {
+        matches!(self, Authentication::Certificate { .. })
     }
 
     /// Gets a token through `request`, which sends one token request with the client
@@ -189,6 +233,7 @@ impl Authentication {
         let (secret, learned) = match self {
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => return request(ClientAuth::Assertion(key)).await,
+            Authentication::Certificate { .. } => return request(ClientAuth::Certificate).await,
             Authentication::Secret {
                 secret,
                 method: SecretMethod::Configured(encoding),
@@ -263,6 +308,16 @@ fn rejected_client_auth(error: &Error) -> bool {
         }
 }
 
+impl Authentication {
+    /// What presents the client certificate, for `Debug`.
+    pub(super) fn certificate_holder(&self) -> Option<&CertificateHolder> {
+        match self {
+            Authentication::Certificate { presented_by, .. } => Some(presented_by),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(feature = "jwt-client-auth")]
 impl Authentication {
     /// The `private_key_jwt` key, for a redacted `Debug`.
@@ -304,6 +359,7 @@ mod tests {
                     ClientAuth::Post(_) => SecretEncoding::Post,
                     #[cfg(feature = "jwt-client-auth")]
                     ClientAuth::Assertion(_) => unreachable!(),
+                    ClientAuth::Certificate => unreachable!(),
                 });
                 async { Err(refused()) }
             })

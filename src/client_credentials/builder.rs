@@ -13,7 +13,9 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use tower_service::Service;
 
-use super::auth_method::{Authentication, Negotiation, SecretEncoding, SecretMethod};
+use super::auth_method::{
+    Authentication, CertificateHolder, CertificateKind, Negotiation, SecretEncoding, SecretMethod,
+};
 use super::token_endpoint::TokenEndpoint;
 use super::{ClientCredentials, Inner};
 use crate::error::{BoxError, Error};
@@ -37,6 +39,10 @@ pub struct ClientCredentialsBuilder {
     connect_timeout: Duration,
     max_response_size: usize,
     expiry_from_jwt: bool,
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::DpopKey>,
+    #[cfg(feature = "mtls")]
+    identity: Option<crate::mtls::ClientIdentity>,
     error: Option<Error>,
 }
 
@@ -62,6 +68,10 @@ impl ClientCredentialsBuilder {
             connect_timeout: client::DEFAULT_CONNECT_TIMEOUT,
             max_response_size: client::DEFAULT_MAX_RESPONSE_SIZE,
             expiry_from_jwt: true,
+            #[cfg(feature = "dpop")]
+            dpop: None,
+            #[cfg(feature = "mtls")]
+            identity: None,
             error: None,
         }
     }
@@ -266,6 +276,39 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// Binds the tokens to `key` (RFC 9449 DPoP): every token request carries a proof signed
+    /// with it, and a `use_dpop_nonce` answer is retried once with the server's nonce. Give
+    /// the same key to [`BearerAuthLayer::dpop`](crate::BearerAuthLayer::dpop), which proves
+    /// possession on every API request. Needs the cargo feature `dpop`.
+    #[cfg(feature = "dpop")]
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
+    /// Authenticates with `tls_client_auth` (RFC 8705 §2.1): the token and discovery requests
+    /// present `identity`'s certificate (issued by a CA the server trusts) on the built-in
+    /// rustls client, and the form names the client id; no secret is needed. Tokens the server
+    /// binds to the certificate (`cnf.x5t#S256`) must reach the API over a client with the same
+    /// identity: [`ClientIdentity::hyper_client`](crate::mtls::ClientIdentity::hyper_client).
+    /// When the server's metadata has `mtls_endpoint_aliases`, its token endpoint is used.
+    /// Needs the cargo feature `mtls`.
+    #[cfg(feature = "mtls")]
+    pub fn tls_client_auth(mut self, identity: crate::mtls::ClientIdentity) -> Self {
+        self.identity = Some(identity);
+        self.method = Some(ClientAuthMethod::TlsClientAuth);
+        self
+    }
+
+    /// Like [`tls_client_auth`](Self::tls_client_auth) with a self-signed certificate registered
+    /// with the client (`self_signed_tls_client_auth`, RFC 8705 §2.2).
+    #[cfg(feature = "mtls")]
+    pub fn self_signed_tls_client_auth(mut self, identity: crate::mtls::ClientIdentity) -> Self {
+        self.identity = Some(identity);
+        self.method = Some(ClientAuthMethod::SelfSignedTlsClientAuth);
+        self
+    }
+
     /// Checks the configuration and builds the credentials. Fetches nothing.
     pub fn build(mut self) -> Result<ClientCredentials, Error> {
         if let Some(error) = self.error.take() {
@@ -311,9 +354,17 @@ impl ClientCredentialsBuilder {
                 ))
             }
         };
-        let http = match self.http {
-            Some(http) => http,
-            None => default_client(self.connect_timeout)?,
+        let http = match (self.http, &authentication) {
+            (Some(http), _) => http,
+            #[cfg(feature = "mtls")]
+            (
+                None,
+                Authentication::Certificate {
+                    presented_by: CertificateHolder::Identity(identity),
+                    ..
+                },
+            ) => identity.token_client(self.connect_timeout)?,
+            (None, _) => default_client(self.connect_timeout)?,
         }
         .with_limits(self.timeout, self.max_response_size);
         let scope = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
@@ -326,6 +377,8 @@ impl ClientCredentialsBuilder {
                 params: self.params,
                 http,
                 expiry_from_jwt: self.expiry_from_jwt,
+                #[cfg(feature = "dpop")]
+                dpop: self.dpop,
             }),
         })
     }
@@ -333,6 +386,20 @@ impl ClientCredentialsBuilder {
     /// The client authentication: the configured method with what it needs, or the secret
     /// with the method left to negotiate.
     fn authentication(&mut self) -> Result<Authentication, Error> {
+        #[cfg(feature = "mtls")]
+        if self.identity.is_some()
+            && !matches!(
+                self.method,
+                Some(ClientAuthMethod::TlsClientAuth | ClientAuthMethod::SelfSignedTlsClientAuth)
+            )
+        {
+            return Err(Error::config(format!(
+                "a client certificate was given with `.tls_client_auth(..)` or \
+                 `.self_signed_tls_client_auth(..)`, but the client authentication method is \
+                 now {}; drop one of the two",
+                self.method.map_or("unset", ClientAuthMethod::as_str)
+            )));
+        }
         let encoding = match self.method {
             None => None,
             Some(ClientAuthMethod::ClientSecretBasic) => Some(SecretEncoding::Basic),
@@ -348,6 +415,12 @@ impl ClientCredentialsBuilder {
                 )));
                 #[cfg(feature = "jwt-client-auth")]
                 return self.assertion(method);
+            }
+            Some(ClientAuthMethod::TlsClientAuth) => {
+                return self.certificate(CertificateKind::CaIssued)
+            }
+            Some(ClientAuthMethod::SelfSignedTlsClientAuth) => {
+                return self.certificate(CertificateKind::SelfSigned)
             }
         };
         let method = match encoding {
@@ -377,6 +450,39 @@ impl ClientCredentialsBuilder {
             )
         };
         Ok(Authentication::Assertion(key))
+    }
+}
+
+impl ClientCredentialsBuilder {
+    /// The mTLS methods need a certificate, presented by the built-in client made with the
+    /// identity, or by the caller's HTTP client; no secret (one given anyway is still checked).
+    fn certificate(&mut self, kind: CertificateKind) -> Result<Authentication, Error> {
+        #[cfg(feature = "mtls")]
+        let identity = self.identity.take();
+        #[cfg(not(feature = "mtls"))]
+        let identity: Option<std::convert::Infallible> = None;
+        let presented_by = match (identity, self.http.is_some()) {
+            #[cfg(feature = "mtls")]
+            (Some(identity), false) => CertificateHolder::Identity(identity),
+            (Some(_), true) => {
+                return Err(Error::config(
+                    "a client certificate and an HTTP client were both given; the certificate \
+                     would not be presented: give it to your HTTP client, or drop \
+                     `.http_client(..)`",
+                ))
+            }
+            (None, true) => CertificateHolder::CallersHttpClient,
+            (None, false) => {
+                let method = self.method.map_or("", ClientAuthMethod::as_str);
+                return Err(Error::config(format!(
+                    "{method} needs a client certificate; set it with `.tls_client_auth(identity)` \
+                     or `.self_signed_tls_client_auth(identity)` (feature `mtls`), or pass an HTTP \
+                     client that presents one with `.http_client(..)`"
+                )));
+            }
+        };
+        checked_secret(self.client_secret.take())?;
+        Ok(Authentication::Certificate { kind, presented_by })
     }
 }
 
@@ -423,6 +529,10 @@ impl fmt::Debug for ClientCredentialsBuilder {
             .field("client_secret", &"[redacted]");
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.private_key);
+        #[cfg(feature = "mtls")]
+        debug.field("client_identity", &self.identity);
+        #[cfg(feature = "dpop")]
+        debug.field("dpop", &self.dpop);
         debug.field("scopes", &self.scopes).finish_non_exhaustive()
     }
 }

@@ -23,7 +23,7 @@ pub(crate) mod token_endpoint;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::http::HttpClient;
 use crate::oauth::token_request::{ClientAuth, TokenRequest};
 use crate::oauth::token_response::parse_response;
@@ -52,6 +52,9 @@ struct Inner {
     params: Vec<(String, String)>,
     http: HttpClient,
     expiry_from_jwt: bool,
+    /// The key the tokens are bound to (RFC 9449 DPoP), when set.
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::DpopKey>,
 }
 
 impl ClientCredentials {
@@ -90,7 +93,8 @@ impl ClientCredentials {
             .map(drop)
     }
 
-    /// One token request to `endpoint`, authenticated with `auth`, given up at `deadline`.
+    /// One token request to `endpoint`, authenticated with `auth`, given up at `deadline` (and
+    /// with a DPoP key, proved and retried once when the server asks for a nonce).
     async fn request(
         &self,
         endpoint: &http::Uri,
@@ -98,17 +102,59 @@ impl ClientCredentials {
         deadline: tokio::time::Instant,
     ) -> Result<Token, Error> {
         let inner = &self.inner;
-        let (request, secrets) = TokenRequest {
-            client_id: &inner.client_id,
-            auth,
-            scope: inner.scope.as_deref(),
-            params: &inner.params,
+        // Made again for a retry: the proof and a JWT assertion must be fresh.
+        let build = || {
+            #[allow(unused_mut)]
+            let (mut request, secrets) = TokenRequest {
+                client_id: &inner.client_id,
+                auth,
+                scope: inner.scope.as_deref(),
+                params: &inner.params,
+            }
+            .build(endpoint)?;
+            #[cfg(feature = "dpop")]
+            if let Some(key) = &inner.dpop {
+                crate::dpop::sign_token_request(key, &mut request)?;
+            }
+            Ok::<_, Error>((request, secrets))
+        };
+        let (request, secrets) = build()?;
+        #[allow(unused_mut)]
+        let mut sent_at = tokio::time::Instant::now();
+        #[allow(unused_mut)]
+        let mut response = inner.http.send(request, deadline, &secrets).await?;
+        #[allow(unused_mut)]
+        let mut secrets = secrets;
+        #[cfg(feature = "dpop")]
+        if let Some(key) = &inner.dpop {
+            // RFC 9449 §8: the server wants a nonce; it came with the error. One retry, with a
+            // fresh proof (and a fresh client assertion).
+            if crate::dpop::is_token_nonce_challenge(key, endpoint, &response) {
+                tracing::debug!("token endpoint asked for a DPoP nonce; retrying once with it");
+                let (request, retry_secrets) = build()?;
+                secrets = retry_secrets;
+                sent_at = tokio::time::Instant::now();
+                response = inner.http.send(request, deadline, &secrets).await?;
+                // Only to keep a nonce this answer brings for the next request.
+                crate::dpop::is_token_nonce_challenge(key, endpoint, &response);
+            }
         }
-        .build(endpoint)?;
-        let sent_at = tokio::time::Instant::now();
-        let response = inner.http.send(request, deadline, &secrets).await?;
-        parse_response(&response, inner.expiry_from_jwt, &secrets)
-            .map(|token| token.with_received_at(sent_at))
+        let token = parse_response(&response, inner.expiry_from_jwt, &secrets)?;
+        if token.is_dpop() && !self.has_dpop_key() {
+            return Err(Error::new(
+                ErrorKind::InvalidTokenResponse,
+                "the token endpoint issued a DPoP-bound token, but no DPoP key is configured; \
+                 set one with `.dpop(key)` (feature `dpop`) or ask for Bearer tokens",
+            ));
+        }
+        Ok(token.with_received_at(sent_at))
+    }
+
+    fn has_dpop_key(&self) -> bool {
+        #[cfg(feature = "dpop")]
+        return self.inner.dpop.is_some();
+        #[cfg(not(feature = "dpop"))]
+        false
     }
 
     /// One token fetch: discovery if needed, then the token request (two with the method
@@ -117,7 +163,11 @@ impl ClientCredentials {
         let inner = &self.inner;
         let deadline = inner.http.deadline();
         let resolved = inner.endpoint.resolve(&inner.http, deadline).await?;
-        let endpoint = &resolved.token_endpoint;
+        let endpoint = match &resolved.mtls_token_endpoint {
+            // RFC 8705 §5: certificate-authenticated requests go to the alias when there is one.
+            Some(alias) if inner.authentication.is_certificate() => alias,
+            _ => &resolved.token_endpoint,
+        };
         inner
             .authentication
             .fetch(resolved.auth_methods.as_deref(), |auth| {
@@ -163,6 +213,12 @@ impl fmt::Debug for ClientCredentials {
             .field("client_secret", &"[redacted]");
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.inner.authentication.private_key());
+        debug.field(
+            "client_certificate",
+            &self.inner.authentication.certificate_holder(),
+        );
+        #[cfg(feature = "dpop")]
+        debug.field("dpop", &self.inner.dpop);
         debug
             .field("scope", &self.inner.scope)
             .field("auth_method", &self.auth_method())

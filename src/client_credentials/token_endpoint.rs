@@ -33,6 +33,7 @@ impl TokenEndpoint {
         TokenEndpoint::Fixed(Arc::new(Resolved {
             token_endpoint: uri,
             auth_methods: None,
+            mtls_token_endpoint: None,
         }))
     }
 

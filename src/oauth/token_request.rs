@@ -20,6 +20,9 @@ pub(crate) enum ClientAuth<'a> {
     /// `client_secret_jwt` or `private_key_jwt`: a signed JWT client assertion (RFC 7523).
     #[cfg(feature = "jwt-client-auth")]
     Assertion(&'a crate::oauth::assertion::AssertionKey),
+    /// `tls_client_auth` or `self_signed_tls_client_auth` (RFC 8705 §2): the TLS client
+    /// certificate authenticates; the form only names the client.
+    Certificate,
 }
 
 /// Everything that goes into a token request except the endpoint's URL.
@@ -84,6 +87,11 @@ impl TokenRequest<'_> {
                 secrets.add(client_assertion.expose_secret());
                 secrets
             }
+            ClientAuth::Certificate => {
+                // RFC 8705 §2: the certificate authenticates; the form only names the client.
+                form.append_pair("client_id", self.client_id);
+                Secrets::none()
+            }
         };
         let body = SecretString::from(form.finish());
         let request = builder
@@ -144,5 +152,21 @@ mod tests {
             &body[..],
             b"grant_type=client_credentials&client_id=id&client_secret=pw"
         );
+    }
+
+    #[tokio::test]
+    async fn certificate_auth_names_the_client_and_sends_no_secret() {
+        let request = TokenRequest {
+            client_id: "id",
+            auth: ClientAuth::Certificate,
+            scope: None,
+            params: &[],
+        }
+        .build(&"https://idp.example/token".parse().unwrap())
+        .unwrap()
+        .0;
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"grant_type=client_credentials&client_id=id");
     }
 }

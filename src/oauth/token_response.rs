@@ -185,21 +185,27 @@ pub(crate) fn parse_response(
         )
         .with_status(status)
     })?;
-    match parsed.token_type.as_deref() {
+    let dpop_bound = match parsed.token_type.as_deref() {
         // Lenient: some servers omit it; RFC 6750 tokens are bearer tokens.
-        None => tracing::debug!("token response without token_type; assuming Bearer"),
-        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        None => {
+            tracing::debug!("token response without token_type; assuming Bearer");
+            false
+        }
+        Some(t) if t.eq_ignore_ascii_case("bearer") => false,
+        // RFC 9449 §5: whether a DPoP key is configured is checked by the caller.
+        Some(t) if t.eq_ignore_ascii_case("dpop") => true,
         Some(other) => {
             return Err(Error::new(
                 ErrorKind::InvalidTokenResponse,
                 format!(
-                    "the token endpoint issued a `{}` token; only Bearer tokens are supported",
+                    "the token endpoint issued a `{}` token; only Bearer and DPoP tokens are \
+                     supported",
                     clean(other, 32)
                 ),
             )
             .with_status(status));
         }
-    }
+    };
     let lifetime = match parsed.expires_in {
         Some(ExpiresIn::Lifetime(seconds)) => Some(seconds),
         Some(ExpiresIn::NotPositive) => {
@@ -227,7 +233,11 @@ pub(crate) fn parse_response(
                 .unwrap_or(Duration::ZERO),
         )
     });
-    let token = Token::bearer(parsed.access_token, lifetime)?;
+    let token = if dpop_bound {
+        Token::dpop(parsed.access_token, lifetime)?
+    } else {
+        Token::bearer(parsed.access_token, lifetime)?
+    };
     let token = match parsed.scope {
         Some(scope) => token.with_scope(scope),
         None => token,

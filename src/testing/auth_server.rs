@@ -63,12 +63,14 @@ pub(super) struct State {
     pub(super) last_request: Mutex<Option<TokenRequestSeen>>,
     /// Known once the listener is bound; the issuer URL and the tokens name it.
     addr: Mutex<Option<SocketAddr>>,
+    #[cfg(feature = "dpop")]
+    pub(super) dpop: super::dpop::AuthDpop,
 }
 
 /// The loopback authorization server. Stops when dropped.
 pub struct AuthServer {
     addr: SocketAddr,
-    state: Arc<State>,
+    pub(super) state: Arc<State>,
     task: JoinHandle<()>,
 }
 
@@ -276,6 +278,8 @@ impl AuthServerBuilder {
             issued: Mutex::new(HashMap::new()),
             last_request: Mutex::new(None),
             addr: Mutex::new(None),
+            #[cfg(feature = "dpop")]
+            dpop: Default::default(),
         });
         let (addr, task) = serve(state.clone(), |state, request| {
             Box::pin(async move { state.route(request).await })

@@ -48,11 +48,15 @@
 //! * `api_server`: [`ApiServer`];
 //! * `in_process`: [`InProcessClient`];
 //! * `listener` and `response`: the loopback accept loop both servers use, and their JSON
-//!   answers.
+//!   answers;
+//! * `dpop` (feature `dpop`): the token endpoint's binding of tokens to a proof's key, and the
+//!   API's proof checks.
 
 mod api_server;
 mod auth_server;
 mod behaviour;
+#[cfg(feature = "dpop")]
+mod dpop;
 mod in_process;
 mod listener;
 mod response;

@@ -114,6 +114,13 @@ impl State {
                 "use POST",
             ));
         }
+        #[cfg(feature = "dpop")]
+        let dpop_jkt = match self.dpop_token_request(request.headers()) {
+            Ok(jkt) => jkt,
+            Err(refused) => return Ok(*refused),
+        };
+        #[cfg(not(feature = "dpop"))]
+        let dpop_jkt: Option<String> = None;
         let request = TokenRequest::read(request).await?;
         let authentication = request.client_authentication()?;
         *lock(&self.last_request) = Some(request.seen(authentication.method));
@@ -125,7 +132,12 @@ impl State {
         request.require_client_credentials_grant()?;
         let scope = request.field("scope").unwrap_or_default();
         require_allowed_scopes(client, &scope)?;
-        Ok(self.issue_response(&authentication.client_id, &scope, behavior))
+        Ok(self.issue_response(
+            &authentication.client_id,
+            &scope,
+            behavior,
+            dpop_jkt.as_deref(),
+        ))
     }
 
     /// The registered client `authentication` names, if its credential is right and it used
@@ -190,17 +202,23 @@ impl State {
     }
 
     /// The successful answer: a new token for `client_id` and `scope`, with the `expires_in`
-    /// that `behavior` may override.
-    fn issue_response(&self, client_id: &str, scope: &str, behavior: Option<Behavior>) -> Reply {
+    /// that `behavior` may override; bound to the DPoP key `dpop_jkt` when there is one.
+    fn issue_response(
+        &self,
+        client_id: &str,
+        scope: &str,
+        behavior: Option<Behavior>,
+        dpop_jkt: Option<&str>,
+    ) -> Reply {
         let lifetime = *lock(&self.lifetime);
         let now = SystemTime::now();
-        let token = self.issue(client_id, scope, now, lifetime);
+        let token = self.issue(client_id, scope, now, lifetime, dpop_jkt);
         let expires_in = match behavior {
             Some(Behavior::ExpiresIn(value)) => value,
             _ => serde_json::json!(lifetime.as_secs()),
         };
         let mut body = serde_json::json!({
-            "token_type": "Bearer",
+            "token_type": if dpop_jkt.is_some() { "DPoP" } else { "Bearer" },
             "access_token": token,
             "scope": scope,
         });
@@ -211,16 +229,25 @@ impl State {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        #[cfg(feature = "dpop")]
+        self.add_dpop_nonce(response.headers_mut());
         response
     }
 
     /// Mints a JWT-shaped token (Okta's claims, a random signature nobody checks) and records
-    /// it as valid until `now + lifetime`.
-    fn issue(&self, client_id: &str, scope: &str, now: SystemTime, lifetime: Duration) -> String {
+    /// it as valid until `now + lifetime`; with `dpop_jkt`, bound to that key (`cnf.jkt`).
+    fn issue(
+        &self,
+        client_id: &str,
+        scope: &str,
+        now: SystemTime,
+        lifetime: Duration,
+        dpop_jkt: Option<&str>,
+    ) -> String {
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = engine.encode(r#"{"alg":"RS256","typ":"JWT","kid":"test"}"#);
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": self.issuer_url(),
             "sub": client_id,
             "cid": client_id,
@@ -229,10 +256,17 @@ impl State {
             "exp": iat + lifetime.as_secs(),
             "jti": format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
         });
+        if let Some(jkt) = dpop_jkt {
+            claims["cnf"] = serde_json::json!({ "jkt": jkt });
+        }
         let payload = engine.encode(claims.to_string());
         let signature = engine.encode((0..32).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
         let token = format!("{header}.{payload}.{signature}");
         lock(&self.issued).insert(token.clone(), now + lifetime);
+        #[cfg(feature = "dpop")]
+        if let Some(jkt) = dpop_jkt {
+            self.bind_dpop(&token, jkt.to_string());
+        }
         token
     }
 }

@@ -63,6 +63,21 @@ fn zero_or_negative_expires_in_is_unknown() {
 }
 
 #[test]
+fn dpop_token_type_gives_a_dpop_token() {
+    let token = parse_response(
+        &response(
+            200,
+            "application/json",
+            r#"{"access_token":"abc","token_type":"dpop","expires_in":60}"#,
+        ),
+        true,
+    )
+    .unwrap();
+    assert!(token.is_dpop());
+    assert_eq!(token.header(), "DPoP abc");
+}
+
+#[test]
 fn non_bearer_is_rejected() {
     let err = parse_response(
         &response(
