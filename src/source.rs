@@ -65,7 +65,7 @@ pub trait TokenSource: Send + Sync + 'static {
     /// }
     /// ```
     #[cfg(feature = "store")]
-    fn store_key(&self) -> Option<crate::store::StoreKey> {
+    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
         None
     }
 }
@@ -75,7 +75,7 @@ impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
         (**self).fetch_token()
     }
     #[cfg(feature = "store")]
-    fn store_key(&self) -> Option<crate::store::StoreKey> {
+    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
         (**self).store_key()
     }
 }
@@ -85,7 +85,7 @@ impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
         (**self).fetch_token()
     }
     #[cfg(feature = "store")]
-    fn store_key(&self) -> Option<crate::store::StoreKey> {
+    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
         (**self).store_key()
     }
 }

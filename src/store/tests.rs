@@ -3,8 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use tokio::time::Instant;
 
 use super::*;
+use crate::error::Error;
+use crate::source::TokenSource;
+use crate::token::Token;
 use crate::{ErrorKind, OAuthError, TokenCache};
 
 /// A store in memory, shared by the caches of one test as Redis is by processes.
@@ -29,7 +35,7 @@ impl Memory {
     }
 
     fn get(&self, name: &str) -> Option<Record> {
-        let entries = lock(&self.entries);
+        let entries = lock_unpoisoned(&self.entries);
         let (record, until) = entries.get(name)?;
         (Instant::now() < *until).then(|| record.clone())
     }
@@ -39,7 +45,7 @@ impl Memory {
         value: impl FnOnce() -> T + Send + 'static,
     ) -> BoxFuture<'static, Result<T, BoxError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let mode = *lock(&self.mode);
+        let mode = *lock_unpoisoned(&self.mode);
         Box::pin(async move {
             match mode {
                 Mode::Working => Ok(value()),
@@ -78,8 +84,8 @@ impl TokenStore for Arc<Memory> {
         record: Record,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        if *lock(&self.mode) == Mode::Working {
-            lock(&self.entries).insert(
+        if *lock_unpoisoned(&self.mode) == Mode::Working {
+            lock_unpoisoned(&self.entries).insert(
                 Memory::name(key, Memory::slot(slot)),
                 (record, Instant::now() + ttl),
             );
@@ -98,7 +104,7 @@ impl TokenStore for Arc<Memory> {
             .get(&name)
             .is_some_and(|r| r.fingerprint() == fingerprint);
         if matches {
-            lock(&self.entries).remove(&name);
+            lock_unpoisoned(&self.entries).remove(&name);
         }
         self.answer(move || matches)
     }
@@ -112,7 +118,7 @@ impl TokenStore for Arc<Memory> {
         let name = Memory::name(key, "lease");
         let free = self.get(&name).is_none();
         if free {
-            lock(&self.entries)
+            lock_unpoisoned(&self.entries)
                 .insert(name, (Record::new(owner, Vec::new()), Instant::now() + ttl));
         }
         self.answer(move || free)
@@ -134,7 +140,7 @@ impl TokenStore for Arc<Memory> {
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         let name = Memory::name(key, "lease");
         if self.get(&name).is_some_and(|r| r.fingerprint() == owner) {
-            lock(&self.entries).remove(&name);
+            lock_unpoisoned(&self.entries).remove(&name);
         }
         self.answer(|| ())
     }
@@ -251,7 +257,7 @@ async fn a_stored_failure_is_this_caches_error_without_a_token_request() {
 async fn a_failing_or_hanging_store_never_fails_a_request() {
     for mode in [Mode::Failing, Mode::Hanging] {
         let (source, store) = (Arc::new(Source::default()), Arc::new(Memory::default()));
-        *lock(&store.mode) = mode;
+        *lock_unpoisoned(&store.mode) = mode;
         let started = Instant::now();
         let a = cache(&source, &store);
         a.token().await.unwrap();
@@ -290,8 +296,8 @@ async fn a_failing_or_hanging_store_never_fails_a_request() {
             "paused: not asked"
         );
         // Back: after the pause, sharing resumes.
-        *lock(&store.mode) = Mode::Working;
-        *lock(&coordinator.paused_until) = None;
+        *lock_unpoisoned(&store.mode) = Mode::Working;
+        *lock_unpoisoned(&coordinator.paused_until) = None;
         let shared = coordinator
             .fetch(&source, None, |_, _| Duration::ZERO)
             .await;
@@ -299,4 +305,8 @@ async fn a_failing_or_hanging_store_never_fails_a_request() {
         assert!(coordinator.reachable());
         assert!(store.token_fingerprint(&key()).is_some());
     }
+}
+
+fn lock_unpoisoned<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
