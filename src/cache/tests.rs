@@ -399,14 +399,15 @@ fn a_waiters_time_limit_counts_from_the_start_of_the_refresh() {
         .build();
     let started = std::time::Instant::now();
     let _stalled = refresh_left_on_an_undriven_runtime(&cache);
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(1000));
     let other = multi_thread_runtime();
     let given_up = other.block_on(cache.wait_for_header()).unwrap_err();
     assert_eq!(given_up.kind(), ErrorKind::RefreshAborted);
-    // The refresh's limit (200 ms) and the grace (1 s), from the start of the refresh; not
-    // another 1.2 s from when the waiter joined at 600 ms.
+    // The refresh's limit (200 ms) and the grace (1 s), from the start of the refresh: about
+    // 1.2 s in all; not another 1.2 s from when the waiter joined at 1 s (2.2 s). The bound sits
+    // half a second from both, for a loaded machine.
     let waited = started.elapsed();
-    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    assert!(waited < Duration::from_millis(1700), "{waited:?}");
 }
 
 #[test]
