@@ -84,6 +84,13 @@ pub struct TokenStatus {
     /// When the next refresh may be attempted, while the cache backs off (zero when it is due);
     /// `None` when nothing holds it back.
     pub next_attempt_in: Option<Duration>,
+    /// With a shared store ([`TokenCacheBuilder::store`](crate::TokenCacheBuilder::store)):
+    /// whether the cached token was read from the store (fetched by another process) rather
+    /// than requested by this one. `None` without a store.
+    pub from_store: Option<bool>,
+    /// With a shared store: whether its last operation succeeded (`false` during an outage,
+    /// while the cache fetches on its own). `None` without a store.
+    pub store_reachable: Option<bool>,
 }
 
 impl TokenCache {
@@ -94,6 +101,13 @@ impl TokenCache {
     /// request. Starts nothing.
     pub fn status(&self) -> TokenStatus {
         let refresh = self.shared.lock_state().snapshot();
+        #[cfg(feature = "store")]
+        let (from_store, store_reachable) = match self.shared.store.as_deref() {
+            Some(store) => (Some(store.last_token_from_store()), Some(store.reachable())),
+            None => (None, None),
+        };
+        #[cfg(not(feature = "store"))]
+        let (from_store, store_reachable) = (None, None);
         let now = Instant::now();
         let current = self.shared.current.load();
         let token = current.as_ref();
@@ -123,6 +137,8 @@ impl TokenCache {
                 .not_before
                 .map(|at| at.saturating_duration_since(now)),
             last_error: refresh.last_error,
+            from_store,
+            store_reachable,
         }
     }
 }
@@ -157,6 +173,11 @@ impl std::fmt::Display for TokenStatus {
         }
         if let Some(next) = self.next_attempt_in {
             write!(f, "; next attempt in {} s", next.as_secs())?;
+        }
+        match (self.from_store, self.store_reachable) {
+            (_, Some(false)) => f.write_str("; shared store unreachable, fetching alone")?,
+            (Some(true), _) => f.write_str("; token from the shared store")?,
+            _ => {}
         }
         Ok(())
     }

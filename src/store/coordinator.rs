@@ -68,13 +68,11 @@ impl Coordinator {
     }
 
     /// Whether the store answered the last operation.
-    #[allow(dead_code)] // for the cache's status report (hardening issue)
     pub(crate) fn reachable(&self) -> bool {
         !self.down.load(Ordering::Relaxed)
     }
 
     /// Whether the last token came from the store rather than a token request of our own.
-    #[allow(dead_code)] // for the cache's status report (hardening issue)
     pub(crate) fn last_token_from_store(&self) -> bool {
         self.from_store.load(Ordering::Relaxed)
     }

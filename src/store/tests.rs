@@ -210,6 +210,33 @@ async fn a_second_cache_reads_the_stored_token_and_makes_no_token_request() {
 }
 
 #[tokio::test]
+async fn status_says_where_the_token_came_from_and_whether_the_store_answers() {
+    let (source, store) = (Arc::new(Source::default()), Arc::new(Memory::default()));
+    let fetching = cache(&source, &store);
+    fetching.token().await.unwrap();
+    let status = fetching.status();
+    assert_eq!(status.from_store, Some(false));
+    assert_eq!(status.store_reachable, Some(true));
+    let reading = cache(&source, &store);
+    reading.token().await.unwrap();
+    let status = reading.status();
+    assert_eq!(status.from_store, Some(true));
+    assert!(
+        status.to_string().contains("token from the shared store"),
+        "{status}"
+    );
+    *lock_unpoisoned(&store.mode) = Mode::Failing;
+    let alone = cache(&source, &store);
+    alone.token().await.unwrap();
+    let status = alone.status();
+    assert_eq!(status.store_reachable, Some(false));
+    assert!(status.to_string().contains("unreachable"), "{status}");
+    let without = TokenCache::new(source.clone());
+    assert_eq!(without.status().from_store, None);
+    assert_eq!(without.status().store_reachable, None);
+}
+
+#[tokio::test]
 async fn invalidation_removes_only_the_rejected_token_and_never_reads_it_back() {
     let (source, store) = (Arc::new(Source::default()), Arc::new(Memory::default()));
     let (a, b) = (cache(&source, &store), cache(&source, &store));
