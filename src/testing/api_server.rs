@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Request, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio::task::JoinHandle;
 
@@ -65,46 +65,147 @@ impl ApiServer {
     }
 }
 
+impl ApiServer {
+    /// Checks a request exactly as this API checks the requests it serves (token, API key and,
+    /// with the feature `dpop`, the DPoP proof: `htu` is `http://` + the request's authority +
+    /// path), and counts it in [`accepted`](Self::accepted) or [`rejected`](Self::rejected).
+    /// For a test server of another protocol that wants the same checks: a tonic server's
+    /// layer, for instance, answers a refusal with `Status::unauthenticated`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method, Uri};
+    /// use tower_client_credentials::testing::{ApiServer, AuthServer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let auth = AuthServer::start().await?;
+    /// let api = ApiServer::start(&auth, "my-api-key").await?;
+    /// let uri: Uri = format!("{}/v1/items", api.url()).parse()?;
+    /// let refusal = api.check_request(&Method::GET, &uri, &HeaderMap::new()).unwrap_err();
+    /// assert_eq!(refusal.error(), "invalid_token");
+    /// assert_eq!(api.rejected(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn check_request(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiRefusal> {
+        self.state.check(method, uri, headers)
+    }
+}
+
+/// Why an [`ApiServer`] refused a request: the error code and challenge of its `401`.
+#[derive(Debug, Clone)]
+pub struct ApiRefusal {
+    /// `Bearer` (RFC 6750) or `DPoP` (RFC 9449).
+    pub(super) scheme: &'static str,
+    pub(super) error: &'static str,
+    pub(super) description: &'static str,
+    /// The `DPoP-Nonce` the answer carries.
+    pub(super) dpop_nonce: Option<String>,
+}
+
+impl ApiRefusal {
+    /// The error code: `invalid_token`, or for DPoP also `invalid_dpop_proof` and
+    /// `use_dpop_nonce`.
+    pub fn error(&self) -> &str {
+        self.error
+    }
+
+    /// What check failed, e.g. `htu does not match the request URI`.
+    pub fn description(&self) -> &str {
+        self.description
+    }
+
+    /// The `WWW-Authenticate` challenge the API answers with.
+    pub fn www_authenticate(&self) -> String {
+        if self.scheme == "DPoP" {
+            format!(
+                r#"DPoP error="{}", algs="ES256 PS256 RS256 EdDSA""#,
+                self.error
+            )
+        } else {
+            format!(r#"{} error="{}""#, self.scheme, self.error)
+        }
+    }
+
+    /// The server nonce the answer carries (`DPoP-Nonce`), when the API requires one.
+    pub fn dpop_nonce(&self) -> Option<&str> {
+        self.dpop_nonce.as_deref()
+    }
+
+    fn into_response(self) -> Reply {
+        let body = if self.scheme == "DPoP" {
+            serde_json::json!({"error": self.error, "error_description": self.description})
+        } else {
+            serde_json::json!({"error": self.error})
+        };
+        let mut response = json(StatusCode::UNAUTHORIZED, body);
+        if let Ok(challenge) = HeaderValue::from_str(&self.www_authenticate()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(nonce) = self
+            .dpop_nonce
+            .as_deref()
+            .and_then(|n| HeaderValue::from_str(n).ok())
+        {
+            response.headers_mut().insert("dpop-nonce", nonce);
+        }
+        response
+    }
+}
+
 impl ApiState {
     fn answer(&self, request: Request<Incoming>) -> Reply {
-        let key_ok = request
-            .headers()
+        match self.check(request.method(), request.uri(), request.headers()) {
+            Ok(()) => json(
+                StatusCode::OK,
+                serde_json::json!({"ok": true, "path": request.uri().path()}),
+            ),
+            Err(refusal) => refusal.into_response(),
+        }
+    }
+
+    fn check(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiRefusal> {
+        let verdict = self.verdict(method, uri, headers);
+        let counter = if verdict.is_ok() {
+            &self.accepted
+        } else {
+            &self.rejected
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        verdict
+    }
+
+    fn verdict(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiRefusal> {
+        let key_ok = headers
             .get("x-api-key")
             .is_some_and(|k| k.as_bytes() == self.api_key.as_bytes());
         #[cfg(feature = "dpop")]
-        if let Some(response) = self.answer_dpop(
-            request.headers(),
-            request.method().as_str(),
-            request.uri(),
-            key_ok,
-        ) {
-            return response;
+        if let Some(verdict) = self.dpop_verdict(headers, method.as_str(), uri, key_ok) {
+            return verdict;
         }
-        let token = request
-            .headers()
+        #[cfg(not(feature = "dpop"))]
+        let _ = (method, uri);
+        let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match token {
-            Some(token) if key_ok && self.auth.is_valid(token) => {
-                self.accepted.fetch_add(1, Ordering::SeqCst);
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({"ok": true, "path": request.uri().path()}),
-                )
-            }
-            _ => {
-                self.rejected.fetch_add(1, Ordering::SeqCst);
-                let mut response = json(
-                    StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"error": "invalid_token"}),
-                );
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
-                );
-                response
-            }
+            Some(token) if key_ok && self.auth.is_valid(token) => Ok(()),
+            _ => Err(ApiRefusal {
+                scheme: "Bearer",
+                error: "invalid_token",
+                description: "the token or API key is not valid",
+                dpop_nonce: None,
+            }),
         }
     }
 }

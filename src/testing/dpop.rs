@@ -10,10 +10,10 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use super::api_server::{ApiServer, ApiState};
+use super::api_server::{ApiRefusal, ApiServer, ApiState};
 use super::auth_server::{AuthServer, State};
 use super::lock;
-use super::response::{json, oauth_error};
+use super::response::oauth_error;
 use crate::dpop::verify::{DpopServer, Rejection};
 
 /// The token endpoint's DPoP state.
@@ -90,22 +90,22 @@ impl State {
 }
 
 impl ApiState {
-    /// Answers a request whose `Authorization` is `DPoP <token>`, or one that presents a bound
-    /// token as a bearer token (refused: RFC 9449 §7.2). `None`: not a DPoP matter.
-    pub(super) fn answer_dpop(
+    /// The verdict on a request whose `Authorization` is `DPoP <token>`, or one that presents a
+    /// bound token as a bearer token (refused: RFC 9449 §7.2). `None`: not a DPoP matter.
+    pub(super) fn dpop_verdict(
         &self,
         headers: &HeaderMap,
         method: &str,
         uri: &http::Uri,
         key_ok: bool,
-    ) -> Option<Response<Full<Bytes>>> {
-        let path = uri.path();
+    ) -> Option<Result<(), ApiRefusal>> {
         let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = authorization.split_once(' ')?;
         let bound = self.auth.dpop_bound_to(token);
         if scheme.eq_ignore_ascii_case("bearer") {
-            return bound
-                .map(|_| self.refuse("invalid_token", "a DPoP-bound token sent as Bearer"));
+            return bound.map(|_| {
+                Err(self.refusal("invalid_token", "a DPoP-bound token sent as Bearer"))
+            });
         }
         if !scheme.eq_ignore_ascii_case("dpop") {
             return None;
@@ -117,44 +117,28 @@ impl ApiState {
             .map(|a| a.as_str())
             .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or_default();
-        let htu = format!("http://{authority}{path}");
-        let verdict = match self.dpop.check(headers, method, &htu, Some(token)) {
+        let htu = format!("http://{authority}{}", uri.path());
+        let refused = match self.dpop.check(headers, method, &htu, Some(token)) {
             Ok(Some(jkt)) if bound.as_deref() == Some(jkt.as_str()) => None,
             Ok(Some(_)) => Some(("invalid_token", "the token is not bound to the proof's key")),
             Ok(None) => Some(("invalid_dpop_proof", "no DPoP proof")),
             Err(Rejection::Nonce) => Some(("use_dpop_nonce", "a nonce is required")),
             Err(Rejection::Invalid(reason)) => Some(("invalid_dpop_proof", reason)),
         };
-        let response = match verdict {
-            None if key_ok && self.auth.is_valid(token) => {
-                self.accepted
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({"ok": true, "path": path}),
-                )
-            }
-            None => self.refuse("invalid_token", "the token or API key is not valid"),
-            Some((error, description)) => self.refuse(error, description),
-        };
-        Some(response)
+        Some(match refused {
+            None if key_ok && self.auth.is_valid(token) => Ok(()),
+            None => Err(self.refusal("invalid_token", "the token or API key is not valid")),
+            Some((error, description)) => Err(self.refusal(error, description)),
+        })
     }
 
-    fn refuse(&self, error: &str, description: &str) -> Response<Full<Bytes>> {
-        self.rejected
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut response = json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": error, "error_description": description}),
-        );
-        let challenge = format!(r#"DPoP error="{error}", algs="ES256 PS256 RS256 EdDSA""#);
-        if let Ok(value) = HeaderValue::from_str(&challenge) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
+    fn refusal(&self, error: &'static str, description: &'static str) -> ApiRefusal {
+        ApiRefusal {
+            scheme: "DPoP",
+            error,
+            description,
+            dpop_nonce: self.dpop.nonce(),
         }
-        add_nonce(&self.dpop, response.headers_mut());
-        response
     }
 }
 

@@ -62,7 +62,7 @@ mod listener;
 mod response;
 mod token_endpoint;
 
-pub use self::api_server::ApiServer;
+pub use self::api_server::{ApiRefusal, ApiServer};
 pub use self::auth_server::{AuthServer, AuthServerBuilder, MetadataLocation};
 pub use self::behaviour::Behavior;
 pub use self::in_process::InProcessClient;
