@@ -1,24 +1,41 @@
 //! DPoP (RFC 9449) against the crate's own servers on loopback, through a hyper-util client:
 //! a bound token obtained and used, server nonces at the token endpoint and at the API, and
-//! the API's refusal of a replayed proof and of a bound token sent as a bearer token.
+//! the API's refusal of a replayed proof and of a bound token sent as a bearer token; then
+//! through a tonic client (tonic-health over `BearerAuth<DpopProof<Channel>>`, the origin set
+//! with `DpopAuthLayer::origin`) against a tonic server that runs the API's checks, and through
+//! an axum handler calling the API with the layered client in its state.
 //! `tests/oidc_provider.rs` runs the same against oidc-provider.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use axum::extract::State;
+use axum::Router;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_client_credentials::dpop::{DpopAlgorithm, DpopKey};
+use tower_client_credentials::dpop::{DpopAlgorithm, DpopAuthLayer, DpopKey, DpopProof};
 use tower_client_credentials::testing::{ApiServer, AuthServer};
 use tower_client_credentials::{
-    BearerAuthLayer, BoxError, BoxFuture, ClientCredentials, Error, Token, TokenSource,
+    BearerAuth, BearerAuthLayer, BoxError, BoxFuture, ClientCredentials, Error, Token, TokenSource,
 };
 
 const API_KEY: &str = "api-key-d9f0e1";
@@ -248,4 +265,340 @@ async fn a_bearer_token_through_the_dpop_layer_gets_no_proof() {
         .body(Full::default())
         .unwrap();
     client.ready().await.unwrap().call(request).await.unwrap();
+}
+
+// ----- tonic ------------------------------------------------------------------------------------
+
+/// The gRPC health service on loopback behind a layer that checks every request with the
+/// [`ApiServer`]'s own checks (token, API key, DPoP proof with `htu` = `http://` + the
+/// `:authority` + the path, the key the token is bound to, replay, nonce). A refusal is
+/// `Status::unauthenticated` naming the failed check, with the API's `DPoP-Nonce` in its
+/// metadata (a trailers-only answer: response headers). Stops with the test's runtime.
+async fn grpc_server(api: Arc<ApiServer>) -> SocketAddr {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        Server::builder()
+            .layer(tower::layer::layer_fn(move |inner| CheckedByApi {
+                inner,
+                api: api.clone(),
+            }))
+            .add_service(health)
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+#[derive(Clone)]
+struct CheckedByApi<S> {
+    inner: S,
+    api: Arc<ApiServer>,
+}
+
+type GrpcResponse = Response<tonic::body::Body>;
+
+impl<S, B> Service<Request<B>> for CheckedByApi<S>
+where
+    S: Service<Request<B>, Response = GrpcResponse>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = GrpcResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<GrpcResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self
+            .api
+            .check_request(request.method(), request.uri(), request.headers())
+        {
+            Ok(()) => {
+                let future = self.inner.call(request);
+                Box::pin(async move { future.await.map_err(Into::into) })
+            }
+            Err(refusal) => {
+                let mut status = Status::unauthenticated(format!(
+                    "{}: {}",
+                    refusal.error(),
+                    refusal.description()
+                ));
+                if let Some(nonce) = refusal.dpop_nonce().and_then(|n| n.parse().ok()) {
+                    status.metadata_mut().insert("dpop-nonce", nonce);
+                }
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+fn health_check() -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: String::new(),
+    }
+}
+
+fn dpop_layer(auth: &AuthServer, key: &DpopKey) -> DpopAuthLayer {
+    BearerAuthLayer::new(credentials(auth, key))
+        .with_header("x-api-key", API_KEY)
+        .unwrap()
+        .dpop(key.clone())
+}
+
+#[test]
+fn the_dpop_stack_over_a_channel_is_a_tonic_transport() {
+    fn assert_tonic_transport<T>()
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<BoxError>,
+        T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+        <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+    {
+    }
+    fn assert_clone_send_sync<T: Clone + Send + Sync + 'static>() {}
+    assert_tonic_transport::<BearerAuth<DpopProof<Channel>>>();
+    assert_clone_send_sync::<HealthClient<BearerAuth<DpopProof<Channel>>>>();
+}
+
+#[tokio::test]
+async fn a_tonic_client_sends_a_valid_proof_for_the_channels_origin() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = Arc::new(ApiServer::start(&auth, API_KEY).await.unwrap());
+    let addr = grpc_server(api.clone()).await;
+    let key = DpopKey::generate().unwrap();
+    // A Channel sends only the path: `htu` needs the origin the channel connects to.
+    let layer = dpop_layer(&auth, &key)
+        .origin(format!("http://{addr}"))
+        .unwrap();
+    let client = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(channel(addr)),
+    );
+
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut client = client.clone();
+        calls.spawn(async move { client.check(health_check()).await });
+    }
+    while let Some(call) = calls.join_next().await {
+        let response = call.unwrap().unwrap();
+        assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+    }
+    // Every call passed the proof checks with a DPoP-bound token (the API refuses such a token
+    // without a valid proof of its key); one token served them all.
+    assert_eq!((api.accepted(), api.rejected()), (8, 0));
+    assert!(layer.cache().cached().unwrap().is_dpop());
+    assert_eq!(auth.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn a_tonic_call_without_a_proof_or_with_a_wrong_one_is_unauthenticated() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = Arc::new(ApiServer::start(&auth, API_KEY).await.unwrap());
+    let addr = grpc_server(api.clone()).await;
+    let key = DpopKey::generate().unwrap();
+
+    // The bearer layer alone: `Authorization: DPoP <token>` and no proof.
+    let mut no_proof = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(
+                BearerAuthLayer::new(credentials(&auth, &key))
+                    .with_header("x-api-key", API_KEY)
+                    .unwrap(),
+            )
+            .service(channel(addr)),
+    );
+    let status = no_proof.check(health_check()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "invalid_dpop_proof: no DPoP proof");
+
+    // A proof for another origin: `htu` does not match the request.
+    let mut wrong_origin = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(
+                dpop_layer(&auth, &key)
+                    .origin("http://api.example:50051")
+                    .unwrap(),
+            )
+            .service(channel(addr)),
+    );
+    let status = wrong_origin.check(health_check()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "invalid_dpop_proof: htu does not match the request URI"
+    );
+
+    // No origin at all: the request is not sent, and the error says what to set.
+    let mut no_origin = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(dpop_layer(&auth, &key))
+            .service(channel(addr)),
+    );
+    let status = no_origin.check(health_check()).await.unwrap_err();
+    assert!(
+        status.message().contains("DpopAuthLayer::origin"),
+        "{status:?}"
+    );
+    assert_eq!((api.accepted(), api.rejected()), (0, 2));
+}
+
+/// tonic bodies are not `Clone`, so a tonic client has no retry layer: a nonce challenge
+/// reaches the caller, and the nonce it carried serves the next call.
+#[tokio::test]
+async fn a_tonic_nonce_challenge_serves_the_next_call() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = Arc::new(ApiServer::start(&auth, API_KEY).await.unwrap());
+    api.require_dpop_nonce(Some("grpc-nonce-1"));
+    let addr = grpc_server(api.clone()).await;
+    let key = DpopKey::generate().unwrap();
+    let mut client = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(
+                dpop_layer(&auth, &key)
+                    .origin(format!("http://{addr}"))
+                    .unwrap(),
+            )
+            .service(channel(addr)),
+    );
+    let status = client.check(health_check()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().starts_with("use_dpop_nonce"), "{status:?}");
+    client.check(health_check()).await.unwrap();
+    assert_eq!((api.accepted(), api.rejected()), (1, 1));
+}
+
+// ----- axum -------------------------------------------------------------------------------------
+
+/// An axum app's state: one layered client, cloned per request (all clones share the token
+/// cache and the key's nonces).
+#[derive(Clone)]
+struct AppState<C> {
+    api: C,
+    api_url: Arc<str>,
+}
+
+/// Calls the protected API; its refusal is this server's 502.
+async fn downstream<C>(State(state): State<AppState<C>>) -> Result<String, StatusCode>
+where
+    C: Service<Request<Full<Bytes>>, Response = Response<Incoming>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    C::Future: Send,
+{
+    let request = Request::get(format!("{}/v1/items?page=1", state.api_url))
+        .body(Full::default())
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let response = state
+        .api
+        .oneshot(request)
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    if response.status() != StatusCode::OK {
+        return Err(StatusCode::BAD_GATEWAY);
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| StatusCode::BAD_GATEWAY)?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|_| StatusCode::BAD_GATEWAY)
+}
+
+async fn axum_server<C>(state: AppState<C>) -> SocketAddr
+where
+    C: Service<Request<Full<Bytes>>, Response = Response<Incoming>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    C::Future: Send,
+{
+    let app = Router::new()
+        .route("/downstream", axum::routing::get(downstream::<C>))
+        .with_state(state);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn call_downstream(addr: SocketAddr) -> (StatusCode, Bytes) {
+    let response = hyper_client()
+        .request(
+            Request::get(format!("http://{addr}/downstream"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_handlers_call_the_api_through_one_dpop_client_in_state() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let key = DpopKey::generate().unwrap();
+    let layer = dpop_layer(&auth, &key);
+    let addr = axum_server(AppState {
+        api: ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(hyper_client()),
+        api_url: api.url().into(),
+    })
+    .await;
+
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        calls.spawn(call_downstream(addr));
+    }
+    while let Some(call) = calls.join_next().await {
+        let (status, body) = call.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with(br#"{"ok":true"#), "{body:?}");
+    }
+    assert_eq!((api.accepted(), api.rejected()), (20, 0));
+    assert!(layer.cache().cached().unwrap().is_dpop());
+    assert_eq!(auth.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn an_axum_handler_whose_client_sends_no_proof_is_refused() {
+    // Guards the test above: the same app with the bearer layer alone gets the API's 401.
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let key = DpopKey::generate().unwrap();
+    let bearer_only = BearerAuthLayer::new(credentials(&auth, &key))
+        .with_header("x-api-key", API_KEY)
+        .unwrap();
+    let addr = axum_server(AppState {
+        api: ServiceBuilder::new()
+            .layer(bearer_only)
+            .service(hyper_client()),
+        api_url: api.url().into(),
+    })
+    .await;
+    assert_eq!(call_downstream(addr).await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!((api.accepted(), api.rejected()), (0, 1));
 }

@@ -103,9 +103,8 @@ impl ApiState {
         let (scheme, token) = authorization.split_once(' ')?;
         let bound = self.auth.dpop_bound_to(token);
         if scheme.eq_ignore_ascii_case("bearer") {
-            return bound.map(|_| {
-                Err(self.refusal("invalid_token", "a DPoP-bound token sent as Bearer"))
-            });
+            return bound
+                .map(|_| Err(self.refusal("invalid_token", "a DPoP-bound token sent as Bearer")));
         }
         if !scheme.eq_ignore_ascii_case("dpop") {
             return None;
