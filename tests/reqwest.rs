@@ -10,7 +10,7 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_client_credentials::reqwest::BearerAuthMiddleware;
 use tower_client_credentials::testing::{ApiServer, AuthServer, Behavior};
-use tower_client_credentials::{BearerAuthLayer, Error, ErrorKind};
+use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, ErrorKind, Token, TokenSource};
 
 mod common;
 use common::{default_client, hyper_client};
@@ -98,4 +98,111 @@ async fn token_failure_is_a_middleware_error_and_nothing_is_sent() {
     assert_eq!(error.oauth_error().unwrap().error, "invalid_client");
     assert!(!error.to_string().contains(AuthServer::CLIENT_SECRET));
     assert_eq!(api.accepted() + api.rejected(), 0);
+}
+
+/// A DPoP-bound token needs a proof this middleware cannot make: the request is not sent.
+#[tokio::test]
+async fn a_bearer_middleware_refuses_to_send_a_dpop_bound_token() {
+    struct Bound;
+    impl TokenSource for Bound {
+        fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+            Box::pin(async { Token::dpop("bound-t0k3n", Some(Duration::from_secs(60))) })
+        }
+    }
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let client = reqwest_client(&BearerAuthLayer::new(Bound));
+    let error = client.get(api.url()).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("expected a middleware error, got {error:?}");
+    };
+    let error = error
+        .downcast_ref::<Error>()
+        .expect("the crate's error inside");
+    assert_eq!(error.kind(), ErrorKind::Configuration);
+    assert!(
+        error.to_string().contains("BearerAuthMiddleware::dpop"),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("bound-t0k3n"));
+    assert_eq!(api.accepted() + api.rejected(), 0);
+}
+
+/// The middleware made from a `DpopAuthLayer`, against the API that verifies every proof.
+#[cfg(feature = "dpop")]
+mod dpop {
+    use super::*;
+    use tower_client_credentials::dpop::{DpopAuthLayer, DpopKey};
+
+    fn dpop_layer(auth: &AuthServer, key: &DpopKey) -> DpopAuthLayer {
+        let credentials = default_client(auth).dpop(key.clone()).build().unwrap();
+        BearerAuthLayer::new(credentials)
+            .with_header("x-api-key", API_KEY)
+            .unwrap()
+            .dpop(key.clone())
+    }
+
+    fn dpop_client(layer: &DpopAuthLayer) -> ClientWithMiddleware {
+        ClientBuilder::new(reqwest::Client::new())
+            .with(BearerAuthMiddleware::dpop(layer))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_a_valid_proof() {
+        let auth = AuthServer::start().await.unwrap();
+        let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+        let key = DpopKey::generate().unwrap();
+        let layer = dpop_layer(&auth, &key);
+        let client = dpop_client(&layer);
+        for path in ["/v1/items", "/v1/items?page=2", "/v1/items"] {
+            let response = client
+                .post(format!("{}{path}", api.url()))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+        // The API accepts a DPoP-bound token only with a fresh, valid proof of its key (a
+        // replayed `jti` or a wrong `htm`/`htu`/`ath` is refused).
+        assert_eq!((api.accepted(), api.rejected()), (3, 0));
+        assert!(layer.cache().cached().unwrap().is_dpop());
+        assert_eq!(auth.token_requests(), 1);
+
+        // Guard: the same token without the proof is refused.
+        let bare = ClientBuilder::new(reqwest::Client::new())
+            .with(BearerAuthMiddleware::new(&BearerAuthLayer::from_cache(
+                layer.cache().clone(),
+            )))
+            .build();
+        let error = bare.get(api.url()).send().await.unwrap_err();
+        assert!(error.to_string().contains("DPoP-bound"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_nonce_challenge_is_answered_by_one_more_try() {
+        let auth = AuthServer::start().await.unwrap();
+        let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+        api.require_dpop_nonce(Some("reqwest-nonce-1"));
+        let key = DpopKey::generate().unwrap();
+        let client = dpop_client(&dpop_layer(&auth, &key));
+        let response = client
+            .post(api.url())
+            .body("replayable")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!((api.accepted(), api.rejected()), (1, 1));
+        // The nonce is kept: the next request carries it at once.
+        client.get(api.url()).send().await.unwrap();
+        assert_eq!((api.accepted(), api.rejected()), (2, 1));
+        // A rotated nonce: one challenge again; the token stays.
+        api.require_dpop_nonce(Some("reqwest-nonce-2"));
+        let response = client.get(api.url()).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!((api.accepted(), api.rejected()), (3, 2));
+        assert_eq!(auth.token_requests(), 1);
+    }
 }

@@ -158,6 +158,12 @@ impl TokenCache {
         self.usable_or_refreshed().await.map(|t| (*t).clone())
     }
 
+    /// A token valid now, shared, waiting for the refresh if needed.
+    #[cfg(feature = "reqwest")]
+    pub(crate) async fn wait_for_token(&self) -> Result<Arc<Token>, Error> {
+        self.usable_or_refreshed().await
+    }
+
     /// The `Authorization` value of a token valid now, waiting for the refresh if needed.
     pub(crate) async fn wait_for_header(&self) -> Result<HeaderValue, Error> {
         self.usable_or_refreshed().await.map(|t| t.header().clone())

@@ -130,6 +130,12 @@ impl DpopAuthLayer {
     pub fn key(&self) -> &DpopKey {
         &self.proof.key
     }
+
+    /// The bearer layer underneath (token cache and extra headers).
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn bearer(&self) -> &BearerAuthLayer {
+        &self.auth
+    }
 }
 
 impl<S> Layer<S> for DpopAuthLayer {
