@@ -164,6 +164,46 @@ async fn an_api_nonce_challenge_is_retried_with_the_nonce_and_the_same_token() {
     );
 }
 
+/// A plain `DpopAuthLayer` (no retry layer: any body) hands the challenge back; the stored nonce
+/// is in the proof of the very next request, which the API accepts.
+#[tokio::test]
+async fn without_the_retry_layer_the_next_request_carries_the_stored_nonce() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    api.require_dpop_nonce(Some("api-nonce-7"));
+    let key = DpopKey::generate().unwrap();
+    let proofs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recording = {
+        let proofs = proofs.clone();
+        let http = hyper_client();
+        tower::service_fn(move |request: Request<Full<Bytes>>| {
+            let proof = request.headers()["dpop"].to_str().unwrap().to_string();
+            proofs.lock().unwrap().push(proof);
+            let http = http.clone();
+            async move { http.request(request).await }
+        })
+    };
+    let layer = BearerAuthLayer::new(credentials(&auth, &key))
+        .with_header("x-api-key", API_KEY)
+        .unwrap()
+        .dpop(key);
+    let mut client = ServiceBuilder::new().layer(layer).service(recording);
+
+    let challenge = get(&mut client, &api.url()).await.unwrap();
+    assert_eq!(challenge.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge.headers()["dpop-nonce"], "api-nonce-7");
+    let next = get(&mut client, &format!("{}/v1/items", api.url()))
+        .await
+        .unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
+
+    let proofs = proofs.lock().unwrap();
+    assert_eq!(proofs.len(), 2, "no retry without the retry layer");
+    assert_eq!(claims(&proofs[0]).get("nonce"), None);
+    assert_eq!(claims(&proofs[1])["nonce"], "api-nonce-7");
+    assert_eq!((api.accepted(), api.rejected()), (1, 1));
+}
+
 #[tokio::test]
 async fn the_api_rejects_a_replayed_proof_and_a_bound_token_sent_as_bearer() {
     let auth = AuthServer::start().await.unwrap();

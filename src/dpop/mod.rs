@@ -14,7 +14,9 @@
 //! kept per origin and put in the next proof to that origin; a token endpoint's
 //! `use_dpop_nonce` error is answered by one retry with the new nonce, and an API's
 //! `WWW-Authenticate: DPoP error="use_dpop_nonce"` by one retry through
-//! [`DpopAuthLayer::retry_on_unauthorized`].
+//! [`DpopAuthLayer::retry_on_unauthorized`] (which needs a `Clone` body). A plain
+//! [`DpopAuthLayer`] does not retry: the challenge reaches the caller and the next request to
+//! that origin carries the nonce; see [its docs](DpopAuthLayer#nonce-challenges-from-the-api).
 //!
 //! Keys, proofs and nonces never appear in errors, `Debug` or logs.
 //!

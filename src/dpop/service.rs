@@ -35,10 +35,24 @@ pub(crate) static DPOP: HeaderName = HeaderName::from_static("dpop");
 /// A proof is signed per request by design (ES256: tens of microseconds, see the crate's
 /// `dpop` bench); everything else is the bearer layer's hot path.
 ///
-/// With [`retry_on_unauthorized`](Self::retry_on_unauthorized), a request the API rejects with
-/// `WWW-Authenticate: DPoP error="use_dpop_nonce"` is sent once more with the nonce the
-/// rejection carried (and a rejected token is replaced, as for bearer tokens). Without it, the
-/// rejection goes back to the caller and the nonce is used from the next request on.
+/// # Nonce challenges from the API
+///
+/// RFC 9449 §9 has the client answer an API's nonce challenge (`401` with
+/// `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce`) by sending the request
+/// again with the nonce. That means sending the body again, which needs a `Clone` body, so it
+/// is the job of [`retry_on_unauthorized`](Self::retry_on_unauthorized): it sends the request
+/// once more with the new nonce and keeps the token (and replaces a rejected token, as for
+/// bearer tokens). **This layer alone does not retry**: it works with any body, the challenge
+/// goes back to the caller, the nonce is stored, and the next request to that origin carries
+/// it. Use `retry_on_unauthorized()` whenever the body type allows (hyper with `Full<Bytes>`,
+/// axum's outgoing clients); a tonic client, whose body is not `Clone`, sees one failed call
+/// each time the API rotates its nonce.
+///
+/// # Requests that carry only a path
+///
+/// `htu` is the request's scheme, host and path. A tonic `Channel` adds its origin after this
+/// layer: name it with [`origin`](Self::origin), or the request fails with a configuration
+/// error and is not sent.
 ///
 /// # Example
 ///
