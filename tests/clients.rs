@@ -348,6 +348,110 @@ async fn tonic_token_failure_surfaces_as_a_grpc_status() {
     assert_eq!(auth.token_requests(), 3);
 }
 
+/// RFC 8705 certificate-bound tokens through tonic: the README's one line
+/// (`ClientTlsConfig::new().identity(Identity::from_pem(cert, key))`, tonic's `tls-ring`) gives
+/// the gRPC API the certificate the token is bound to.
+#[cfg(feature = "mtls")]
+mod mtls {
+    use super::*;
+    use base64::Engine as _;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+    use tower_client_credentials::mtls::ClientIdentity;
+
+    const CA: &[u8] = include_bytes!("mtls/ca.pem");
+    const CLIENT_CERT: &[u8] = include_bytes!("mtls/client.pem");
+    const CLIENT_KEY: &[u8] = include_bytes!("mtls/client-key.pem");
+
+    /// The health service over TLS, asking for a client certificate of the test CA, behind an
+    /// interceptor that wants a valid token of `auth` presented over a connection whose client
+    /// certificate has the thumbprint `bound_to` (what a resource server compares with the
+    /// token's `cnf.x5t#S256`).
+    async fn mtls_grpc_server(auth: Arc<AuthServer>, bound_to: String) -> SocketAddr {
+        let check = move |request: tonic::Request<()>| {
+            let thumbprint = request.peer_certs().and_then(|certs| {
+                let leaf = certs.first()?;
+                let hash = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+                Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.as_ref()))
+            });
+            let token = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match (token, thumbprint) {
+                (_, None) => Err(Status::unauthenticated("no client certificate")),
+                (_, Some(seen)) if seen != bound_to => Err(Status::unauthenticated(
+                    "the client certificate is not the one the token is bound to",
+                )),
+                (Some(token), Some(_)) if auth.is_valid_token(token) => Ok(request),
+                _ => Err(Status::unauthenticated("a valid token is required")),
+            }
+        };
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                include_bytes!("mtls/server.pem"),
+                include_bytes!("mtls/server-key.pem"),
+            ))
+            .client_ca_root(Certificate::from_pem(CA))
+            // So that a client without a certificate reaches the interceptor and is told why.
+            .client_auth_optional(true);
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(tonic::service::interceptor::InterceptedService::new(
+                    health, check,
+                ))
+                .serve_with_incoming(TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+        addr
+    }
+
+    fn tls_channel(addr: SocketAddr, tls: ClientTlsConfig) -> Channel {
+        Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls.ca_certificate(Certificate::from_pem(CA)))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    #[tokio::test]
+    async fn a_tonic_channel_presents_the_certificate_the_token_is_bound_to() {
+        let auth = Arc::new(AuthServer::start().await.unwrap());
+        // The identity the token client authenticates with (`tls_client_auth`) and the token
+        // is bound to; the API checks its thumbprint.
+        let identity = ClientIdentity::from_pem(CLIENT_CERT, CLIENT_KEY).unwrap();
+        let addr = mtls_grpc_server(auth.clone(), identity.thumbprint()).await;
+        let layer = BearerAuthLayer::new(credentials(&auth));
+
+        let with_identity =
+            ClientTlsConfig::new().identity(Identity::from_pem(CLIENT_CERT, CLIENT_KEY));
+        let mut client = HealthClient::new(
+            ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(tls_channel(addr, with_identity)),
+        );
+        let response = client.check(health_check()).await.unwrap();
+        assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+
+        // Guard: the same token over TLS without the client certificate is refused.
+        let mut anonymous = HealthClient::new(
+            ServiceBuilder::new()
+                .layer(layer)
+                .service(tls_channel(addr, ClientTlsConfig::new())),
+        );
+        let status = anonymous.check(health_check()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "no client certificate");
+        assert_eq!(auth.token_requests(), 1);
+    }
+}
+
 // ----- axum -------------------------------------------------------------------------------------
 
 /// What an axum app keeps in its state: one layered client, cloned per request. All clones share
