@@ -80,7 +80,7 @@
 //!
 //! When no token can be had, the request is not sent and
 //! [`handle`](reqwest_middleware::Middleware::handle) returns
-//! [`reqwest_middleware::Error::Middleware`] wrapping the crate's [`Error`](crate::Error):
+//! [`reqwest_middleware::Error::Middleware`] wrapping the crate's [`Error`]:
 //! `error.downcast_ref::<tower_client_credentials::Error>()` on the inner `anyhow::Error` gives
 //! its [`ErrorKind`](crate::ErrorKind).
 
