@@ -66,6 +66,8 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[doc(hidden)]
+pub mod __fuzz;
 pub mod cache;
 pub mod client_credentials;
 mod error;

@@ -39,6 +39,7 @@ use tower_layer::Layer;
 
 pub use self::future::ResponseFuture;
 pub use self::service::RetryUnauthorized;
+use crate::http::challenge;
 use crate::layer::{BearerAuth, BearerAuthLayer};
 
 /// Decides whether an API response means "this token was rejected".
@@ -49,15 +50,38 @@ pub fn is_unauthorized(status: StatusCode, _headers: &HeaderMap) -> bool {
     status == StatusCode::UNAUTHORIZED
 }
 
-/// A stricter [`RejectionPredicate`]: HTTP 401 whose `WWW-Authenticate` says
-/// `error="invalid_token"` (RFC 6750 §3.1), so that a 401 for other reasons is not retried.
+/// A stricter [`RejectionPredicate`]: HTTP 401 with a `Bearer` (or `DPoP`) challenge whose
+/// `error` parameter is `invalid_token` (RFC 6750 §3.1), so that a 401 for other reasons is not
+/// retried.
+///
+/// The `WWW-Authenticate` lines are parsed as challenges (RFC 9110 §11.6.1): a challenge of
+/// another scheme, an `error="insufficient_scope"` whose description mentions `invalid_token`,
+/// or a line that does not follow the grammar does not count.
+///
+/// ```
+/// use http::{header::WWW_AUTHENTICATE, HeaderMap, StatusCode};
+/// use tower_client_credentials::retry::is_invalid_token;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(
+///     WWW_AUTHENTICATE,
+///     r#"Bearer realm="api", error="invalid_token", error_description="expired""#.parse()?,
+/// );
+/// assert!(is_invalid_token(StatusCode::UNAUTHORIZED, &headers));
+///
+/// headers.insert(
+///     WWW_AUTHENTICATE,
+///     r#"Bearer error="insufficient_scope", error_description="not an invalid_token""#.parse()?,
+/// );
+/// assert!(!is_invalid_token(StatusCode::UNAUTHORIZED, &headers));
+/// # Ok::<(), http::header::InvalidHeaderValue>(())
+/// ```
 pub fn is_invalid_token(status: StatusCode, headers: &HeaderMap) -> bool {
     status == StatusCode::UNAUTHORIZED
-        && headers
-            .get_all(http::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.contains("invalid_token"))
+        && challenge::challenges(headers).iter().any(|c| {
+            (c.is_scheme("Bearer") || c.is_scheme("DPoP"))
+                && c.param("error") == Some("invalid_token")
+        })
 }
 
 /// [`BearerAuthLayer`] that also retries a request once when the API rejects its token. See the
@@ -103,5 +127,46 @@ impl fmt::Debug for RetryUnauthorizedLayer {
         f.debug_struct("RetryUnauthorizedLayer")
             .field("auth", &self.auth)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::WWW_AUTHENTICATE;
+
+    use super::*;
+
+    fn challenged(lines: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(WWW_AUTHENTICATE, line.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn invalid_token_is_the_error_of_a_bearer_or_dpop_challenge() {
+        let rejected =
+            |lines: &[&str]| is_invalid_token(StatusCode::UNAUTHORIZED, &challenged(lines));
+        assert!(rejected(&[r#"Bearer realm="api", error="invalid_token""#]));
+        assert!(rejected(&[r#"bearer error=invalid_token"#]));
+        assert!(rejected(&[r#"DPoP algs="ES256", error="invalid_token""#]));
+        assert!(rejected(&[
+            r#"Basic realm="api""#,
+            r#"Newauth realm="x", Bearer error="invalid_token""#
+        ]));
+        // The regression: the text anywhere in the header used to count.
+        assert!(!rejected(&[
+            r#"Bearer error="insufficient_scope", error_description="not an invalid_token""#
+        ]));
+        assert!(!rejected(&[r#"Bearer realm="invalid_token""#]));
+        assert!(!rejected(&[r#"Basic realm="api", error="invalid_token""#]));
+        assert!(!rejected(&[r#"Bearer error="invalid_token_extra""#]));
+        assert!(!rejected(&[r#"Bearer error="invalid_token"#])); // unterminated: malformed
+        assert!(!rejected(&[]));
+        assert!(!is_invalid_token(
+            StatusCode::FORBIDDEN,
+            &challenged(&[r#"Bearer error="invalid_token""#])
+        ));
     }
 }
