@@ -62,7 +62,9 @@
 //! * `jwt-client-auth`: `client_secret_jwt` and `private_key_jwt` client authentication
 //!   (RFC 7523).
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
-//!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
+//!   source chain, so gRPC callers see the right code; see `Error::grpc_status`. The retry on
+//!   401 resends `tonic::body::Body` requests.
+//! * `axum`: the retry on 401 resends `axum::body::Body` requests.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 

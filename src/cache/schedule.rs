@@ -69,6 +69,9 @@ pub(super) fn backoff_delay(
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

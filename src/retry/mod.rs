@@ -8,6 +8,11 @@
 //! the cache ([`min_invalidate_interval`](crate::TokenCacheBuilder::min_invalidate_interval)):
 //! an API that rejects every token gets its 401 back rather than a flood of token requests.
 //!
+//! The request body goes again with the retry: it is recorded as the first attempt sends it,
+//! up to [`RetryUnauthorizedLayer::replay_limit`] bytes, for every [`ReplayableBody`] (tonic's
+//! and axum's with the features `tonic` and `axum`). A body larger than that, or not sent in
+//! full by the time the rejection arrives, is not resent: its rejection goes back to the caller.
+//!
 //! # Example
 //!
 //! ```
