@@ -175,12 +175,14 @@ mod tests {
 
     #[test]
     fn coarse_before_deadline_implies_precise_before_deadline() {
-        // Hammers the check around deadlines placed at random points within a few ticks, with a
-        // margin of two ticks (the production margin is a second larger): every time the coarse
-        // clock says "ahead", the precise clock must be before the deadline. One tick would not
-        // do: the coarse clock lags by up to a tick *plus* the time the kernel takes to handle
-        // the tick (tens of microseconds on the project's VM, see the next test).
-        let margin = resolution() * 2;
+        // Hammers the check around deadlines placed at random points within a few margins, with
+        // a margin of two ticks plus 20 ms (the production margin is a second): every time the
+        // coarse clock says "ahead", the precise clock must be before the deadline. One tick
+        // would not do: the coarse clock lags by up to a tick *plus* the time the kernel takes to
+        // handle it (tens of microseconds on the project's idle VM, see the next test), and on a
+        // loaded VM a virtual CPU can handle its ticks late by milliseconds: the 20 ms keep this
+        // test about the arithmetic, not about the host's load.
+        let margin = resolution() * 2 + Duration::from_millis(20);
         let mut ahead_seen = 0_u64;
         let mut deadlines = 0_u64;
         let started = std::time::Instant::now();
@@ -214,7 +216,7 @@ mod tests {
                 }
             }
         }
-        assert!(deadlines > 100, "only {deadlines} deadlines were tried");
+        assert!(deadlines > 10, "only {deadlines} deadlines were tried");
         // Not vacuous: the coarse check said "ahead" many times close to the deadlines.
         assert!(
             ahead_seen > 10 * deadlines,

@@ -71,10 +71,14 @@
 //! * `mtls`: mutual-TLS client authentication and certificate-bound tokens (RFC 8705): the
 //!   `mtls` module (`ClientIdentity`, `ClientCredentialsBuilder::tls_client_auth`).
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
-//!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
+//!   source chain, so gRPC callers see the right code; see `Error::grpc_status`. The retry on
+//!   401 resends `tonic::body::Body` requests.
+//! * `axum`: the retry on 401 resends `axum::body::Body` requests.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[doc(hidden)]
+pub mod __fuzz;
 pub mod cache;
 pub mod client_credentials;
 mod coarse_clock;

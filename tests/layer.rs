@@ -650,9 +650,11 @@ async fn with_the_real_clocks_a_token_is_never_sent_at_or_after_its_expiry() {
         .iter()
         .filter(|at| **at >= expires_at - Duration::from_secs(1))
         .count();
-    assert!(early > 1000, "only {early} requests in the first second");
+    // (Counts a loaded 2-core machine reaches in a debug build; a quiet one sends tens of
+    // thousands.)
+    assert!(early > 100, "only {early} requests in the first second");
     assert!(
-        last_second > 1000,
+        last_second > 100,
         "only {last_second} requests in the last second"
     );
     eprintln!(

@@ -28,7 +28,14 @@ fn client(layer: BearerAuthLayer) -> Layered {
         .service(hyper_client())
 }
 
-async fn post(client: &mut Layered, url: &str) -> StatusCode {
+async fn post<S>(client: &mut S, url: &str) -> StatusCode
+where
+    S: Service<
+        Request<Full<Bytes>>,
+        Response = http::Response<hyper::body::Incoming>,
+        Error = tower_client_credentials::BoxError,
+    >,
+{
     // A body, to show it is replayed.
     let request = Request::post(url)
         .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
@@ -124,5 +131,31 @@ async fn a_custom_predicate_decides_what_a_rejection_is() {
     // The API's 401 carries `WWW-Authenticate: Bearer error="invalid_token"`.
     let response = client.ready().await.unwrap().call(request()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(auth.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn a_predicate_can_capture_state() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = seen.clone();
+    let mut client =
+        ServiceBuilder::new()
+            .layer(layer(&auth, API_KEY).retry_on_unauthorized().retry_if(
+                move |status, headers| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    is_invalid_token(status, headers)
+                },
+            ))
+            .service(hyper_client());
+    assert_eq!(post(&mut client, &api.url()).await, StatusCode::OK);
+    auth.revoke_all();
+    assert_eq!(post(&mut client, &api.url()).await, StatusCode::OK);
+    // Every first attempt's response is judged; the retry's goes back as it is.
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
     assert_eq!(auth.token_requests(), 2);
 }

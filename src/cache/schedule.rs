@@ -105,6 +105,9 @@ fn with_floor(config: &Config, delay: Duration, server_wait: Option<Duration>) -
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -53,7 +53,6 @@ mod service;
 pub(crate) mod verify;
 
 use bytes::Bytes;
-use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
@@ -66,15 +65,7 @@ use crate::error::Error;
 /// `WWW-Authenticate: DPoP ... error="use_dpop_nonce"`. The retry layer sends such a request once
 /// more, with the nonce the response carried, and leaves the token alone.
 pub fn is_nonce_challenge(status: StatusCode, headers: &HeaderMap) -> bool {
-    status == StatusCode::UNAUTHORIZED
-        && headers
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("dpop "))
-                    && v.contains("use_dpop_nonce")
-            })
+    crate::http::challenge::is_dpop_nonce_challenge(status, headers)
 }
 
 /// Adds a proof (no `ath`) to a token request.
@@ -113,6 +104,7 @@ pub(crate) fn is_token_nonce_challenge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::WWW_AUTHENTICATE;
 
     #[test]
     fn nonce_challenges_are_recognised() {

@@ -87,7 +87,7 @@ impl Secrets {
 
     /// Server text made safe to keep: every form of every secret replaced by `[redacted]`,
     /// control and bidirectional-formatting characters escaped (`\n`, `\u{1b}`), at most `max`
-    /// characters (then `…`).
+    /// characters of the text kept (then `…`; an escaped character is written as up to ten).
     pub(crate) fn clean(&self, text: &str, max: usize) -> String {
         // Redact first, on the text as sent: escaping could otherwise split a secret that holds
         // a character it escapes. Escaping only inserts, so it cannot join a secret back.

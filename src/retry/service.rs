@@ -1,24 +1,45 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response, StatusCode};
 use tower_service::Service;
 
-use super::{RejectionPredicate, ResponseFuture};
+use super::body::DEFAULT_REPLAY_LIMIT;
+use super::{ReplayableBody, ResponseFuture, SharedPredicate};
 use crate::error::BoxError;
+use crate::http::challenge::is_dpop_nonce_challenge;
 use crate::layer::BearerAuth;
 
 /// Service of [`RetryUnauthorizedLayer`](super::RetryUnauthorizedLayer): a [`BearerAuth`] that
 /// retries once with a fresh token when the API rejects the one sent.
 pub struct RetryUnauthorized<S> {
-    auth: BearerAuth<S>,
-    rejected: RejectionPredicate,
+    pub(super) auth: BearerAuth<S>,
+    pub(super) rejected: SharedPredicate,
+    pub(super) replay_limit: usize,
 }
 
 impl<S> RetryUnauthorized<S> {
-    /// Retries requests through `auth` once when `rejected` says the token was rejected.
-    pub fn new(auth: BearerAuth<S>, rejected: RejectionPredicate) -> Self {
-        RetryUnauthorized { auth, rejected }
+    /// Retries requests through `auth` once when `rejected` says the token was rejected
+    /// ([`is_unauthorized`](super::is_unauthorized), [`is_invalid_token`](super::is_invalid_token)
+    /// or any `Fn(StatusCode, &HeaderMap) -> bool`), resending bodies of at most
+    /// [`DEFAULT_REPLAY_LIMIT`] bytes.
+    pub fn new<P>(auth: BearerAuth<S>, rejected: P) -> Self
+    where
+        P: Fn(StatusCode, &HeaderMap) -> bool + Send + Sync + 'static,
+    {
+        RetryUnauthorized {
+            auth,
+            rejected: Arc::new(rejected),
+            replay_limit: DEFAULT_REPLAY_LIMIT,
+        }
+    }
+
+    /// The most bytes of a request body kept to send it again; see
+    /// [`RetryUnauthorizedLayer::replay_limit`](super::RetryUnauthorizedLayer::replay_limit).
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
     }
 
     /// The bearer-auth service inside.
@@ -42,7 +63,7 @@ where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: Clone + Send + 'static,
+    B: ReplayableBody + Send + 'static,
     RB: Send + 'static,
 {
     type Response = Response<RB>;
@@ -54,57 +75,71 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let replay = clone_request(&request);
-        let (first, sent) = self.auth.call_reporting(request);
+        let head = copy_head(&request);
+        let (parts, body) = request.into_parts();
+        let (body, replay) = body.prepare_replay(self.replay_limit);
+        let (first, sent) = self.auth.call_reporting(Request::from_parts(parts, body));
         let mut again = self.auth.clone();
-        let rejected = self.rejected;
+        let rejected = self.rejected.clone();
         ResponseFuture::new(async move {
             let response = first.await?;
             let Some(sent) = sent else {
                 return Ok(response);
             };
-            #[cfg(feature = "dpop")]
-            if crate::dpop::is_nonce_challenge(response.status(), response.headers()) {
-                // RFC 9449 §9: the token is fine; the proof lacked the nonce the response
-                // carried, which the DPoP service has stored. Send once more, token kept.
-                tracing::debug!("API asked for a DPoP nonce; retrying once with it");
-                drop(response);
-                std::future::poll_fn(|cx| again.poll_ready(cx)).await?;
-                return again.call(replay).await;
+            // RFC 9449 §9: a DPoP nonce challenge. The token is fine; the proof lacked the nonce
+            // the response carried, which the DPoP service has stored: send once more, token kept.
+            let nonce_challenge = cfg!(feature = "dpop")
+                && is_dpop_nonce_challenge(response.status(), response.headers());
+            if !nonce_challenge {
+                if !rejected(response.status(), response.headers()) {
+                    return Ok(response);
+                }
+                let cache = again.cache().clone();
+                let invalidated = cache.invalidate_header(&sent);
+                let newer = cache.cached_header().as_ref() != Some(&sent);
+                if !(invalidated || newer) {
+                    // Rate-limited and no newer token: the rejection goes back to the caller.
+                    return Ok(response);
+                }
             }
-            if !rejected(response.status(), response.headers()) {
+            // Only now: a recording is complete once the first attempt has sent its body.
+            let Some(body) = replay.into_body() else {
+                tracing::debug!(
+                    "API rejected the access token; the request body cannot be sent again \
+                     (larger than the replay limit, failed, or not sent in full), so the \
+                     rejection goes back to the caller"
+                );
                 return Ok(response);
-            }
-            let cache = again.cache().clone();
-            let invalidated = cache.invalidate_header(&sent);
-            let newer = cache.cached_header().as_ref() != Some(&sent);
-            if !(invalidated || newer) {
-                // Rate-limited and no newer token: the rejection goes back to the caller.
-                return Ok(response);
-            }
-            tracing::debug!("API rejected the access token; retrying once with a fresh one");
+            };
+            tracing::debug!(
+                nonce_challenge,
+                "API rejected the request's token or DPoP proof; retrying once"
+            );
             drop(response);
             std::future::poll_fn(|cx| again.poll_ready(cx)).await?;
-            again.call(replay).await
+            let (parts, ()) = head.into_parts();
+            again.call(Request::from_parts(parts, body)).await
         })
     }
 }
 
-fn clone_request<B: Clone>(request: &Request<B>) -> Request<B> {
-    let mut clone = Request::new(request.body().clone());
-    *clone.method_mut() = request.method().clone();
-    *clone.uri_mut() = request.uri().clone();
-    *clone.version_mut() = request.version();
-    *clone.headers_mut() = request.headers().clone();
-    *clone.extensions_mut() = request.extensions().clone();
-    clone
+/// The request's head, for the second attempt: taken before the first one adds its token.
+fn copy_head<B>(request: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    *head.extensions_mut() = request.extensions().clone();
+    head
 }
 
 impl<S: Clone> Clone for RetryUnauthorized<S> {
     fn clone(&self) -> Self {
         RetryUnauthorized {
             auth: self.auth.clone(),
-            rejected: self.rejected,
+            rejected: self.rejected.clone(),
+            replay_limit: self.replay_limit,
         }
     }
 }
@@ -113,6 +148,7 @@ impl<S: fmt::Debug> fmt::Debug for RetryUnauthorized<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryUnauthorized")
             .field("auth", &self.auth)
+            .field("replay_limit", &self.replay_limit)
             .finish_non_exhaustive()
     }
 }
