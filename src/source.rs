@@ -41,16 +41,33 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait TokenSource: Send + Sync + 'static {
     /// Gets a new token. Errors must not contain secrets.
     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>>;
+
+    /// Whether the credentials behind this source changed since the last `fetch_token` (a
+    /// rotated client secret): asked only while the cache backs off after a failure and a
+    /// request finds no valid token; `true` ends the backoff, so the new credentials are tried
+    /// at once and a failure with them starts a clean backoff. Must be cheap and must not
+    /// block for long: it runs under the cache's lock. Default `false`.
+    fn credentials_changed(&self) -> bool {
+        false
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
         (**self).fetch_token()
     }
+
+    fn credentials_changed(&self) -> bool {
+        (**self).credentials_changed()
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
         (**self).fetch_token()
+    }
+
+    fn credentials_changed(&self) -> bool {
+        (**self).credentials_changed()
     }
 }

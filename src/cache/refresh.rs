@@ -178,6 +178,13 @@ impl Shared {
             return Ok(receiver.clone());
         }
         let now = Instant::now();
+        if state.not_before.is_some_and(|t| t > now) && self.source.credentials_changed() {
+            // The failures were the old credentials' (a rotated secret): the new ones get a
+            // clean backoff, starting with this attempt.
+            tracing::info!("the credentials changed; ending the backoff and trying them");
+            state.failures = 0;
+            state.not_before = None;
+        }
         if let Some(not_before) = state.not_before.filter(|t| *t > now) {
             let remaining = not_before - now;
             if remaining <= self.config.max_backoff_wait {

@@ -3,9 +3,11 @@
 //! first token request and the one that works is remembered.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use secrecy::SecretString;
+
+use super::secret::SecretSource;
 
 use crate::error::{Error, ErrorKind};
 use crate::oauth::client_auth::ClientAuthMethod;
@@ -14,12 +16,17 @@ use crate::token::Token;
 
 /// What the client authenticates with, and how.
 pub(super) enum Authentication {
-    /// The client secret, sent in a Basic header or in the form.
+    /// The client secret (read from its source at every token request), sent in a Basic
+    /// header or in the form.
     Secret {
-        secret: SecretString,
+        secret: Arc<dyn SecretSource>,
         method: SecretMethod,
     },
-    /// A JWT client assertion (RFC 7523), signed with the secret or a private key.
+    /// `client_secret_jwt`: a JWT client assertion (RFC 7523) signed with the client secret,
+    /// read from its source at every token request.
+    #[cfg(feature = "jwt-client-auth")]
+    SecretJwt(Arc<dyn SecretSource>),
+    /// `private_key_jwt`: a JWT client assertion (RFC 7523) signed with a private key.
     #[cfg(feature = "jwt-client-auth")]
     Assertion(crate::oauth::assertion::AssertionKey),
 }
@@ -84,6 +91,8 @@ impl Authentication {
                 ..
             } => learned.get().map(|encoding| encoding.method()),
             #[cfg(feature = "jwt-client-auth")]
+            Authentication::SecretJwt(_) => Some(ClientAuthMethod::ClientSecretJwt),
+            #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => Some(match key {
                 crate::oauth::assertion::AssertionKey::ClientSecret(_) => {
                     ClientAuthMethod::ClientSecretJwt
@@ -96,28 +105,37 @@ impl Authentication {
     }
 
     /// Gets a token through `request`, which sends one token request with the client
-    /// authentication it is given. `supported` is the server metadata's
+    /// authentication it is given, using `secret` (read from the source by the caller; `None`
+    /// for `private_key_jwt`). `supported` is the server metadata's
     /// `token_endpoint_auth_methods_supported`, when known.
-    pub(super) async fn fetch<'a, F, Fut>(
-        &'a self,
+    pub(super) async fn fetch_with<F, Fut>(
+        &self,
+        secret: Option<&SecretString>,
         supported: Option<&[String]>,
-        mut request: F,
+        request: &mut F,
     ) -> Result<Token, Error>
     where
-        F: FnMut(ClientAuth<'a>) -> Fut,
+        F: FnMut(ClientAuth<'_>) -> Fut,
         Fut: Future<Output = Result<Token, Error>>,
     {
+        // Every method but `private_key_jwt` needs the secret the caller read.
+        let secret = || secret.ok_or_else(|| Error::config("no client secret was read"));
         let (secret, learned) = match self {
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => return request(ClientAuth::Assertion(key)).await,
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::SecretJwt(_) => {
+                let key = crate::oauth::assertion::AssertionKey::ClientSecret(secret()?.clone());
+                return request(ClientAuth::Assertion(&key)).await;
+            }
             Authentication::Secret {
-                secret,
                 method: SecretMethod::Configured(encoding),
-            } => return request(encoding.with(secret)).await,
+                ..
+            } => return request(encoding.with(secret()?)).await,
             Authentication::Secret {
-                secret,
                 method: SecretMethod::Negotiated(learned),
-            } => (secret, learned),
+                ..
+            } => (secret()?, learned),
         };
         if let Some(encoding) = learned.get() {
             return request(encoding.with(secret)).await;
@@ -153,7 +171,7 @@ impl Authentication {
 /// Whether the server rejected the client authentication itself (RFC 6749 §5.2
 /// `invalid_client`, or a bare 401): only then is the other method worth a try. Other 400s
 /// (`invalid_scope`, `invalid_request`) would fail the same way with either method.
-fn rejected_client_auth(error: &Error) -> bool {
+pub(super) fn rejected_client_auth(error: &Error) -> bool {
     error.kind() == ErrorKind::TokenEndpoint
         && match error.oauth_error() {
             Some(oauth) => oauth.error == "invalid_client",

@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tower_service::Service;
 
 use super::auth_method::{Authentication, SecretEncoding, SecretMethod};
+use super::secret::{FixedSecret, SecretSource};
 use super::token_endpoint::TokenEndpoint;
 use super::{ClientCredentials, Inner};
 use crate::error::{BoxError, Error};
@@ -26,6 +27,7 @@ pub struct ClientCredentialsBuilder {
     endpoint: Option<EndpointConfig>,
     client_id: Option<String>,
     client_secret: Option<SecretString>,
+    client_secret_source: Option<Arc<dyn SecretSource>>,
     #[cfg(feature = "jwt-client-auth")]
     private_key: Option<crate::oauth::assertion::PrivateKey>,
     scopes: Vec<String>,
@@ -51,6 +53,7 @@ impl ClientCredentialsBuilder {
             endpoint: None,
             client_id: None,
             client_secret: None,
+            client_secret_source: None,
             #[cfg(feature = "jwt-client-auth")]
             private_key: None,
             scopes: Vec::new(),
@@ -99,8 +102,41 @@ impl ClientCredentialsBuilder {
     }
 
     /// The client secret. Required. Kept as a [`SecretString`]: zeroized on drop, never shown.
+    ///
+    /// A fixed secret: to pick up a rotated secret without a restart, use
+    /// [`client_secret_source`](Self::client_secret_source). The later of the two calls wins.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.client_secret = Some(SecretString::from(client_secret.into()));
+        self.client_secret_source = None;
+        self
+    }
+
+    /// Where to read the client secret, at every token request: a
+    /// [`FileSecret`](super::FileSecret) (a Kubernetes secret volume), an
+    /// [`EnvSecret`](super::EnvSecret), or your own [`SecretSource`] (a secret manager). A
+    /// replaced secret is used from the next token request on; when the server refuses the
+    /// secret (`invalid_client`) it is read once more and, if it changed, tried at once.
+    ///
+    /// Replaces a secret given with [`client_secret`](Self::client_secret). The source is first
+    /// read at the first token request, so a missing file is reported then, as a configuration
+    /// error naming the path.
+    ///
+    /// ```
+    /// use tower_client_credentials::client_credentials::EnvSecret;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/default/v1/token")?
+    ///     .client_id("my-client")
+    ///     .client_secret_source(EnvSecret::new("IDP_CLIENT_SECRET"))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_secret_source(mut self, source: impl SecretSource) -> Self {
+        self.client_secret_source = Some(Arc::new(source));
+        self.client_secret = None;
         self
     }
 
@@ -298,9 +334,9 @@ impl ClientCredentialsBuilder {
         let scope = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
         Ok(ClientCredentials {
             inner: Arc::new(Inner {
-                endpoint,
+                endpoint: Arc::new(endpoint),
                 client_id,
-                authentication,
+                authentication: Arc::new(authentication),
                 scope,
                 params: self.params,
                 http,
@@ -333,8 +369,17 @@ impl ClientCredentialsBuilder {
             Some(encoding) => SecretMethod::Configured(encoding),
             None => SecretMethod::Negotiated(OnceLock::new()),
         };
-        let secret = checked_secret(self.client_secret.take())?.ok_or_else(no_secret)?;
+        let secret = self.secret_source()?.ok_or_else(no_secret)?;
         Ok(Authentication::Secret { secret, method })
+    }
+
+    /// The secret's source: the one given, or the fixed secret (checked now).
+    fn secret_source(&mut self) -> Result<Option<Arc<dyn SecretSource>>, Error> {
+        if let Some(source) = self.client_secret_source.take() {
+            return Ok(Some(source));
+        }
+        Ok(checked_secret(self.client_secret.take())?
+            .map(|secret| Arc::new(FixedSecret(secret)) as Arc<dyn SecretSource>))
     }
 
     /// `client_secret_jwt` needs the secret; `private_key_jwt` signs with the key alone (a
@@ -342,20 +387,19 @@ impl ClientCredentialsBuilder {
     #[cfg(feature = "jwt-client-auth")]
     fn assertion(&mut self, method: ClientAuthMethod) -> Result<Authentication, Error> {
         use crate::oauth::assertion::AssertionKey;
-        let key = if method == ClientAuthMethod::PrivateKeyJwt {
+        if method == ClientAuthMethod::PrivateKeyJwt {
             let key = self.private_key.take().ok_or_else(|| {
                 Error::config(
                     "private_key_jwt needs a private key; set it with `.private_key_jwt(..)`",
                 )
             })?;
-            checked_secret(self.client_secret.take())?;
-            AssertionKey::PrivateKey(key)
+            self.secret_source()?;
+            Ok(Authentication::Assertion(AssertionKey::PrivateKey(key)))
         } else {
-            AssertionKey::ClientSecret(
-                checked_secret(self.client_secret.take())?.ok_or_else(no_secret)?,
-            )
-        };
-        Ok(Authentication::Assertion(key))
+            Ok(Authentication::SecretJwt(
+                self.secret_source()?.ok_or_else(no_secret)?,
+            ))
+        }
     }
 }
 
@@ -399,7 +443,8 @@ impl fmt::Debug for ClientCredentialsBuilder {
         let mut debug = f.debug_struct("ClientCredentialsBuilder");
         debug
             .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]");
+            .field("client_secret", &"[redacted]")
+            .field("client_secret_source", &self.client_secret_source);
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.private_key);
         debug.field("scopes", &self.scopes).finish_non_exhaustive()

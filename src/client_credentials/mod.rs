@@ -18,6 +18,9 @@
 
 mod auth_method;
 mod builder;
+mod credential_set;
+mod rotation;
+mod secret;
 pub(crate) mod token_endpoint;
 
 use std::fmt;
@@ -32,6 +35,8 @@ use crate::token::Token;
 
 use self::auth_method::Authentication;
 pub use self::builder::ClientCredentialsBuilder;
+pub use self::credential_set::CredentialSet;
+pub use self::secret::{EnvSecret, FileSecret, SecretSource, SecretSourceError};
 use self::token_endpoint::TokenEndpoint;
 use crate::oauth::client_auth::ClientAuthMethod;
 
@@ -45,9 +50,11 @@ pub struct ClientCredentials {
 }
 
 struct Inner {
-    endpoint: TokenEndpoint,
+    // Shared by the credentials of every credential set made from these (see `for_set`):
+    // one discovery, one negotiated method, one secret source.
+    endpoint: Arc<TokenEndpoint>,
     client_id: String,
-    authentication: Authentication,
+    authentication: Arc<Authentication>,
     scope: Option<String>,
     params: Vec<(String, String)>,
     http: HttpClient,
@@ -87,8 +94,14 @@ impl ClientCredentials {
             .map(drop)
     }
 
-    /// One token request to `endpoint`, authenticated with `auth`.
-    async fn request(&self, endpoint: &http::Uri, auth: ClientAuth<'_>) -> Result<Token, Error> {
+    /// One token request to `endpoint`, authenticated with `auth`. The request is built before
+    /// the future is made, so that the future borrows neither `auth` nor the secret in it (the
+    /// secret is read per token request and lives no longer than its attempt).
+    fn request(
+        &self,
+        endpoint: &http::Uri,
+        auth: ClientAuth<'_>,
+    ) -> impl std::future::Future<Output = Result<Token, Error>> + Send + '_ {
         let inner = &self.inner;
         let request = TokenRequest {
             client_id: &inner.client_id,
@@ -96,11 +109,14 @@ impl ClientCredentials {
             scope: inner.scope.as_deref(),
             params: &inner.params,
         }
-        .build(endpoint)?;
-        let sent_at = tokio::time::Instant::now();
-        let response = inner.http.send(request).await?;
-        parse_response(&response, inner.expiry_from_jwt)
-            .map(|token| token.with_received_at(sent_at))
+        .build(endpoint);
+        async move {
+            let request = request?;
+            let sent_at = tokio::time::Instant::now();
+            let response = inner.http.send(request).await?;
+            parse_response(&response, inner.expiry_from_jwt)
+                .map(|token| token.with_received_at(sent_at))
+        }
     }
 
     async fn fetch(&self) -> Result<Token, Error> {
@@ -120,6 +136,14 @@ impl TokenSource for ClientCredentials {
     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
         Box::pin(self.fetch())
     }
+
+    /// Whether the client secret's source reports a new secret since it was last read.
+    fn credentials_changed(&self) -> bool {
+        self.inner
+            .authentication
+            .secret_source()
+            .is_some_and(|source| source.changed())
+    }
 }
 
 impl fmt::Debug for ClientCredentials {
@@ -128,7 +152,7 @@ impl fmt::Debug for ClientCredentials {
         debug
             .field("endpoint", &self.inner.endpoint)
             .field("client_id", &self.inner.client_id)
-            .field("client_secret", &"[redacted]");
+            .field("client_secret", &self.inner.authentication.secret_source());
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.inner.authentication.private_key());
         debug

@@ -1,0 +1,66 @@
+//! A rotated secret without a restart: the secret is read from its [`SecretSource`] for every
+//! token request, and when the server answers `invalid_client` it is read once more; a changed
+//! value is tried at once, before the failure counts (the cache never sees it).
+//!
+//! This is what makes a rotation with overlapping secrets (Okta, Entra keep two active) cost no
+//! failed request: the first token request after the file is replaced already sends the new
+//! secret, and a source that caches is asked again (`reload`) when the old one is refused.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+
+use super::auth_method::{rejected_client_auth, Authentication};
+use super::secret::SecretSource;
+use crate::error::Error;
+use crate::oauth::token_request::ClientAuth;
+use crate::token::Token;
+
+impl Authentication {
+    /// Where the secret comes from; `None` for `private_key_jwt`.
+    pub(super) fn secret_source(&self) -> Option<&Arc<dyn SecretSource>> {
+        match self {
+            Authentication::Secret { secret, .. } => Some(secret),
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::SecretJwt(secret) => Some(secret),
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Assertion(_) => None,
+        }
+    }
+
+    /// Gets a token through `request` (one token request with the client authentication it is
+    /// given) with the current secret; after `invalid_client`, once more with a re-read secret
+    /// if it changed. `supported`: the server metadata's `token_endpoint_auth_methods_supported`.
+    pub(super) async fn fetch<F, Fut>(
+        &self,
+        supported: Option<&[String]>,
+        mut request: F,
+    ) -> Result<Token, Error>
+    where
+        F: FnMut(ClientAuth<'_>) -> Fut,
+        Fut: Future<Output = Result<Token, Error>>,
+    {
+        let Some(source) = self.secret_source() else {
+            return self.fetch_with(None, supported, &mut request).await;
+        };
+        let secret = source.secret().await?;
+        let error = match self
+            .fetch_with(Some(&secret), supported, &mut request)
+            .await
+        {
+            Err(error) if rejected_client_auth(&error) => error,
+            done => return done,
+        };
+        let reloaded = source.reload().await?;
+        if reloaded.expose_secret() == secret.expose_secret() {
+            return Err(error);
+        }
+        tracing::info!(
+            source = ?source,
+            "the client secret was refused and has changed since it was read; trying the new one"
+        );
+        self.fetch_with(Some(&reloaded), supported, &mut request)
+            .await
+    }
+}
