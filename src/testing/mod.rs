@@ -47,6 +47,7 @@
 //! * `behaviour`: [`Behavior`], the scripted answers;
 //! * `api_server`: [`ApiServer`];
 //! * `in_process`: [`InProcessClient`];
+//! * `rotation`: more than one secret per client, revocation, and per-secret counts;
 //! * `listener` and `response`: the loopback accept loop both servers use, and their JSON
 //!   answers.
 
@@ -56,6 +57,7 @@ mod behaviour;
 mod in_process;
 mod listener;
 mod response;
+mod rotation;
 mod token_endpoint;
 
 pub use self::api_server::ApiServer;

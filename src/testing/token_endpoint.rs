@@ -125,7 +125,15 @@ impl State {
         request.require_client_credentials_grant()?;
         let scope = request.field("scope").unwrap_or_default();
         require_allowed_scopes(client, &scope)?;
-        Ok(self.issue_response(&authentication.client_id, &scope, behavior))
+        // The audience (`audience`, RFC 8707 `resource`) the client asked for goes into the
+        // token's `aud`, so that a test can tell which credential set a token belongs to.
+        let audiences: Vec<String> = request
+            .form
+            .iter()
+            .filter(|(name, _)| name == "audience" || name == "resource")
+            .map(|(_, value)| value.clone())
+            .collect();
+        Ok(self.issue_response(&authentication.client_id, &scope, &audiences, behavior))
     }
 
     /// The registered client `authentication` names, if its credential is right and it used
@@ -145,7 +153,7 @@ impl State {
         } = authentication;
         let client = self.clients.get(client_id).ok_or_else(failed)?;
         let authenticated = match credential {
-            Credential::Secret(secret) => client.secret == *secret,
+            Credential::Secret(secret) => self.secret_accepted(client_id, client, secret),
             Credential::Assertion(jwt) => {
                 self.verify_assertion(jwt, client_id, &client.secret, *method)
             }
@@ -191,10 +199,16 @@ impl State {
 
     /// The successful answer: a new token for `client_id` and `scope`, with the `expires_in`
     /// that `behavior` may override.
-    fn issue_response(&self, client_id: &str, scope: &str, behavior: Option<Behavior>) -> Reply {
+    fn issue_response(
+        &self,
+        client_id: &str,
+        scope: &str,
+        audiences: &[String],
+        behavior: Option<Behavior>,
+    ) -> Reply {
         let lifetime = *lock(&self.lifetime);
         let now = SystemTime::now();
-        let token = self.issue(client_id, scope, now, lifetime);
+        let token = self.issue(client_id, scope, audiences, now, lifetime);
         let expires_in = match behavior {
             Some(Behavior::ExpiresIn(value)) => value,
             _ => serde_json::json!(lifetime.as_secs()),
@@ -214,13 +228,20 @@ impl State {
         response
     }
 
-    /// Mints a JWT-shaped token (Okta's claims, a random signature nobody checks) and records
-    /// it as valid until `now + lifetime`.
-    fn issue(&self, client_id: &str, scope: &str, now: SystemTime, lifetime: Duration) -> String {
+    /// Mints a JWT-shaped token (Okta's claims, `aud` the audiences and resources asked for, a
+    /// random signature nobody checks) and records it as valid until `now + lifetime`.
+    fn issue(
+        &self,
+        client_id: &str,
+        scope: &str,
+        audiences: &[String],
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> String {
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = engine.encode(r#"{"alg":"RS256","typ":"JWT","kid":"test"}"#);
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": self.issuer_url(),
             "sub": client_id,
             "cid": client_id,
@@ -229,6 +250,11 @@ impl State {
             "exp": iat + lifetime.as_secs(),
             "jti": format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
         });
+        match audiences {
+            [] => {}
+            [one] => claims["aud"] = serde_json::json!(one),
+            several => claims["aud"] = serde_json::json!(several),
+        }
         let payload = engine.encode(claims.to_string());
         let signature = engine.encode((0..32).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
         let token = format!("{header}.{payload}.{signature}");
