@@ -86,8 +86,8 @@ pub mod reqwest;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use crate::cache::{TokenCache, TokenCacheBuilder};
 pub use crate::audience::MultiAudienceLayer;
+pub use crate::cache::{TokenCache, TokenCacheBuilder};
 pub use crate::client_credentials::{
     ClientCredentials, ClientCredentialsBuilder, CredentialSet, SecretSource,
 };

@@ -62,14 +62,14 @@ where
         match self.project().kind.project() {
             KindProj::Inner { future } => future.poll(cx).map_err(Into::into),
             KindProj::Waiting { future } => future.as_mut().poll(cx),
-            KindProj::Failed { error } => Poll::Ready(Err(Box::new(error.take().unwrap_or_else(
-                || {
+            KindProj::Failed { error } => {
+                Poll::Ready(Err(Box::new(error.take().unwrap_or_else(|| {
                     Error::new(
                         ErrorKind::Configuration,
                         "the response future was polled after it completed",
                     )
-                },
-            )))),
+                }))))
+            }
         }
     }
 }

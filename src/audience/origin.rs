@@ -112,10 +112,7 @@ mod tests {
     fn normal_uris_need_no_allocation_and_others_are_normalised() {
         assert_eq!(
             origin("https://api-a.example/v1/x?y"),
-            (
-                Some("api-a.example".into()),
-                "https://api-a.example".into()
-            )
+            (Some("api-a.example".into()), "https://api-a.example".into())
         );
         assert_eq!(
             origin("https://API-A.example:443/"),

@@ -268,11 +268,7 @@ impl Registry {
             }
         }
         let mut next = (*current).clone();
-        let entry = match next
-            .by_set
-            .get(&set)
-            .or_else(|| self.configured.get(&set))
-        {
+        let entry = match next.by_set.get(&set).or_else(|| self.configured.get(&set)) {
             Some(existing) => existing.clone(),
             None => {
                 if next.by_set.len() >= self.max_sets {
@@ -298,7 +294,8 @@ impl Registry {
         let before = on_demand.by_set.len();
         on_demand.by_set.retain(|_, entry| !entry.is_idle());
         let kept = &on_demand.by_set;
-        let live = |entry: &Arc<SetCache>| kept.get(&entry.set).is_some_and(|k| Arc::ptr_eq(k, entry));
+        let live =
+            |entry: &Arc<SetCache>| kept.get(&entry.set).is_some_and(|k| Arc::ptr_eq(k, entry));
         on_demand.by_origin.http.retain(|_, entry| live(entry));
         on_demand.by_origin.https.retain(|_, entry| live(entry));
         tracing::debug!(

@@ -122,9 +122,9 @@ where
                 ResponseFuture::new(self.inner.call(request))
             }
             Ok((None, Some(entry))) => self.call_after_token(entry, request),
-            Ok((None, None)) => ResponseFuture::failed(Error::config(
-                "no credential set was found for the request",
-            )),
+            Ok((None, None)) => {
+                ResponseFuture::failed(Error::config("no credential set was found for the request"))
+            }
             Err(error) => ResponseFuture::failed(error),
         }
     }
