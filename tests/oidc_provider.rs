@@ -729,3 +729,74 @@ mod jwt_client_auth {
         }
     }
 }
+
+/// The multi-audience layer against oidc-provider's resource indicators (RFC 8707): each
+/// origin's requests carry a JWT whose `aud` is that origin's resource, one token request per
+/// resource.
+#[tokio::test]
+async fn multi_audience_layer_gets_a_token_per_resource() {
+    use tower::Layer as _;
+    use tower_client_credentials::audience::MultiAudienceLayer;
+    use tower_client_credentials::client_credentials::CredentialSet;
+
+    const SECOND_RESOURCE: &str = "https://api-b.example.test";
+    let provider = provider_or_skip!("multi_audience_layer_gets_a_token_per_resource");
+    let credentials = ClientCredentials::builder()
+        .issuer(&provider.issuer)
+        .unwrap()
+        .client_id(BASIC_CLIENT)
+        .client_secret(BASIC_SECRET)
+        .build()
+        .unwrap();
+    let set = |resource: &str| {
+        CredentialSet::new()
+            .resource(resource)
+            .scopes(["api:read", "api:write"])
+    };
+    let layer = MultiAudienceLayer::builder(credentials)
+        .origin(RESOURCE, set(RESOURCE))
+        .origin(SECOND_RESOURCE, set(SECOND_RESOURCE))
+        .refuse_unknown_origins()
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut client = layer.layer(service_fn({
+        let seen = seen.clone();
+        move |request: Request<Full<Bytes>>| {
+            let token = request.headers()[AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let aud = jwt_part(token.strip_prefix("Bearer ").unwrap(), 1)["aud"].clone();
+            seen.lock().unwrap().push((request.uri().to_string(), aud));
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
+        }
+    }));
+    for _ in 0..2 {
+        for origin in [RESOURCE, SECOND_RESOURCE] {
+            let request = Request::get(format!("{origin}/items"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client.ready().await.unwrap().call(request).await.unwrap();
+        }
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 4);
+    for (uri, aud) in seen.iter() {
+        assert!(
+            uri.starts_with(aud.as_str().unwrap()),
+            "{uri} got aud {aud}"
+        );
+    }
+    assert_eq!(layer.sets_in_use(), 2);
+    let first = layer.cache(&set(RESOURCE)).unwrap().cached().unwrap();
+    let second = layer
+        .cache(&set(SECOND_RESOURCE))
+        .unwrap()
+        .cached()
+        .unwrap();
+    assert_ne!(
+        first.secret().expose_secret(),
+        second.secret().expose_secret()
+    );
+}
