@@ -686,6 +686,77 @@ mod jwt_client_auth {
         }
     }
 
+    /// The signing hook: the key stays with the signer (as in a KMS), which is asked once per
+    /// token request, asynchronously.
+    #[tokio::test]
+    async fn private_key_jwt_with_an_async_signer() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower_client_credentials::client_credentials::{JwtSigner, PemSigner};
+        use tower_client_credentials::{BoxFuture, Error};
+
+        #[derive(Debug)]
+        struct RemoteSigner {
+            key: PemSigner,
+            calls: AtomicUsize,
+        }
+
+        impl JwtSigner for RemoteSigner {
+            fn algorithm(&self) -> JwtSigningAlgorithm {
+                self.key.algorithm()
+            }
+            fn key_id(&self) -> Option<&str> {
+                self.key.key_id()
+            }
+            fn sign<'a>(&'a self, input: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
+                Box::pin(async move {
+                    self.calls.fetch_add(1, Ordering::SeqCst);
+                    // A round trip to the KMS.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    self.key.sign(input).await
+                })
+            }
+        }
+
+        let provider = provider_or_skip!("private_key_jwt_with_an_async_signer");
+        for (id, algorithm, pem, kid) in [
+            (
+                KEY_JWT_CLIENT,
+                JwtSigningAlgorithm::RS256,
+                RS256_KEY,
+                Some("test-client-rs256"),
+            ),
+            (
+                KEY_JWT_ES256_CLIENT,
+                JwtSigningAlgorithm::ES256,
+                ES256_KEY,
+                None,
+            ),
+        ] {
+            let signer = Arc::new(RemoteSigner {
+                key: PemSigner::from_pem(algorithm, pem, kid).unwrap(),
+                calls: AtomicUsize::new(0),
+            });
+            let credentials = ClientCredentials::builder()
+                .token_endpoint(provider.token_endpoint())
+                .unwrap()
+                .client_id(id)
+                .private_key_jwt_signer(signer.clone())
+                .scopes(["api:read"])
+                .build()
+                .unwrap();
+            assert_eq!(
+                credentials.auth_method(),
+                Some(ClientAuthMethod::PrivateKeyJwt)
+            );
+            let token = credentials.fetch_token().await.unwrap();
+            let introspection = provider.introspect(token.secret().expose_secret()).await;
+            assert_eq!(introspection["active"], true, "{introspection}");
+            assert_eq!(introspection["client_id"], id);
+            credentials.fetch_token().await.unwrap();
+            assert_eq!(signer.calls.load(Ordering::SeqCst), 2, "{id}");
+        }
+    }
+
     #[tokio::test]
     async fn wrong_secret_or_key_is_invalid_client() {
         let provider = provider_or_skip!("wrong_secret_or_key_is_invalid_client");

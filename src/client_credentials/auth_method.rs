@@ -29,6 +29,9 @@ pub(super) enum Authentication {
     /// `private_key_jwt`: a JWT client assertion (RFC 7523) signed with a private key.
     #[cfg(feature = "jwt-client-auth")]
     Assertion(crate::oauth::assertion::AssertionKey),
+    /// `private_key_jwt`: a JWT client assertion signed by the user's signer (a KMS, an HSM).
+    #[cfg(feature = "jwt-client-auth")]
+    Signer(std::sync::Arc<dyn super::signer::JwtSigner>),
 }
 
 /// How the secret is sent: as configured, or as negotiated.
@@ -93,6 +96,8 @@ impl Authentication {
             #[cfg(feature = "jwt-client-auth")]
             Authentication::SecretJwt(_) => Some(ClientAuthMethod::ClientSecretJwt),
             #[cfg(feature = "jwt-client-auth")]
+            Authentication::Signer(_) => Some(ClientAuthMethod::PrivateKeyJwt),
+            #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => Some(match key {
                 crate::oauth::assertion::AssertionKey::ClientSecret(_) => {
                     ClientAuthMethod::ClientSecretJwt
@@ -123,6 +128,13 @@ impl Authentication {
         let (secret, learned) = match self {
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => return request(ClientAuth::Assertion(key)).await,
+            // The assertion is signed asynchronously, before the request: see `rotation.rs`.
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Signer(_) => {
+                return Err(Error::config(
+                    "a signer's assertion must be made beforehand",
+                ))
+            }
             #[cfg(feature = "jwt-client-auth")]
             Authentication::SecretJwt(_) => {
                 let key = crate::oauth::assertion::AssertionKey::ClientSecret(secret()?.clone());

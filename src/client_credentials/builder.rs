@@ -30,6 +30,8 @@ pub struct ClientCredentialsBuilder {
     client_secret_source: Option<Arc<dyn SecretSource>>,
     #[cfg(feature = "jwt-client-auth")]
     private_key: Option<crate::oauth::assertion::PrivateKey>,
+    #[cfg(feature = "jwt-client-auth")]
+    signer: Option<Arc<dyn super::signer::JwtSigner>>,
     scopes: Vec<String>,
     params: Vec<(String, String)>,
     method: Option<ClientAuthMethod>,
@@ -56,6 +58,8 @@ impl ClientCredentialsBuilder {
             client_secret_source: None,
             #[cfg(feature = "jwt-client-auth")]
             private_key: None,
+            #[cfg(feature = "jwt-client-auth")]
+            signer: None,
             scopes: Vec::new(),
             params: Vec::new(),
             method: None,
@@ -228,8 +232,38 @@ impl ClientCredentialsBuilder {
         self.private_key = Some(crate::oauth::assertion::PrivateKey::from_pem(
             algorithm, pem, kid,
         )?);
+        self.signer = None;
         self.method = Some(ClientAuthMethod::PrivateKeyJwt);
         Ok(self)
+    }
+
+    /// Authenticates with `private_key_jwt` (RFC 7523 §2.2), the assertion signed by `signer`
+    /// at every token request: a key kept in a KMS or an HSM, never copied into the process
+    /// (claims as for [`private_key_jwt`](Self::private_key_jwt)). Selects
+    /// [`ClientAuthMethod::PrivateKeyJwt`] and replaces a key given there.
+    ///
+    /// ```
+    /// use tower_client_credentials::client_credentials::PemSigner;
+    /// use tower_client_credentials::{ClientCredentials, JwtSigningAlgorithm};
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// # let pem = include_bytes!("../../tests/oidc-provider/test-client-key.pem");
+    /// // Any `JwtSigner` works; `PemSigner` is the one for a key in memory.
+    /// let signer = PemSigner::from_pem(JwtSigningAlgorithm::RS256, pem, Some("key-1"))?;
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/default/v1/token")?
+    ///     .client_id("my-client")
+    ///     .private_key_jwt_signer(signer)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "jwt-client-auth")]
+    pub fn private_key_jwt_signer(mut self, signer: impl super::signer::JwtSigner) -> Self {
+        self.signer = Some(Arc::new(signer));
+        self.private_key = None;
+        self.method = Some(ClientAuthMethod::PrivateKeyJwt);
+        self
     }
 
     /// Uses `client` for token and discovery requests instead of the built-in hyper-util/rustls
@@ -388,6 +422,10 @@ impl ClientCredentialsBuilder {
     fn assertion(&mut self, method: ClientAuthMethod) -> Result<Authentication, Error> {
         use crate::oauth::assertion::AssertionKey;
         if method == ClientAuthMethod::PrivateKeyJwt {
+            if let Some(signer) = self.signer.take() {
+                self.secret_source()?;
+                return Ok(Authentication::Signer(signer));
+            }
             let key = self.private_key.take().ok_or_else(|| {
                 Error::config(
                     "private_key_jwt needs a private key; set it with `.private_key_jwt(..)`",

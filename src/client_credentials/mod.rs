@@ -21,6 +21,8 @@ mod builder;
 mod credential_set;
 mod rotation;
 mod secret;
+#[cfg(feature = "jwt-client-auth")]
+mod signer;
 pub(crate) mod token_endpoint;
 
 use std::fmt;
@@ -37,6 +39,8 @@ use self::auth_method::Authentication;
 pub use self::builder::ClientCredentialsBuilder;
 pub use self::credential_set::CredentialSet;
 pub use self::secret::{EnvSecret, FileSecret, SecretSource, SecretSourceError};
+#[cfg(feature = "jwt-client-auth")]
+pub use self::signer::{JwtSigner, PemSigner};
 use self::token_endpoint::TokenEndpoint;
 use crate::oauth::client_auth::ClientAuthMethod;
 
@@ -125,9 +129,11 @@ impl ClientCredentials {
         let endpoint = &resolved.token_endpoint;
         inner
             .authentication
-            .fetch(resolved.auth_methods.as_deref(), |auth| {
-                self.request(endpoint, auth)
-            })
+            .fetch(
+                resolved.auth_methods.as_deref(),
+                (&inner.client_id, endpoint),
+                |auth| self.request(endpoint, auth),
+            )
             .await
     }
 }

@@ -25,22 +25,34 @@ impl Authentication {
             #[cfg(feature = "jwt-client-auth")]
             Authentication::SecretJwt(secret) => Some(secret),
             #[cfg(feature = "jwt-client-auth")]
-            Authentication::Assertion(_) => None,
+            Authentication::Assertion(_) | Authentication::Signer(_) => None,
         }
     }
 
     /// Gets a token through `request` (one token request with the client authentication it is
     /// given) with the current secret; after `invalid_client`, once more with a re-read secret
-    /// if it changed. `supported`: the server metadata's `token_endpoint_auth_methods_supported`.
+    /// if it changed. `supported`: the server metadata's `token_endpoint_auth_methods_supported`;
+    /// `client_id` and `token_endpoint`: the claims of an assertion a `JwtSigner` signs.
     pub(super) async fn fetch<F, Fut>(
         &self,
         supported: Option<&[String]>,
+        (client_id, token_endpoint): (&str, &http::Uri),
         mut request: F,
     ) -> Result<Token, Error>
     where
         F: FnMut(ClientAuth<'_>) -> Fut,
         Fut: Future<Output = Result<Token, Error>>,
     {
+        #[cfg(feature = "jwt-client-auth")]
+        if let Authentication::Signer(signer) = self {
+            // RFC 7523 §3: `aud` is the token endpoint, exactly the URL the request goes to.
+            let assertion =
+                super::signer::client_assertion(&**signer, client_id, &token_endpoint.to_string())
+                    .await?;
+            return request(ClientAuth::SignedAssertion(&assertion)).await;
+        }
+        #[cfg(not(feature = "jwt-client-auth"))]
+        let _ = (client_id, token_endpoint);
         let Some(source) = self.secret_source() else {
             return self.fetch_with(None, supported, &mut request).await;
         };

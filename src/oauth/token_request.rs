@@ -19,6 +19,9 @@ pub(crate) enum ClientAuth<'a> {
     /// `client_secret_jwt` or `private_key_jwt`: a signed JWT client assertion (RFC 7523).
     #[cfg(feature = "jwt-client-auth")]
     Assertion(&'a crate::oauth::assertion::AssertionKey),
+    /// `private_key_jwt` with a client assertion already signed (by a `JwtSigner`).
+    #[cfg(feature = "jwt-client-auth")]
+    SignedAssertion(&'a SecretString),
 }
 
 /// Everything that goes into a token request except the endpoint's URL.
@@ -65,6 +68,12 @@ impl TokenRequest<'_> {
                     &endpoint.to_string(),
                     std::time::SystemTime::now(),
                 )?;
+                form.append_pair("client_assertion_type", client_auth::JWT_BEARER);
+                form.append_pair("client_assertion", client_assertion.expose_secret());
+                form.append_pair("client_id", self.client_id);
+            }
+            #[cfg(feature = "jwt-client-auth")]
+            ClientAuth::SignedAssertion(client_assertion) => {
                 form.append_pair("client_assertion_type", client_auth::JWT_BEARER);
                 form.append_pair("client_assertion", client_assertion.expose_secret());
                 form.append_pair("client_id", self.client_id);
