@@ -14,7 +14,8 @@ use crate::client_credentials::{ClientCredentials, CredentialSet};
 use crate::error::Error;
 use crate::layer::ExtraHeaders;
 
-/// The default bound on credential sets made on demand.
+/// The default bound on credential sets made on demand; see
+/// [`MultiAudienceLayerBuilder::max_sets`].
 pub const DEFAULT_MAX_SETS: usize = 256;
 
 /// Layer that authenticates each request with a token of the credential set (audience,
@@ -45,6 +46,32 @@ impl MultiAudienceLayer {
     }
 
     /// How many credential sets have a token cache now (made on first use).
+    ///
+    /// ```
+    /// use tower::{Layer, Service, ServiceExt};
+    /// use tower_client_credentials::audience::MultiAudienceLayer;
+    /// use tower_client_credentials::testing::AuthServer;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # let server = AuthServer::start().await?;
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint(server.token_endpoint())?
+    ///     .client_id(AuthServer::CLIENT_ID)
+    ///     .client_secret(AuthServer::CLIENT_SECRET)
+    ///     .build()?;
+    /// let default_set = credentials.credential_set();
+    /// let layer = MultiAudienceLayer::builder(credentials).build()?;
+    /// let mut client = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    /// }));
+    /// client.ready().await?.call(http::Request::get("https://api.example/").body(())?).await?;
+    /// assert_eq!(layer.sets_in_use(), 1);
+    /// assert!(layer.cache(&default_set).unwrap().cached().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn sets_in_use(&self) -> usize {
         self.registry.sets_in_use()
     }
@@ -52,6 +79,7 @@ impl MultiAudienceLayer {
     /// The token cache of `set`, once a request has used it: to
     /// [`invalidate`](TokenCache::invalidate) a token the API rejected, or to read its
     /// [`cached`](TokenCache::cached) token.
+    /// See [`sets_in_use`](Self::sets_in_use) for an example.
     pub fn cache(&self, set: &CredentialSet) -> Option<TokenCache> {
         self.registry.cache_of(set)
     }
@@ -80,6 +108,35 @@ impl fmt::Debug for MultiAudienceLayer {
 /// origin in the table ([`origin`](Self::origin)); the set the per-origin rule
 /// ([`per_origin`](Self::per_origin)) derives; the default set (unless
 /// [`refuse_unknown_origins`](Self::refuse_unknown_origins)).
+///
+/// # Example
+///
+/// An RFC 8707 resource per API, derived from the origin, at most 100 of them, every cache
+/// backing off for at most 10 s:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_client_credentials::audience::MultiAudienceLayer;
+/// use tower_client_credentials::client_credentials::CredentialSet;
+/// use tower_client_credentials::ClientCredentials;
+///
+/// # fn main() -> Result<(), tower_client_credentials::Error> {
+/// let credentials = ClientCredentials::builder()
+///     .token_endpoint("https://idp.example/oauth2/default/v1/token")?
+///     .client_id("my-client")
+///     .client_secret("my-secret")
+///     .build()?;
+/// let layer = MultiAudienceLayer::builder(credentials)
+///     // A table entry wins over the rule.
+///     .origin("https://legacy.example", CredentialSet::new().audience("legacy-api"))
+///     .per_origin(|origin| CredentialSet::new().resource(origin).scope("api.read"))
+///     .max_sets(100)
+///     .cache_settings(|cache| cache.max_backoff(Duration::from_secs(10)))
+///     .build()?;
+/// assert_eq!(layer.sets_in_use(), 0, "caches are made on first use");
+/// # Ok(())
+/// # }
+/// ```
 pub struct MultiAudienceLayerBuilder {
     credentials: ClientCredentials,
     table: Vec<(NormalOrigin, CredentialSet)>,

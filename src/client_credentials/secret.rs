@@ -332,6 +332,13 @@ impl FileSecret {
     }
 
     /// The path read.
+    ///
+    /// ```
+    /// use tower_client_credentials::client_credentials::FileSecret;
+    ///
+    /// let source = FileSecret::new("/var/run/secrets/idp/client-secret");
+    /// assert_eq!(source.path().file_name().unwrap(), "client-secret");
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
