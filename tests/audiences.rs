@@ -20,7 +20,6 @@ use tower_client_credentials::testing::AuthServer;
 use tower_client_credentials::{BoxError, ErrorKind};
 
 #[path = "../benches/common/mod.rs"]
-#[allow(dead_code)]
 mod bench_common;
 mod common;
 use common::{crate_error, default_client, jwt_part};
