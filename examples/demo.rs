@@ -95,6 +95,8 @@ async fn main() -> Result<(), BoxError> {
         "token remaining lifetime: {} s",
         token.remaining_lifetime().unwrap_or_default().as_secs()
     );
+    // What a health or readiness check would report: state, expiry, scopes; never the token.
+    println!("token status: {}", layer.cache().status());
     if auth.token_requests() != 1 || ok != REQUESTS {
         return Err("the demo did not go as expected".into());
     }

@@ -209,6 +209,9 @@ async fn check(config: &Config) -> Result<bool, BoxError> {
         None => println!("token lifetime:   unknown (no expires_in, not a JWT)"),
     }
 
+    // The health-check view of the same cache: state, expiry as wall-clock time, scopes.
+    println!("token status:     {}", layer.cache().status());
+
     let mut client = ServiceBuilder::new().layer(layer).service(api_client()?);
     let request = Request::get(config.api_url.as_str())
         .header(ACCEPT, "application/json")

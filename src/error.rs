@@ -38,7 +38,9 @@ pub enum ErrorKind {
     /// timeout, a redirect that was not followed, or a body over the size limit.
     Transport,
     /// The token endpoint answered with an OAuth2 error (RFC 6749 §5.2); see
-    /// [`Error::oauth_error`].
+    /// [`Error::oauth_error`]. A bare HTTP 401 (a body that is not a §5.2 error) is one too,
+    /// with [`Error::status`] 401 and no `oauth_error`: the server refused the client
+    /// authentication without naming an error code.
     TokenEndpoint,
     /// The token endpoint answered, but not with a usable token response: not JSON, a missing
     /// `access_token`, a token type other than `Bearer`, ...
@@ -46,10 +48,18 @@ pub enum ErrorKind {
     /// No valid token is available because the last refresh failed and the next attempt is not
     /// due yet (see [`Error::retry_after`]); the cache is backing off to protect the endpoint.
     BackingOff,
-    /// The background refresh task stopped without a result (its runtime was shut down).
+    /// The refresh this request waited for stalled past its time limit (its runtime is no
+    /// longer driven), or kept being stopped (its runtime shut down). A refresh stopped by its
+    /// runtime shutting down is not counted as a failure of the token endpoint: no backoff, and
+    /// a waiter on another runtime starts it again there.
     RefreshAborted,
     /// A custom [`TokenSource`](crate::TokenSource) failed.
     Source,
+    /// The service was made ready with a valid token, but by the time `call` came that token had
+    /// expired or been invalidated, and no newer valid token was cached: the request was not
+    /// sent (a token is never sent at or after its expiry). Transient: make the service ready
+    /// again, which waits for the refresh.
+    NoValidTokenAtCall,
 }
 
 impl ErrorKind {
@@ -63,6 +73,7 @@ impl ErrorKind {
             ErrorKind::BackingOff => "no valid access token (backing off after a failed refresh)",
             ErrorKind::RefreshAborted => "token refresh aborted",
             ErrorKind::Source => "token source failed",
+            ErrorKind::NoValidTokenAtCall => "no valid access token when the request was called",
         }
     }
 }
@@ -207,16 +218,28 @@ impl Error {
     /// How long to wait before the next attempt is worth making: the server's `Retry-After` (or
     /// Okta's `X-Rate-Limit-Reset`) on a token endpoint error, or the remaining backoff for
     /// [`ErrorKind::BackingOff`].
+    ///
+    /// A server's wait is capped at 5 minutes, the default of
+    /// [`TokenCacheBuilder::max_retry_after`](crate::TokenCacheBuilder::max_retry_after), in
+    /// every form (seconds, HTTP date, `X-Rate-Limit-Reset`): a broken or hostile server cannot
+    /// make a caller who honours it wait longer (a `max_retry_after` above 5 minutes therefore
+    /// changes nothing).
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
     }
 
     /// Whether a later attempt with the same configuration may succeed. Configuration errors and
     /// permanent OAuth2 errors (`invalid_client`, `invalid_scope`, ...) and 400/401 answers are
-    /// not; transport failures, 5xx, 429 and garbage answers are.
+    /// not; transport failures, 5xx, 429 and garbage answers are. [`ErrorKind::BackingOff`] is
+    /// as transient as the failure it carries: waiting out the backoff does not fix
+    /// `invalid_client`.
     pub fn is_transient(&self) -> bool {
         match self.inner.kind {
             ErrorKind::Configuration => false,
+            ErrorKind::BackingOff => self
+                .cause()
+                .and_then(|cause| cause.downcast_ref::<Error>())
+                .is_none_or(Error::is_transient),
             ErrorKind::TokenEndpoint => {
                 let permanent_code = self.inner.oauth.as_ref().is_some_and(|e| e.is_permanent());
                 let permanent_status =
@@ -334,6 +357,31 @@ mod tests {
         let err = Error::new(ErrorKind::TokenEndpoint, "x")
             .with_status(http::StatusCode::TOO_MANY_REQUESTS);
         assert!(err.is_transient());
+    }
+
+    #[test]
+    fn backing_off_reports_the_transience_of_its_cause() {
+        let invalid_client = Error::new(ErrorKind::TokenEndpoint, "x").with_oauth(OAuthError {
+            status: http::StatusCode::UNAUTHORIZED,
+            error: "invalid_client".into(),
+            error_description: None,
+            error_uri: None,
+        });
+        let backing_off = Error::new(ErrorKind::BackingOff, "y").with_source(invalid_client);
+        assert!(!backing_off.is_transient());
+        #[cfg(feature = "tonic")]
+        assert_eq!(
+            backing_off.grpc_status().code(),
+            tonic::Code::Unauthenticated
+        );
+
+        let outage = Error::new(ErrorKind::Transport, "down");
+        let backing_off = Error::new(ErrorKind::BackingOff, "y").with_source(outage);
+        assert!(backing_off.is_transient());
+        #[cfg(feature = "tonic")]
+        assert_eq!(backing_off.grpc_status().code(), tonic::Code::Unavailable);
+        // Backing off after an invalidation, with no failed attempt: waiting helps.
+        assert!(Error::new(ErrorKind::BackingOff, "y").is_transient());
     }
 
     #[test]

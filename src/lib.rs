@@ -36,8 +36,9 @@
 //!   the layer and its services shares one [`TokenCache`].
 //! * **No needless waiting**: a token is refreshed ahead of expiry while the old one keeps
 //!   serving; only a request that finds no valid token waits.
-//! * **A cheap hot path**: with a valid token, a request costs a lock-free load, a clock read
-//!   and the header inserts: no allocation, lock or await.
+//! * **A cheap hot path**: with a valid token, a request costs a lock-free load, a coarse clock
+//!   read and the header inserts: no allocation, lock, await, or write to memory shared with
+//!   other services.
 //! * **Bounded failure**: a failing token endpoint gets one attempt per backoff step, honouring
 //!   `Retry-After`; errors are typed ([`ErrorKind`]) and never contain a secret, token or key.
 //!
@@ -54,6 +55,7 @@
 //! * [`source`]: the [`TokenSource`] trait for tokens from elsewhere.
 //! * `testing` (feature `test-util`): a real authorization server on loopback.
 //! * `reqwest` (feature `reqwest`): the middleware for reqwest.
+//! * `store` (feature `store`, `redis`): a token store shared by the replicas of a service.
 //!
 //! # Cargo features
 //!
@@ -64,6 +66,13 @@
 //!   `reqwest-middleware` client.
 //! * `jwt-client-auth`: `client_secret_jwt` and `private_key_jwt` client authentication
 //!   (RFC 7523).
+//! * `store`: [`store::TokenStore`], a second cache level shared by processes (one token
+//!   request per expiry for a whole fleet).
+//! * `redis`: `store::RedisStore`, that store on Redis or a Redis Cluster.
+//! * `dpop`: DPoP (RFC 9449) sender-constrained tokens: the `dpop` module (`DpopKey`,
+//!   `ClientCredentialsBuilder::dpop`, `BearerAuthLayer::dpop`).
+//! * `mtls`: mutual-TLS client authentication and certificate-bound tokens (RFC 8705): the
+//!   `mtls` module (`ClientIdentity`, `ClientCredentialsBuilder::tls_client_auth`).
 //! * `tonic`: token errors carry a `tonic::Status` (`Unauthenticated` or `Unavailable`) in their
 //!   source chain, so gRPC callers see the right code; see `Error::grpc_status`.
 
@@ -72,12 +81,20 @@
 pub mod audience;
 pub mod cache;
 pub mod client_credentials;
+mod coarse_clock;
+#[cfg(feature = "dpop")]
+pub mod dpop;
 mod error;
 mod http;
 pub mod layer;
+#[cfg(feature = "mtls")]
+pub mod mtls;
 mod oauth;
 pub mod retry;
+mod secret_header;
 pub mod source;
+#[cfg(feature = "store")]
+pub mod store;
 mod time;
 mod token;
 
@@ -87,7 +104,7 @@ pub mod reqwest;
 pub mod testing;
 
 pub use crate::audience::MultiAudienceLayer;
-pub use crate::cache::{TokenCache, TokenCacheBuilder};
+pub use crate::cache::{TokenCache, TokenCacheBuilder, TokenState, TokenStatus};
 pub use crate::client_credentials::{
     ClientCredentials, ClientCredentialsBuilder, CredentialSet, SecretSource,
 };

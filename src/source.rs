@@ -50,6 +50,33 @@ pub trait TokenSource: Send + Sync + 'static {
     fn credentials_changed(&self) -> bool {
         false
     }
+
+    /// The name of this source's credential set in a shared token store
+    /// ([`TokenCacheBuilder::store`](crate::TokenCacheBuilder::store)); `None` (the default):
+    /// the source cannot say which tokens are interchangeable with its own, and a cache over it
+    /// does not use a store. [`ClientCredentials`](crate::ClientCredentials) derives it from its
+    /// configuration; derive one with [`StoreKey::builder`](crate::store::StoreKey::builder).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_client_credentials::store::StoreKey;
+    /// use tower_client_credentials::{BoxFuture, Error, Token, TokenSource};
+    ///
+    /// struct Sidecar;
+    ///
+    /// impl TokenSource for Sidecar {
+    ///     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+    ///         Box::pin(async { Token::bearer("from-the-sidecar", Some(Duration::from_secs(60))) })
+    ///     }
+    ///     fn store_key(&self) -> Option<StoreKey> {
+    ///         Some(StoreKey::builder("http://127.0.0.1:9000/token", "orders-service").build())
+    ///     }
+    /// }
+    /// ```
+    #[cfg(feature = "store")]
+    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
+        None
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
@@ -60,6 +87,11 @@ impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
     fn credentials_changed(&self) -> bool {
         (**self).credentials_changed()
     }
+
+    #[cfg(feature = "store")]
+    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
+        (**self).store_key()
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
@@ -69,5 +101,10 @@ impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
 
     fn credentials_changed(&self) -> bool {
         (**self).credentials_changed()
+    }
+
+    #[cfg(feature = "store")]
+    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
+        (**self).store_key()
     }
 }

@@ -5,14 +5,18 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use http::HeaderValue;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::secret_header::SecretHeaderValue;
 
 /// An access token with its lifetime.
 ///
 /// The token text is kept as a [`SecretString`] (zeroized on drop) and `Debug` never prints it.
+/// The prebuilt `Authorization` value is zeroized too, when the last copy of it (in a request
+/// handed to the inner service, say) is dropped; copies the HTTP client makes while sending
+/// (its write buffer) are beyond the crate's reach.
 /// Expiry is monotonic ([`tokio::time::Instant`]), computed when the token was received.
 ///
 /// # Example
@@ -29,7 +33,8 @@ use crate::error::Error;
 #[derive(Clone)]
 pub struct Token {
     access_token: SecretString,
-    header: HeaderValue,
+    header: SecretHeaderValue,
+    dpop_bound: bool,
     received_at: Instant,
     lifetime: Option<Duration>,
     scope: Option<String>,
@@ -39,18 +44,40 @@ pub struct Token {
 impl Token {
     /// A bearer token that expires `lifetime` from now (`None`: no known expiry).
     ///
-    /// Fails if the token is empty or holds characters not allowed in an HTTP header (RFC 6750
-    /// `b64token`s are always allowed).
+    /// Fails unless the token is an RFC 6750 §2.1 `b64token` (letters, digits, `-._~+/`, then
+    /// any `=` padding): anything else (a space, a comma, a non-ASCII letter) would change what
+    /// the `Authorization` header says. The error never quotes the token.
     pub fn bearer(
         access_token: impl Into<String>,
         lifetime: Option<Duration>,
     ) -> Result<Self, Error> {
-        let access_token: String = access_token.into();
-        let header = bearer_header(&access_token)?;
+        Self::with_scheme(access_token.into(), lifetime, false)
+    }
+
+    /// A DPoP-bound token (RFC 9449, `token_type` `DPoP`) that expires `lifetime` from now: sent
+    /// as `Authorization: DPoP <token>`, with a proof from the key it is bound to (feature
+    /// `dpop`, `BearerAuthLayer::dpop`).
+    pub fn dpop(
+        access_token: impl Into<String>,
+        lifetime: Option<Duration>,
+    ) -> Result<Self, Error> {
+        Self::with_scheme(access_token.into(), lifetime, true)
+    }
+
+    fn with_scheme(
+        access_token: String,
+        lifetime: Option<Duration>,
+        dpop_bound: bool,
+    ) -> Result<Self, Error> {
+        // A secret from the start, so that it is zeroized on every path, the error one included.
+        let access_token = SecretString::from(access_token);
+        let scheme = if dpop_bound { "DPoP" } else { "Bearer" };
+        let header = authorization_header(scheme, access_token.expose_secret())?;
         let lifetime = lifetime.map(crate::time::clamp_to_century);
         Ok(Token {
-            access_token: SecretString::from(access_token),
+            access_token,
             header,
+            dpop_bound,
             received_at: Instant::now(),
             lifetime,
             scope: None,
@@ -81,8 +108,27 @@ impl Token {
         &self.access_token
     }
 
-    /// The prebuilt `Authorization: Bearer ...` value, marked sensitive.
+    /// The token type: `Bearer`, or `DPoP` for a token bound to a DPoP key.
+    pub fn token_type(&self) -> &'static str {
+        if self.dpop_bound {
+            "DPoP"
+        } else {
+            "Bearer"
+        }
+    }
+
+    /// Whether the token is bound to a DPoP key (`token_type` `DPoP`).
+    pub fn is_dpop(&self) -> bool {
+        self.dpop_bound
+    }
+
+    /// The prebuilt `Authorization: Bearer ...` (or `DPoP ...`) value, marked sensitive.
     pub(crate) fn header(&self) -> &HeaderValue {
+        self.header.shared()
+    }
+
+    /// The prebuilt `Authorization` value, from which a service makes its own copy.
+    pub(crate) fn secret_header(&self) -> &SecretHeaderValue {
         &self.header
     }
 
@@ -126,6 +172,52 @@ impl Token {
         &self.extra
     }
 
+    /// When the token was issued and when it expires, on the wall clock: how a token is written
+    /// to a store shared with other processes, whose monotonic clocks are unrelated to ours.
+    #[cfg(feature = "store")]
+    pub(crate) fn wall_clock_times(
+        &self,
+    ) -> (std::time::SystemTime, Option<std::time::SystemTime>) {
+        let age = Instant::now().saturating_duration_since(self.received_at);
+        let now = std::time::SystemTime::now();
+        let issued = now.checked_sub(age).unwrap_or(now);
+        let expires = self.lifetime.and_then(|l| issued.checked_add(l));
+        (issued, expires)
+    }
+
+    /// A token read from a store: the inverse of [`wall_clock_times`](Self::wall_clock_times).
+    /// An issue time in the future (another host's clock runs ahead) counts as now; the expiry
+    /// is kept, so a token is never believed to live longer than it was issued for.
+    #[cfg(feature = "store")]
+    pub(crate) fn from_wall_clock(
+        access_token: String,
+        issued: std::time::SystemTime,
+        expires: Option<std::time::SystemTime>,
+    ) -> Result<Self, Error> {
+        let now = Instant::now();
+        let age = std::time::SystemTime::now()
+            .duration_since(issued)
+            .unwrap_or_default();
+        let (received_at, age_left) = match now.checked_sub(age) {
+            Some(at) => (at, Duration::ZERO),
+            // This process's monotonic clock does not reach back that far: start the lifetime
+            // now and shorten it by the age instead.
+            None => (now, age),
+        };
+        let lifetime = expires.map(|expires| {
+            crate::time::clamp_to_century(
+                expires
+                    .duration_since(issued)
+                    .unwrap_or_default()
+                    .saturating_sub(age_left),
+            )
+        });
+        let mut token = Token::bearer(access_token, None)?;
+        token.received_at = received_at;
+        token.lifetime = lifetime;
+        Ok(token)
+    }
+
     /// The `exp` claim of the token if it is a JWT, read without verifying anything. Used only to
     /// learn a lifetime the server did not state.
     pub(crate) fn jwt_expiry_unverified(access_token: &str) -> Option<std::time::SystemTime> {
@@ -150,31 +242,53 @@ impl Token {
     }
 }
 
-pub(crate) fn bearer_header(access_token: &str) -> Result<HeaderValue, Error> {
+pub(crate) fn authorization_header(
+    scheme: &str,
+    access_token: &str,
+) -> Result<SecretHeaderValue, Error> {
     if access_token.is_empty() {
         return Err(Error::new(
             crate::ErrorKind::InvalidTokenResponse,
             "the access token is empty",
         ));
     }
-    let mut value = String::with_capacity(7 + access_token.len());
-    value.push_str("Bearer ");
-    value.push_str(access_token);
-    let mut header = HeaderValue::from_str(&value).map_err(|_| {
+    if !is_b64token(access_token) {
+        // Never echo the token: say only what is wrong with it.
+        return Err(Error::new(
+            crate::ErrorKind::InvalidTokenResponse,
+            "the access token is not an RFC 6750 b64token (letters, digits, `-._~+/`, then `=` \
+             padding), so an `Authorization` header cannot carry it; check the token endpoint \
+             and its token format",
+        ));
+    }
+    // Zeroized with the header value (see `SecretHeaderValue`), also if it is rejected.
+    let mut value = Vec::with_capacity(scheme.len() + 1 + access_token.len());
+    value.extend_from_slice(scheme.as_bytes());
+    value.push(b' ');
+    value.extend_from_slice(access_token.as_bytes());
+    SecretHeaderValue::new(value).map_err(|_| {
         // Never echo the token: say only what is wrong with it.
         Error::new(
             crate::ErrorKind::InvalidTokenResponse,
             "the access token holds characters that are not allowed in an HTTP header",
         )
-    })?;
-    header.set_sensitive(true);
-    Ok(header)
+    })
+}
+
+/// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(text: &str) -> bool {
+    let body = text.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("access_token", &"[redacted]")
+            .field("token_type", &self.token_type())
             .field("lifetime", &self.lifetime)
             .field("remaining_lifetime", &self.remaining_lifetime())
             .field("scope", &self.scope)
@@ -204,10 +318,41 @@ mod tests {
     }
 
     #[test]
+    fn dpop_tokens_get_their_scheme() {
+        let token = Token::dpop("abc.def", None).unwrap();
+        assert_eq!(token.header(), "DPoP abc.def");
+        assert!(token.header().is_sensitive() && token.is_dpop());
+        assert_eq!(token.token_type(), "DPoP");
+        assert_eq!(Token::bearer("x", None).unwrap().token_type(), "Bearer");
+    }
+
+    #[test]
     fn bad_token_text_is_an_error_without_the_token() {
         let err = Token::bearer("secret\ntoken", None).unwrap_err();
         assert!(!err.to_string().contains("secret"));
         assert!(Token::bearer("", None).is_err());
+    }
+
+    #[test]
+    fn only_b64tokens_are_accepted() {
+        for good in ["abc", "a-b.c_d~e+f/g==", "eyJ0.eyJ1.c2ln", "Zm9v="] {
+            assert!(Token::bearer(good, None).is_ok(), "{good}");
+        }
+        for bad in [
+            "zqx ök én",
+            "ZQX, Basic Zm9vOmJhcg==",
+            "zqx\ten",
+            "zqx en",
+            "zqx=b",
+            "===",
+            "zqx\"en",
+            "zqx;en",
+        ] {
+            let err = Token::bearer(bad, None).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidTokenResponse, "{bad}");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.to_lowercase().contains("zqx"), "{shown}");
+        }
     }
 
     #[test]
@@ -222,6 +367,37 @@ mod tests {
         assert!(Token::jwt_expiry_unverified("a.!!!.c").is_none());
         assert!(Token::jwt_expiry_unverified(&jwt(r#"{"exp":-5}"#)).is_none());
         assert!(Token::jwt_expiry_unverified(&jwt(r#"{"exp":"soon"}"#)).is_none());
+    }
+
+    #[cfg(feature = "store")]
+    #[tokio::test]
+    async fn wall_clock_round_trip_keeps_issue_and_expiry() {
+        let token = Token::bearer("abc", Some(Duration::from_secs(300))).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (issued, expires) = token.wall_clock_times();
+        let back = Token::from_wall_clock("abc".into(), issued, expires).unwrap();
+        let drift = |a: Instant, b: Instant| a.max(b) - a.min(b);
+        assert!(drift(back.received_at(), token.received_at()) < Duration::from_millis(5));
+        assert_eq!(back.lifetime(), Some(Duration::from_secs(300)));
+        // Issued by a host whose clock runs 10 s ahead: counts as issued now, expiry kept.
+        let ahead = std::time::SystemTime::now() + Duration::from_secs(10);
+        let skewed =
+            Token::from_wall_clock("abc".into(), ahead, Some(ahead + Duration::from_secs(60)))
+                .unwrap();
+        assert!(skewed.remaining_lifetime().unwrap() <= Duration::from_secs(60));
+        // Issued long before this process's monotonic clock began: the lifetime is shortened.
+        let old = std::time::SystemTime::now() - Duration::from_secs(10 * 365 * 24 * 3600);
+        let ancient = Token::from_wall_clock(
+            "abc".into(),
+            old,
+            Some(std::time::SystemTime::now() + Duration::from_secs(30)),
+        )
+        .unwrap();
+        let left = ancient.remaining_lifetime().unwrap();
+        assert!(
+            left <= Duration::from_secs(30) && left > Duration::from_secs(28),
+            "{left:?}"
+        );
     }
 
     #[test]

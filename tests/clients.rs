@@ -314,6 +314,7 @@ async fn tonic_token_failure_surfaces_as_a_grpc_status() {
                 .unwrap(),
         )
         .backoff_base(Duration::ZERO)
+        .permanent_backoff_base(Duration::ZERO)
         .build(),
     )
     .with_header("x-api-key", API_KEY)

@@ -168,7 +168,10 @@ async fn retry_after_is_capped() {
 async fn permanent_errors_surface_at_once_and_are_not_retried_in_a_loop() {
     let auth = AuthServer::start().await.unwrap();
     auth.push_behavior([Behavior::invalid_client()]);
-    let cache = cache(&auth, |b| b.backoff_base(Duration::from_secs(2)));
+    let cache = cache(&auth, |b| {
+        b.backoff_base(Duration::from_secs(2))
+            .permanent_backoff_base(Duration::from_secs(2))
+    });
     let err = cache.token().await.unwrap_err();
     assert_eq!(err.oauth_error().unwrap().error, "invalid_client");
     assert!(!err.is_transient());
@@ -566,4 +569,77 @@ async fn tracing_reports_refreshes_and_failures_without_secrets() {
     assert!(log.contains("lifetime_s=3600"), "{log}");
     assert!(!log.contains(token.secret().expose_secret()), "{log}");
     assert!(!log.contains(AuthServer::CLIENT_SECRET), "{log}");
+}
+
+/// The most attempts a permanent failure lasting `window` can cause with the default permanent
+/// schedule: one at once, then one after each wait, where wait k is at least half of
+/// min(5 s × 2^(k-1), 5 min).
+fn max_permanent_attempts(window: Duration) -> usize {
+    let mut elapsed = Duration::ZERO;
+    let mut attempts = 1;
+    for k in 0.. {
+        let step = Duration::from_secs(5)
+            .saturating_mul(2u32.saturating_pow(k))
+            .min(Duration::from_secs(300));
+        elapsed += step / 2;
+        if elapsed > window {
+            break;
+        }
+        attempts += 1;
+    }
+    attempts
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_back_off_from_seconds_to_minutes_and_fail_fast_in_between() {
+    let auth = AuthServer::start().await.unwrap();
+    auth.set_default_behavior(Some(Behavior::invalid_client()));
+    let cache = cache(&auth, |b| b);
+    let start = Instant::now();
+    let mut attempt_times = Vec::new();
+    let mut failed_fast = 0;
+    while start.elapsed() < Duration::from_secs(600) {
+        let before = auth.token_requests();
+        let err = cache.token().await.unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        if auth.token_requests() > before {
+            assert_eq!(err.oauth_error().unwrap().error, "invalid_client");
+            attempt_times.push(start.elapsed());
+        } else {
+            // Fails at once with the stored error as its cause.
+            assert_eq!(err.kind(), ErrorKind::BackingOff);
+            let cause = err.cause().unwrap().downcast_ref::<Error>().unwrap();
+            assert_eq!(cause.oauth_error().unwrap().error, "invalid_client");
+            assert!(err.retry_after().unwrap() <= Duration::from_secs(300));
+            failed_fast += 1;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Gaps: at least half of, at most, 5 s, 10 s, 20 s, ... 5 min (plus the polling step).
+    for (k, pair) in attempt_times.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let step = Duration::from_secs(5)
+            .saturating_mul(2u32.pow(k as u32))
+            .min(Duration::from_secs(300));
+        assert!(gap >= step / 2, "gap {k} was {gap:?}, step {step:?}");
+        assert!(
+            gap <= step + Duration::from_millis(110),
+            "gap {k} was {gap:?}, step {step:?}"
+        );
+    }
+    let bound = max_permanent_attempts(Duration::from_secs(600));
+    println!(
+        "10 minutes of invalid_client: {} token requests (bound {bound}) at {attempt_times:?}, \
+         {failed_fast} calls failed fast",
+        attempt_times.len()
+    );
+    assert!(attempt_times.len() <= bound, "{attempt_times:?}");
+    // 0, then at most 5, 15, 35, 75, 155, 315 s: at least 7 attempts in 10 minutes.
+    assert!(attempt_times.len() >= 7, "{attempt_times:?}");
+    assert_eq!(auth.token_requests(), attempt_times.len());
+
+    // A success resets the schedule.
+    auth.set_default_behavior(None);
+    advance(Duration::from_secs(300)).await;
+    cache.token().await.unwrap();
 }

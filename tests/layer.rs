@@ -369,3 +369,295 @@ async fn nothing_secret_in_debug_output() {
         assert!(!text.contains(API_KEY), "{text}");
     }
 }
+
+// A service made ready does not keep its token (issue 12, defect 1; DESIGN.md rule 8): tower lets
+// a caller wait between `poll_ready` and `call` (a balancer, a ready cache), so `call` must send
+// the token valid then, or nothing. Paused clock, the authorization server reached in-process.
+
+/// An inner service that records the `Authorization` value of every request it gets.
+#[derive(Clone, Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn service(
+        &self,
+    ) -> impl Service<Request<()>, Response = (), Error = std::convert::Infallible> + Clone {
+        let seen = self.0.clone();
+        tower::service_fn(move |request: Request<()>| {
+            let authorization = request.headers()[http::header::AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_string();
+            seen.lock().unwrap().push(authorization);
+            std::future::ready(Ok(()))
+        })
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn in_process_layer(auth: &AuthServer) -> BearerAuthLayer {
+    let credentials = ClientCredentials::builder()
+        .token_endpoint(auth.token_endpoint())
+        .unwrap()
+        .client_id(AuthServer::CLIENT_ID)
+        .client_secret(AuthServer::CLIENT_SECRET)
+        .http_client(auth.in_process_client())
+        .build()
+        .unwrap();
+    BearerAuthLayer::new(credentials)
+        .with_header("x-api-key", API_KEY)
+        .unwrap()
+}
+
+fn unit_request() -> Request<()> {
+    Request::get("http://api.example.com/v1/items")
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_made_ready_never_sends_its_token_after_expiry() {
+    let auth = AuthServer::builder()
+        .token_lifetime(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let layer = in_process_layer(&auth);
+    let recorder = Recorder::default();
+    let mut service = tower::Layer::layer(&layer, recorder.service());
+    let first = layer.cache().token().await.unwrap();
+    let first_text = first.secret().expose_secret().to_string();
+
+    // Ready while the token is valid, called after it expired.
+    service.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let result = service.call(unit_request()).await;
+    assert!(
+        recorder.seen().is_empty(),
+        "the API received a token at or after its expiry"
+    );
+    let error = crate_error(result.unwrap_err());
+    assert_eq!(error.kind(), ErrorKind::NoValidTokenAtCall, "{error}");
+    assert!(error.is_transient());
+    assert!(!error.to_string().contains(&first_text));
+
+    // Made ready again, the service waits for the refresh and sends the new token.
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(unit_request())
+        .await
+        .unwrap();
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 1);
+    assert_ne!(seen[0], format!("Bearer {first_text}"));
+    assert!(auth.is_valid_token(seen[0].trim_start_matches("Bearer ")));
+    assert_eq!(auth.token_requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_made_ready_never_sends_an_invalidated_token() {
+    let auth = AuthServer::start().await.unwrap();
+    let layer = in_process_layer(&auth);
+    let recorder = Recorder::default();
+    let mut service = tower::Layer::layer(&layer, recorder.service());
+    // Long-lived (its own header copies made), then ready.
+    for _ in 0..3 {
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(unit_request())
+            .await
+            .unwrap();
+    }
+    let first = layer.cache().cached().unwrap();
+    let first_header = format!("Bearer {}", first.secret().expose_secret());
+    service.ready().await.unwrap();
+
+    // Invalidated between `poll_ready` and `call`, before the refresh it starts has finished.
+    assert!(layer.cache().invalidate(&first));
+    let error = crate_error(service.call(unit_request()).await.unwrap_err());
+    assert_eq!(error.kind(), ErrorKind::NoValidTokenAtCall, "{error}");
+    assert_eq!(recorder.seen().len(), 3);
+
+    // Invalidated between `poll_ready` and `call`, and the refresh has finished: the call sends
+    // the newer token.
+    service.ready().await.unwrap();
+    let second = layer.cache().cached().unwrap();
+    assert_ne!(
+        second.secret().expose_secret(),
+        first.secret().expose_secret()
+    );
+    tokio::time::advance(Duration::from_secs(60)).await; // past the invalidation rate limit
+    assert!(layer.cache().invalidate(&second));
+    while layer
+        .cache()
+        .cached()
+        .is_none_or(|t| t.secret().expose_secret() == second.secret().expose_secret())
+    {
+        tokio::task::yield_now().await;
+    }
+    service.call(unit_request()).await.unwrap();
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 4);
+    let third = layer.cache().cached().unwrap();
+    assert_eq!(
+        seen[3],
+        format!("Bearer {}", third.secret().expose_secret())
+    );
+    assert!(seen.iter().take(3).all(|s| *s == first_header));
+    assert_eq!(auth.token_requests(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_made_ready_and_called_later_send_only_valid_tokens() {
+    // A ready cache of many clones (as tower's balancers keep), called long after: each call
+    // sends a valid token or fails; none sends an expired one.
+    let auth = AuthServer::builder()
+        .token_lifetime(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let layer = in_process_layer(&auth);
+    let recorder = Recorder::default();
+    let service = tower::Layer::layer(&layer, recorder.service());
+    let mut ready = Vec::new();
+    for k in 0..8 {
+        let mut clone = service.clone();
+        if k % 2 == 0 {
+            // Some of them long-lived, with their own copies.
+            for _ in 0..2 {
+                clone
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(unit_request())
+                    .await
+                    .unwrap();
+            }
+        }
+        clone.ready().await.unwrap();
+        ready.push(clone);
+    }
+    let before = recorder.seen().len();
+    tokio::time::advance(Duration::from_secs(120)).await;
+    for clone in &mut ready {
+        let error = crate_error(clone.call(unit_request()).await.unwrap_err());
+        assert_eq!(error.kind(), ErrorKind::NoValidTokenAtCall);
+    }
+    assert_eq!(recorder.seen().len(), before);
+    for clone in &mut ready {
+        clone
+            .ready()
+            .await
+            .unwrap()
+            .call(unit_request())
+            .await
+            .unwrap();
+    }
+    let seen = recorder.seen();
+    assert!(seen[before..]
+        .iter()
+        .all(|s| auth.is_valid_token(s.trim_start_matches("Bearer "))));
+    assert_eq!(auth.token_requests(), 2);
+}
+
+/// Issues one token with `lifetime`, then never answers again (a hung token endpoint).
+struct OneTokenThenHang {
+    lifetime: Duration,
+    issued: std::sync::atomic::AtomicBool,
+}
+
+impl TokenSource for OneTokenThenHang {
+    fn fetch_token(
+        &self,
+    ) -> tower_client_credentials::BoxFuture<
+        '_,
+        Result<tower_client_credentials::Token, tower_client_credentials::Error>,
+    > {
+        let first = !self.issued.swap(true, std::sync::atomic::Ordering::SeqCst);
+        let lifetime = self.lifetime;
+        Box::pin(async move {
+            if !first {
+                std::future::pending::<()>().await;
+            }
+            tower_client_credentials::Token::bearer("only-token", Some(lifetime))
+        })
+    }
+}
+
+#[tokio::test]
+async fn with_the_real_clocks_a_token_is_never_sent_at_or_after_its_expiry() {
+    // Real time, so the per-request check runs on the coarse clock while the token is fresh and
+    // on the precise clock near its refresh point and expiry; requests are sent as fast as the
+    // service allows across both, and across expiry. The inner service timestamps each request
+    // when it receives it, after the layer's check: every timestamp must be before expiry.
+    let lifetime = Duration::from_secs(3);
+    let cache = tower_client_credentials::TokenCache::builder(OneTokenThenHang {
+        lifetime,
+        issued: Default::default(),
+    })
+    .refresh_margin(Duration::from_millis(500))
+    .refresh_jitter(0.0)
+    .build();
+    let token = cache.token().await.unwrap();
+    let expires_at = token.expires_at().unwrap();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let inner = {
+        let sent = sent.clone();
+        tower::service_fn(move |_request: Request<()>| {
+            sent.lock().unwrap().push(tokio::time::Instant::now());
+            std::future::ready(Ok::<_, std::convert::Infallible>(()))
+        })
+    };
+    let mut service = tower::Layer::layer(&BearerAuthLayer::from_cache(cache.clone()), inner);
+    let mut failed_at_call = 0;
+    while tokio::time::Instant::now() < expires_at + Duration::from_millis(300) {
+        match tokio::time::timeout(Duration::from_millis(20), service.ready()).await {
+            // Past expiry: the refresh hangs, `poll_ready` waits.
+            Err(_elapsed) => continue,
+            Ok(ready) => {
+                if let Err(error) = ready.unwrap().call(unit_request()).await {
+                    assert_eq!(crate_error(error).kind(), ErrorKind::NoValidTokenAtCall);
+                    failed_at_call += 1;
+                }
+            }
+        }
+        if sent.lock().unwrap().len() % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let sent = sent.lock().unwrap();
+    let received = token.received_at();
+    let late: Vec<_> = sent.iter().filter(|at| **at >= expires_at).collect();
+    assert!(
+        late.is_empty(),
+        "{} requests sent at or after expiry",
+        late.len()
+    );
+    // Not vacuous: requests went out while the coarse clock decided (more than 1 s before the
+    // refresh point) and while the precise one did (the last second before expiry).
+    let early = sent
+        .iter()
+        .filter(|at| **at < received + Duration::from_millis(1000))
+        .count();
+    let last_second = sent
+        .iter()
+        .filter(|at| **at >= expires_at - Duration::from_secs(1))
+        .count();
+    assert!(early > 1000, "only {early} requests in the first second");
+    assert!(
+        last_second > 1000,
+        "only {last_second} requests in the last second"
+    );
+    eprintln!(
+        "{} requests; {early} in the first second, {last_second} in the last; {failed_at_call} \
+         failed at call",
+        sent.len()
+    );
+}

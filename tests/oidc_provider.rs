@@ -34,7 +34,7 @@ const POST_CLIENT: &str = "post-client";
 const POST_SECRET: &str = "post-secret";
 const RESOURCE: &str = "https://api.example.test";
 const API_KEY: &str = "api-key-7d2e41";
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running `server.mjs`. Dropping it closes the server's stdin (it exits on EOF) and kills it.
 struct OidcProvider {
@@ -49,6 +49,11 @@ impl OidcProvider {
     /// Starts the server, or returns `None` (after a loud notice) when node or the npm packages
     /// are missing and `REQUIRE_OIDC_PROVIDER` is not set. Any other failure panics.
     async fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, &[]).await
+    }
+
+    /// [`start`](Self::start) with extra environment variables for `server.mjs` (`TLS=1`).
+    async fn start_with(test: &str, env: &[(&str, &str)]) -> Option<Self> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
         let node = Command::new("node")
             .arg("--version")
@@ -94,6 +99,7 @@ impl OidcProvider {
             .env("PORT", "0")
             .env("STRICT_CLIENT_AUTH", "1")
             .env_remove("OIDC_EXIT_ON_STDIN_EOF")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -870,4 +876,308 @@ async fn multi_audience_layer_gets_a_token_per_resource() {
         first.secret().expose_secret(),
         second.secret().expose_secret()
     );
+}
+
+/// RFC 9449 DPoP against oidc-provider (feature `dpop`): its `dPoP` feature verifies the token
+/// request's proof (signature, `htm`, `htu`, `iat`, `jti`, nonce) and binds the token to the key.
+#[cfg(feature = "dpop")]
+mod dpop {
+    use super::*;
+    use tower_client_credentials::dpop::{DpopAlgorithm, DpopKey};
+
+    const DPOP_CLIENT: &str = "dpop-client";
+    const DPOP_SECRET: &str = "dpop-secret";
+    const DPOP_NONCE_CLIENT: &str = "dpop-nonce-client";
+    const DPOP_NONCE_SECRET: &str = "dpop-nonce-secret";
+
+    fn dpop_credentials(
+        provider: &OidcProvider,
+        recorder: &Recorder,
+        (id, secret): (&str, &str),
+        key: &DpopKey,
+    ) -> ClientCredentialsBuilder {
+        recorded(
+            ClientCredentials::builder()
+                .token_endpoint(provider.token_endpoint())
+                .unwrap()
+                .client_id(id)
+                .client_secret(secret)
+                .scopes(["api:read"])
+                .dpop(key.clone()),
+            recorder,
+        )
+    }
+
+    /// RFC 7638 thumbprint of the `jwk` in a proof's header, computed here independently.
+    fn proof_jkt(proof: &str) -> String {
+        let jwk = &jwt_part(proof, 0)["jwk"];
+        let canonical = match jwk["kty"].as_str().unwrap() {
+            "EC" => format!(
+                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+                jwk["crv"].as_str().unwrap(),
+                jwk["x"].as_str().unwrap(),
+                jwk["y"].as_str().unwrap()
+            ),
+            "OKP" => format!(
+                r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+                jwk["crv"].as_str().unwrap(),
+                jwk["x"].as_str().unwrap()
+            ),
+            other => panic!("unexpected kty {other}"),
+        };
+        let hash = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.as_ref())
+    }
+
+    #[tokio::test]
+    async fn a_dpop_bound_token_is_obtained_and_used() {
+        let provider = provider_or_skip!("a_dpop_bound_token_is_obtained_and_used");
+        for key in [
+            DpopKey::generate().unwrap(),
+            DpopKey::generate_with(DpopAlgorithm::EdDSA).unwrap(),
+        ] {
+            let recorder = Recorder::default();
+            let credentials =
+                dpop_credentials(&provider, &recorder, (DPOP_CLIENT, DPOP_SECRET), &key)
+                    .build()
+                    .unwrap();
+            // The API side: what the layer sends, checked against what oidc-provider bound.
+            let seen = Arc::new(Mutex::new(None::<(String, String)>));
+            let api = {
+                let seen = seen.clone();
+                service_fn(move |request: Request<Full<Bytes>>| {
+                    let header = |name| request.headers()[name].to_str().unwrap().to_string();
+                    *seen.lock().unwrap() = Some((header("authorization"), header("dpop")));
+                    async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
+                })
+            };
+            let layer = BearerAuthLayer::new(credentials).dpop(key.clone());
+            let mut client = tower::ServiceBuilder::new().layer(layer).service(api);
+            let request = Request::post("https://api.example.test/items?x=1")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            client.ready().await.unwrap().call(request).await.unwrap();
+            assert_eq!(recorder.token_requests(), 1);
+
+            let (authorization, proof) = seen.lock().unwrap().take().unwrap();
+            let token = authorization
+                .strip_prefix("DPoP ")
+                .expect("a DPoP authorization");
+            let introspection = provider.introspect(token).await;
+            assert_eq!(introspection["active"], true, "{introspection}");
+            assert_eq!(introspection["token_type"], "DPoP", "{introspection}");
+            assert_eq!(
+                introspection["cnf"]["jkt"],
+                key.thumbprint(),
+                "{introspection}"
+            );
+            let claims = jwt_part(&proof, 1);
+            assert_eq!(claims["htm"], "POST");
+            assert_eq!(claims["htu"], "https://api.example.test/items");
+            let ath = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            assert_eq!(
+                claims["ath"],
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ath.as_ref())
+            );
+            assert_eq!(proof_jkt(&proof), key.thumbprint());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dpop_bound_jwt_carries_cnf_jkt() {
+        let provider = provider_or_skip!("a_dpop_bound_jwt_carries_cnf_jkt");
+        let key = DpopKey::generate().unwrap();
+        let recorder = Recorder::default();
+        let credentials = dpop_credentials(&provider, &recorder, (DPOP_CLIENT, DPOP_SECRET), &key)
+            .resource(RESOURCE)
+            .build()
+            .unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        assert!(token.is_dpop());
+        let claims = jwt_part(token.secret().expose_secret(), 1);
+        assert_eq!(claims["cnf"]["jkt"], key.thumbprint(), "{claims}");
+        assert_eq!(claims["aud"], RESOURCE);
+    }
+
+    #[tokio::test]
+    async fn a_nonce_challenge_is_answered_and_the_nonce_kept() {
+        let provider = provider_or_skip!("a_nonce_challenge_is_answered_and_the_nonce_kept");
+        let key = DpopKey::generate().unwrap();
+        let recorder = Recorder::default();
+        let credentials = dpop_credentials(
+            &provider,
+            &recorder,
+            (DPOP_NONCE_CLIENT, DPOP_NONCE_SECRET),
+            &key,
+        )
+        .build()
+        .unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        assert_eq!(
+            recorder.token_requests(),
+            2,
+            "use_dpop_nonce, then the retry"
+        );
+        let introspection = provider.introspect(token.secret().expose_secret()).await;
+        assert_eq!(
+            introspection["cnf"]["jkt"],
+            key.thumbprint(),
+            "{introspection}"
+        );
+        // The nonce from the answer serves the next request at once.
+        credentials.fetch_token().await.unwrap();
+        assert_eq!(recorder.token_requests(), 3);
+    }
+
+    #[tokio::test]
+    async fn without_a_proof_the_dpop_client_is_refused() {
+        let provider = provider_or_skip!("without_a_proof_the_dpop_client_is_refused");
+        let credentials = ClientCredentials::builder()
+            .token_endpoint(provider.token_endpoint())
+            .unwrap()
+            .client_id(DPOP_CLIENT)
+            .client_secret(DPOP_SECRET)
+            .build()
+            .unwrap();
+        let error = credentials.fetch_token().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TokenEndpoint, "{error}");
+        // oidc-provider 9 answers a missing proof for a `dpop_bound_access_tokens` client so.
+        assert_eq!(
+            error.oauth_error().unwrap().error,
+            "invalid_grant",
+            "{error}"
+        );
+    }
+}
+
+/// RFC 8705 mutual TLS against oidc-provider served over https (`TLS=1`, feature `mtls`): its
+/// `mTLS` feature with `tlsClientAuth`, `selfSignedTlsClientAuth` and
+/// `certificateBoundAccessTokens`. Test certificates: `tests/mtls/` (made with openssl).
+#[cfg(feature = "mtls")]
+mod mtls {
+    use super::*;
+    use tower_client_credentials::mtls::ClientIdentity;
+
+    const CA: &[u8] = include_bytes!("mtls/ca.pem");
+
+    fn identity(cert: &[u8], key: &[u8]) -> ClientIdentity {
+        ClientIdentity::from_pem(cert, key)
+            .unwrap()
+            .with_root_certificates_pem(CA)
+            .unwrap()
+    }
+
+    fn ca_issued() -> ClientIdentity {
+        identity(
+            include_bytes!("mtls/client.pem"),
+            include_bytes!("mtls/client-key.pem"),
+        )
+    }
+
+    fn self_signed() -> ClientIdentity {
+        identity(
+            include_bytes!("mtls/self-signed.pem"),
+            include_bytes!("mtls/self-signed-key.pem"),
+        )
+    }
+
+    #[tokio::test]
+    async fn tls_client_auth_gets_a_certificate_bound_token_through_the_alias() {
+        let provider = OidcProvider::start_with(
+            "tls_client_auth_gets_a_certificate_bound_token_through_the_alias",
+            &[("TLS", "1")],
+        )
+        .await;
+        let Some(provider) = provider else { return };
+        assert!(provider.issuer.starts_with("https://"));
+        for (client_id, identity, credentials) in [
+            ("mtls-client", ca_issued(), None),
+            ("self-signed-mtls-client", self_signed(), Some(())),
+        ] {
+            let builder = ClientCredentials::builder()
+                .issuer(&provider.issuer)
+                .unwrap()
+                .client_id(client_id)
+                .resource(RESOURCE)
+                .scopes(["api:read"]);
+            let builder = match credentials {
+                None => builder.tls_client_auth(identity.clone()),
+                Some(()) => builder.self_signed_tls_client_auth(identity.clone()),
+            };
+            let credentials = builder.build().unwrap();
+            // server.mjs refuses certificate-authenticated requests at the plain token
+            // endpoint: a token means the `mtls_endpoint_aliases` one was used.
+            let token = credentials.fetch_token().await.unwrap();
+            let claims = jwt_part(token.secret().expose_secret(), 1);
+            assert_eq!(claims["client_id"], client_id, "{claims}");
+            assert_eq!(claims["cnf"]["x5t#S256"], identity.thumbprint(), "{claims}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_api_client_presents_the_same_certificate() {
+        let provider = OidcProvider::start_with(
+            "the_api_client_presents_the_same_certificate",
+            &[("TLS", "1")],
+        )
+        .await;
+        let Some(provider) = provider else { return };
+        let identity = ca_issued();
+        let credentials = ClientCredentials::builder()
+            .issuer(&provider.issuer)
+            .unwrap()
+            .client_id("mtls-client")
+            .tls_client_auth(identity.clone())
+            .build()
+            .unwrap();
+        // The one line: a hyper-util client with the same identity, here calling the server's
+        // introspection endpoint over mutual TLS with the bound (opaque) token.
+        let api_client = identity.hyper_client::<Full<Bytes>>().unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{BASIC_CLIENT}:{}",
+            form_urlencoded::byte_serialize(BASIC_SECRET.as_bytes()).collect::<String>()
+        ));
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", token.secret().expose_secret())
+            .finish();
+        let request = Request::post(format!("{}/token/introspection", provider.issuer))
+            .header(AUTHORIZATION, format!("Basic {basic}"))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = api_client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let introspection: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(introspection["active"], true, "{introspection}");
+        assert_eq!(
+            introspection["cnf"]["x5t#S256"],
+            identity.thumbprint(),
+            "{introspection}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_the_client_did_not_register_is_invalid_client() {
+        let provider = OidcProvider::start_with(
+            "a_certificate_the_client_did_not_register_is_invalid_client",
+            &[("TLS", "1")],
+        )
+        .await;
+        let Some(provider) = provider else { return };
+        let credentials = ClientCredentials::builder()
+            .issuer(&provider.issuer)
+            .unwrap()
+            .client_id("mtls-client")
+            .tls_client_auth(self_signed())
+            .build()
+            .unwrap();
+        let error = credentials.fetch_token().await.unwrap_err();
+        assert_eq!(
+            error.oauth_error().unwrap().error,
+            "invalid_client",
+            "{error}"
+        );
+    }
 }

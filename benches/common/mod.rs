@@ -104,9 +104,25 @@ pub(crate) fn paired(
             times[i].push((arms[i].1)().as_secs_f64());
         }
     }
-    let width = arms.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
-    println!("paired {label}: {rounds} rounds x {calls} calls per arm");
-    for i in 0..n {
+    let names: Vec<&str> = arms.iter().map(|arm| arm.0).collect();
+    report_ratios(label, "wall time", rounds, calls, &names, baseline, &times);
+}
+
+/// Prints each arm's median time per call and the median (and quartiles) of its per-round ratio
+/// to arm `baseline`; `times[arm][round]` in seconds for `calls` calls; `what` names the time
+/// measured (wall time, CPU time).
+pub(crate) fn report_ratios(
+    label: &str,
+    what: &str,
+    rounds: usize,
+    calls: u64,
+    names: &[&str],
+    baseline: usize,
+    times: &[Vec<f64>],
+) {
+    let width = names.iter().map(|name| name.len()).max().unwrap_or(0);
+    println!("paired {label} ({what}): {rounds} rounds x {calls} calls per arm");
+    for (i, name) in names.iter().enumerate() {
         let mut ratios: Vec<f64> = times[i]
             .iter()
             .zip(&times[baseline])
@@ -114,9 +130,8 @@ pub(crate) fn paired(
             .collect();
         let ns = quantile(&mut times[i].clone(), 0.5) / calls as f64 * 1e9;
         println!(
-            "paired {label}/{:<width$} {ns:>8.1} ns/call  ratio to {}: {:.3} (quartiles {:.3}..{:.3})",
-            arms[i].0,
-            arms[baseline].0,
+            "paired {label}/{name:<width$} {ns:>8.1} ns/call  ratio to {}: {:.3} (quartiles {:.3}..{:.3})",
+            names[baseline],
             quantile(&mut ratios, 0.5),
             quantile(&mut ratios, 0.25),
             quantile(&mut ratios, 0.75),

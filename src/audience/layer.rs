@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderName, AUTHORIZATION};
 use tower_layer::Layer;
 
 use super::origin::NormalOrigin;
@@ -226,14 +226,13 @@ impl MultiAudienceLayerBuilder {
                 "the `authorization` header is set by the layer from the token; add other headers",
             ));
         }
-        let mut value = HeaderValue::from_str(value).map_err(|_| {
+        // Kept zeroizing and marked sensitive, as `BearerAuthLayer::with_header` keeps it.
+        self.headers = self.headers.with(&name, value.as_bytes()).map_err(|_| {
             Error::config(format!(
                 "the value for the `{name}` header is not a valid HTTP header value; check it \
                  for line breaks or other control characters"
             ))
         })?;
-        value.set_sensitive(true);
-        self.headers = self.headers.with(name, value);
         Ok(self)
     }
 

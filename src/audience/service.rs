@@ -78,7 +78,10 @@ fn usable_header(
         *last = Some((entry.clone(), entry.cache(settings).reader()));
     }
     let (entry, reader) = last.as_mut()?;
-    entry.cache(settings).usable_header(reader)
+    entry
+        .cache(settings)
+        .usable(reader)
+        .map(|current| current.token().header().clone())
 }
 
 type Waiting<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;

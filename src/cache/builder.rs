@@ -34,6 +34,9 @@ use crate::time::{clamp_to_century, ONE_YEAR};
 pub struct TokenCacheBuilder {
     source: Arc<dyn TokenSource>,
     config: Config,
+    /// The second cache level shared by processes, if any.
+    #[cfg(feature = "store")]
+    store: Option<Arc<dyn crate::store::TokenStore>>,
 }
 
 /// The cache's settings, read by the refresh and timing code.
@@ -46,6 +49,8 @@ pub(super) struct Config {
     pub(super) backoff_base: Duration,
     pub(super) backoff_factor: u32,
     pub(super) max_backoff: Duration,
+    pub(super) permanent_backoff_base: Duration,
+    pub(super) max_permanent_backoff: Duration,
     pub(super) max_retry_after: Duration,
     pub(super) max_backoff_wait: Duration,
     pub(super) refresh_timeout: Duration,
@@ -63,6 +68,14 @@ impl Default for Config {
             backoff_base: Duration::from_millis(100),
             backoff_factor: 2,
             max_backoff: Duration::from_secs(30),
+            // Seconds, not 100 ms: a permanent failure needs a person, and the first retry
+            // still comes soon enough to notice a fix made in the identity provider (a scope
+            // granted, a secret re-registered). Five minutes at most: at most 12 requests an
+            // hour per process, so 100 misconfigured replicas make 20 a minute, a few percent
+            // of Okta's 600 a minute for one app, while a fix is picked up within 5 minutes
+            // without a restart.
+            permanent_backoff_base: Duration::from_secs(5),
+            max_permanent_backoff: Duration::from_secs(300),
             max_retry_after: Duration::from_secs(300),
             max_backoff_wait: Duration::ZERO,
             refresh_timeout: Duration::from_secs(60),
@@ -77,6 +90,8 @@ impl TokenCacheBuilder {
         TokenCacheBuilder {
             source,
             config: Config::default(),
+            #[cfg(feature = "store")]
+            store: None,
         }
     }
 
@@ -130,6 +145,26 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// First backoff step after a permanent failure (`invalid_client`, `unauthorized_client`,
+    /// `invalid_scope`, `unsupported_grant_type`, a bare 401: errors whose
+    /// [`is_transient`](crate::Error::is_transient) is false). It doubles with each permanent
+    /// failure since the last success, up to [`max_permanent_backoff`](Self::max_permanent_backoff);
+    /// each wait is a random point in the upper half of its step. Default 5 s.
+    ///
+    /// Such a failure will not heal by itself, and an identity provider's rate limit is often
+    /// shared by every app of an organisation: a misconfigured client must not spend it.
+    pub fn permanent_backoff_base(mut self, base: Duration) -> Self {
+        self.config.permanent_backoff_base = clamp_to_century(base);
+        self
+    }
+
+    /// Largest backoff step after permanent failures; see
+    /// [`permanent_backoff_base`](Self::permanent_backoff_base). Default 5 minutes.
+    pub fn max_permanent_backoff(mut self, max: Duration) -> Self {
+        self.config.max_permanent_backoff = clamp_to_century(max);
+        self
+    }
+
     /// Longest wait a server's `Retry-After` (or `X-Rate-Limit-Reset`) may impose. Default 5 min.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.config.max_retry_after = clamp_to_century(max);
@@ -165,9 +200,58 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// Shares tokens, token requests and backoff with every other process whose cache uses the
+    /// same store and credential set (see [`crate::store`]): for example a
+    /// [`RedisStore`](crate::store::RedisStore). The store is an optimisation: when it fails
+    /// the cache fetches on its own. It is used only if the source names its credential set
+    /// ([`TokenSource::store_key`]; [`ClientCredentials`](crate::ClientCredentials) does).
+    ///
+    /// ```
+    /// # #[cfg(feature = "redis")] {
+    /// use tower_client_credentials::store::RedisStore;
+    /// use tower_client_credentials::{ClientCredentials, TokenCache};
+    ///
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/v1/token")?
+    ///     .client_id("my-client")
+    ///     .client_secret("my-secret")
+    ///     .build()?;
+    /// let cache = TokenCache::builder(credentials)
+    ///     .store(RedisStore::new("redis://127.0.0.1:6379")?)
+    ///     .build();
+    /// # }
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
+    #[cfg(feature = "store")]
+    pub fn store(mut self, store: impl crate::store::TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     /// Builds the cache. No token is fetched until one is needed (or [`TokenCache::prefetch`]).
     pub fn build(self) -> TokenCache {
-        TokenCache::from_parts(self.source, self.config)
+        #[cfg(feature = "store")]
+        let store = self.store.and_then(|store| match self.source.store_key() {
+            Some(key) => Some(Arc::new(crate::store::Coordinator::new(
+                store,
+                key,
+                self.config.refresh_timeout,
+                self.config.default_lifetime,
+            ))),
+            None => {
+                tracing::warn!(
+                    "the token source does not name its credential set (TokenSource::store_key), \
+                     so the shared token store is not used"
+                );
+                None
+            }
+        });
+        TokenCache::from_parts(
+            self.source,
+            self.config,
+            #[cfg(feature = "store")]
+            store,
+        )
     }
 }
 

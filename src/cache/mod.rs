@@ -3,8 +3,8 @@
 //!
 //! # How a request meets the cache
 //!
-//! * **Fresh token** (before its jittered refresh point): one lock-free `ArcSwap` load, one clock
-//!   read and a clone of the prebuilt header value. No allocation, lock or await.
+//! * **Fresh token** (before its jittered refresh point): one lock-free `ArcSwap` load, one
+//!   coarse clock read and a clone of the prebuilt header value. No allocation, lock or await.
 //! * **Refresh-ahead window** (after the refresh point, before expiry): same as fresh, and the
 //!   first such request starts one background refresh. Nobody waits for it.
 //! * **No valid token** (cold start, expired, invalidated): the request waits for the single
@@ -23,6 +23,15 @@
 //! source sees at most one attempt per backoff step. A failed refresh never replaces a token
 //! that is still valid: it keeps being served until it expires.
 //!
+//! A permanent failure (an error whose [`is_transient`](crate::Error::is_transient) is false:
+//! `invalid_client`, `invalid_scope`, a bare 401, ...) is followed by a longer backoff of its
+//! own: 5 s, doubling, capped at 5 minutes by default
+//! ([`TokenCacheBuilder::permanent_backoff_base`], [`TokenCacheBuilder::max_permanent_backoff`]).
+//! A refresh stopped because its tokio runtime shut down is not a failure: no backoff, and a
+//! request waiting for it on another runtime starts it again there. Only the running refresh's
+//! result counts: one given up on (its runtime no longer driven) changes nothing when it ends.
+//! [`TokenCache::status`] reports all of this for health checks.
+//!
 //! # Token lifetimes
 //!
 //! The lifetime is taken from the token as the source gives it (for
@@ -38,6 +47,7 @@ mod metrics;
 mod read;
 mod refresh;
 mod schedule;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +61,7 @@ pub use self::builder::TokenCacheBuilder;
 #[cfg(feature = "metrics")]
 pub use self::metrics::metric;
 pub(crate) use self::read::Reader;
+pub use self::status::{TokenState, TokenStatus};
 
 use self::builder::Config;
 use self::read::Current;
@@ -103,6 +114,9 @@ struct Shared {
     config: Config,
     /// Refresh and backoff state; never locked on the read path.
     refresh: Mutex<RefreshState>,
+    /// Coordinates refreshes with other processes through a shared store (feature `store`).
+    #[cfg(feature = "store")]
+    store: Option<Arc<crate::store::Coordinator>>,
 }
 
 impl TokenCache {
@@ -116,23 +130,30 @@ impl TokenCache {
         TokenCacheBuilder::new(Arc::new(source))
     }
 
-    fn from_parts(source: Arc<dyn TokenSource>, config: Config) -> Self {
+    fn from_parts(
+        source: Arc<dyn TokenSource>,
+        config: Config,
+        #[cfg(feature = "store")] store: Option<Arc<crate::store::Coordinator>>,
+    ) -> Self {
         TokenCache {
             shared: Arc::new(Shared {
                 current: Arc::new(ArcSwapOption::empty()),
                 source,
                 config,
                 refresh: Mutex::new(RefreshState::default()),
+                #[cfg(feature = "store")]
+                store,
             }),
         }
     }
 
     /// A token valid now: the cached one, or the result of the (single, shared) refresh.
     ///
-    /// Fails fast with [`ErrorKind::BackingOff`](crate::ErrorKind::BackingOff)(crate::ErrorKind::BackingOff) when the last
+    /// Fails fast with [`ErrorKind::BackingOff`](crate::ErrorKind::BackingOff) when the last
     /// refresh failed and the next attempt is not due (see the [module docs](crate::cache)). Must
-    /// be called within a tokio runtime when a refresh is needed: the refresh runs as a task of
-    /// its own, so dropping this future cancels nothing for the other waiters.
+    /// be called within a tokio runtime when a refresh is needed (outside one it fails with
+    /// [`ErrorKind::Configuration`](crate::ErrorKind::Configuration)): the refresh runs as a task
+    /// of its own, so dropping this future cancels nothing for the other waiters.
     pub async fn token(&self) -> Result<Token, Error> {
         self.usable_or_refreshed().await.map(|t| (*t).clone())
     }

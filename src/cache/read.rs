@@ -1,27 +1,62 @@
 //! The per-request read path: is the cached token usable now?
 //!
 //! This is the hot path of the whole crate, and the one place its cost is stated: with a fresh
-//! token cached, a request costs one atomic pointer comparison (a per-service `arc_swap::Cache`
-//! of the shared slot), one monotonic clock read (vDSO, no syscall) and a reference-count bump of
-//! the prebuilt `Authorization` value; no allocation, lock or await. `benches/hot_path.rs`
-//! measures it against tower-http's `SetRequestHeader` with static values (`benches/RESULTS.md`).
+//! token cached, a check costs one atomic load and pointer comparison (a per-service
+//! `arc_swap::Cache` of the shared slot) and one read of the coarse monotonic clock (vDSO, about
+//! 10 ns, no syscall) against the token's refresh point moved earlier by a safety margin
+//! ([`CoarseDeadline`]); no allocation, lock, await or shared write. Only in the last second
+//! (plus a tick) before the refresh point or expiry, or under tokio's paused clock, does the
+//! precise clock decide. `benches/hot_path.rs` measures it against tower-http's
+//! `SetRequestHeader` with static values (`benches/RESULTS.md`).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+#[cfg(test)]
 use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::{metrics, Shared, TokenCache};
+use crate::coarse_clock::CoarseDeadline;
 use crate::token::Token;
 
 /// The token being served, with the instants that decide whether it is usable.
-pub(super) struct Current {
+pub(crate) struct Current {
     pub(super) token: Arc<Token>,
     pub(super) refresh_at: Instant,
     pub(super) expires_at: Instant,
     /// Tells apart two `Current`s of the same token (a postponed refresh point) from a new token.
     pub(super) generation: u64,
+    /// `refresh_at` for the coarse clock: while it is ahead, the token is fresh (the hot path).
+    fresh_until: CoarseDeadline,
+}
+
+impl Current {
+    pub(super) fn new(
+        token: Arc<Token>,
+        refresh_at: Instant,
+        expires_at: Instant,
+        generation: u64,
+    ) -> Self {
+        Current {
+            token,
+            refresh_at,
+            expires_at,
+            generation,
+            // `refresh_at` is never after `expires_at`: fresh by the coarse clock is unexpired.
+            fresh_until: CoarseDeadline::before(refresh_at.min(expires_at)),
+        }
+    }
+
+    /// Which token this is: equal for two `Current`s of the same token.
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn token(&self) -> &Token {
+        &self.token
+    }
 }
 
 /// A per-service view of the cache's current token: an `arc_swap::Cache`, whose load is one
@@ -40,18 +75,19 @@ impl TokenCache {
         Reader(arc_swap::Cache::new(self.shared.current.clone()))
     }
 
-    /// The `Authorization` value of the cached token if it is usable now (the hot path, see the
-    /// module docs). Past the token's refresh point this also starts the one refresh ahead of
-    /// expiry, which nobody waits for.
+    /// The cached token if it is usable now (the hot path, see the module docs). Past the
+    /// token's refresh point this also starts the one refresh ahead of expiry, which nobody
+    /// waits for.
     #[inline(always)]
+    pub(crate) fn usable<'r>(&self, reader: &'r mut Reader) -> Option<&'r Current> {
+        self.usable_starting_refresh_ahead(reader.0.load().as_ref()?)
+    }
+
+    /// The `Authorization` value of the cached token if it is usable now; see
+    /// [`usable`](Self::usable).
+    #[cfg(test)]
     pub(crate) fn usable_header(&self, reader: &mut Reader) -> Option<HeaderValue> {
-        let current = reader.0.load();
-        Some(
-            self.usable_starting_refresh_ahead(current.as_ref()?)?
-                .token
-                .header()
-                .clone(),
-        )
+        Some(self.usable(reader)?.token.header().clone())
     }
 
     /// `current` if it is usable now; past its refresh point, also starts the refresh ahead of
@@ -61,6 +97,18 @@ impl TokenCache {
         &self,
         current: &'a Current,
     ) -> Option<&'a Current> {
+        // Coarse clock before `fresh_until` ⇒ precise clock before `refresh_at` (see
+        // `coarse_clock`).
+        if current.fresh_until.is_ahead() {
+            return Some(current);
+        }
+        self.usable_by_precise_clock(current)
+    }
+
+    /// Near the refresh point or expiry, or under tokio's paused clock: the precise clock
+    /// decides.
+    #[inline(never)]
+    fn usable_by_precise_clock<'a>(&self, current: &'a Current) -> Option<&'a Current> {
         let now = Instant::now();
         if now < current.refresh_at {
             return Some(current);

@@ -2,7 +2,9 @@
 //! its own; callers with no usable token wait for it (or fail fast while the cache backs off);
 //! the outcome updates the backoff state and the current token.
 
-use std::sync::{Arc, MutexGuard, Weak};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, MutexGuard, TryLockError, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -11,11 +13,17 @@ use tokio::time::Instant;
 use super::read::Current;
 use super::{metrics, schedule, Shared, TokenCache};
 use crate::error::{Error, ErrorKind};
+#[cfg(feature = "store")]
+use crate::store::FleetBackoff;
 use crate::time::ONE_YEAR;
 use crate::token::Token;
 
 /// Extra time, past a refresh's own time limit, before waiters give up on it.
 const REFRESH_GRACE: Duration = Duration::from_secs(1);
+
+/// How many refreshes whose runtime went away one caller restarts before it gives up: should
+/// its own runtime be going away too, each restart would end at once, forever.
+const MAX_RESTARTS: u32 = 3;
 
 type Outcome = Result<Arc<Token>, Error>;
 
@@ -23,39 +31,66 @@ type Outcome = Result<Arc<Token>, Error>;
 /// the invalidation rate limit. Behind the cache's one mutex, never touched by the hot path.
 #[derive(Default)]
 pub(super) struct RefreshState {
-    /// The running refresh's result channel.
-    running: Option<watch::Receiver<Option<Outcome>>>,
-    /// Identifies the running refresh (and only it may clear `running`).
-    refresh_id: u64,
-    /// When the running refresh started: one that outlives its time limit by far (its runtime
-    /// is no longer driven) is given up on.
-    started_at: Option<Instant>,
+    /// The running refresh: the only one whose result counts.
+    running: Option<Flight>,
+    /// The id of the last refresh started.
+    last_flight_id: u64,
     /// Consecutive failures since the last success.
     failures: u32,
+    /// Permanent failures among them: they step through their own, longer schedule.
+    permanent_failures: u32,
     /// No refresh may start before this instant (backoff).
     not_before: Option<Instant>,
+    /// The source's credentials changed while backing off (see `join_or_start`): the next
+    /// refresh also ends the fleet's backoff in a shared store, which the old credentials'
+    /// failures started.
+    credentials_changed: bool,
     last_error: Option<Error>,
     last_invalidation: Option<Instant>,
     next_generation: u64,
 }
 
+/// What [`TokenCache::status`] reports of the refresh state.
+pub(super) struct RefreshSnapshot {
+    pub(super) refreshing: bool,
+    pub(super) failures: u32,
+    pub(super) last_error: Option<Error>,
+    pub(super) not_before: Option<Instant>,
+}
+
+/// One refresh: its id, its result channel and when its waiters give up on it.
+#[derive(Clone)]
+struct Flight {
+    id: u64,
+    receiver: watch::Receiver<Option<Outcome>>,
+    /// The refresh's time limit plus [`REFRESH_GRACE`], counted from its start: one that
+    /// outlives it (its runtime is no longer driven) is given up on, by its waiters and by
+    /// later callers alike, however late they joined.
+    give_up_at: Instant,
+}
+
 impl RefreshState {
     /// The running refresh, unless its task is gone without a word (dropped before its first
     /// poll), or it has outlived its time limit by far (its runtime is no longer driven: a
-    /// `current_thread` runtime whose `block_on` returned).
-    fn live_refresh(&mut self, limit: Duration) -> Option<&watch::Receiver<Option<Outcome>>> {
-        let dropped = self
-            .running
-            .as_ref()
-            .is_some_and(|receiver| receiver.has_changed().is_err());
-        let stuck = self
-            .started_at
-            .and_then(|started| started.checked_add(limit.saturating_add(REFRESH_GRACE)))
-            .is_some_and(|deadline| Instant::now() >= deadline);
-        if self.running.is_some() && (dropped || stuck) {
+    /// `current_thread` runtime whose `block_on` returned). A refresh given up on no longer
+    /// owns the state: its late result is discarded (see `finish`).
+    fn live_refresh(&mut self) -> Option<&Flight> {
+        let now = Instant::now();
+        if self.running.as_ref().is_some_and(|flight| {
+            flight.receiver.has_changed().is_err() || now >= flight.give_up_at
+        }) {
             self.running = None;
         }
         self.running.as_ref()
+    }
+
+    pub(super) fn snapshot(&mut self) -> RefreshSnapshot {
+        RefreshSnapshot {
+            refreshing: self.live_refresh().is_some(),
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+            not_before: self.not_before,
+        }
     }
 }
 
@@ -70,6 +105,7 @@ enum Backoff {
 impl TokenCache {
     /// A token usable now: the cached one, or the result of the (single, shared) refresh.
     pub(super) async fn usable_or_refreshed(&self) -> Result<Arc<Token>, Error> {
+        let mut restarts = 0;
         loop {
             // The guard is dropped here, not held across the awaits below.
             let usable = {
@@ -91,35 +127,55 @@ impl TokenCache {
                 self.shared.join_or_start(&mut state)
             };
             match joined {
-                Ok(mut receiver) => {
+                Ok(mut flight) => {
+                    // Waiting takes a runtime's timer (a refresh started elsewhere may be
+                    // joined from anywhere).
+                    if tokio::runtime::Handle::try_current().is_err() {
+                        return Err(outside_a_runtime());
+                    }
                     metrics::waiter();
                     // Bounded: a refresh whose runtime is no longer driven must not hold its
                     // waiters forever (`live_refresh` gives up on it for later callers too).
-                    let limit = self
-                        .shared
-                        .config
-                        .refresh_timeout
-                        .saturating_add(REFRESH_GRACE);
-                    let outcome =
-                        match tokio::time::timeout(limit, receiver.wait_for(Option::is_some)).await
-                        {
-                            Ok(Ok(outcome)) => outcome.clone(),
-                            Ok(Err(_)) | Err(_) => None,
-                        };
+                    let outcome = tokio::time::timeout_at(
+                        flight.give_up_at,
+                        flight.receiver.wait_for(Option::is_some),
+                    )
+                    .await;
+                    let outcome = match outcome {
+                        Ok(Ok(outcome)) => outcome.clone(),
+                        // The task was dropped before its first poll (its runtime was shutting
+                        // down): an aborted refresh that could not say so.
+                        Ok(Err(_)) => Some(Err(aborted())),
+                        Err(_) => None,
+                    };
                     return match outcome {
                         // A refresh that ended long ago (a waiter left unpolled for a while)
-                        // may have produced a token that has expired since: look again.
+                        // may have produced a token that has expired since, and a superseded
+                        // one a token that was never cached: look again.
                         Some(Ok(token)) if !self.shared.is_cached_and_unexpired(&token) => continue,
+                        // Its runtime went away: that says nothing about the token endpoint,
+                        // so this caller starts (or joins) the refresh again, here.
+                        Some(Err(error))
+                            if error.kind() == ErrorKind::RefreshAborted
+                                && restarts < MAX_RESTARTS =>
+                        {
+                            restarts += 1;
+                            continue;
+                        }
                         Some(outcome) => outcome,
                         None => Err(Error::new(
                             ErrorKind::RefreshAborted,
-                            "the refresh task ended or stalled without a result; check that the \
-                             tokio runtime that started it is still running and has timers \
-                             enabled",
+                            "the refresh task stalled without a result; check that the tokio \
+                             runtime that started it is still running and has timers enabled",
                         )),
                     };
                 }
-                Err(Backoff::Wait(until)) => tokio::time::sleep_until(until).await,
+                Err(Backoff::Wait(until)) => {
+                    if tokio::runtime::Handle::try_current().is_err() {
+                        return Err(outside_a_runtime());
+                    }
+                    tokio::time::sleep_until(until).await
+                }
                 Err(Backoff::Fail(error)) => return Err(error),
             }
         }
@@ -150,12 +206,13 @@ impl TokenCache {
         }
         state.last_invalidation = Some(now);
         self.shared.current.store(None);
+        // The rejected token leaves the shared store too (compare-and-delete).
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.shared.store {
+            store.invalidated(&current.token);
+        }
         tracing::info!("cached access token invalidated");
-        if state
-            .live_refresh(self.shared.config.refresh_timeout)
-            .is_none()
-            && state.not_before.is_none_or(|t| t <= now)
-        {
+        if state.live_refresh().is_none() && state.not_before.is_none_or(|t| t <= now) {
             let _ = self.shared.start(&mut state);
         }
         true
@@ -163,6 +220,42 @@ impl TokenCache {
 }
 
 impl Shared {
+    /// A new token from the source, or, with a shared store, from the store or from the source
+    /// under the store's lease (see [`crate::store`]). `credentials_changed`: the source's
+    /// credentials changed since the failures of the backoff, which (in the store, the fleet's
+    /// backoff) they no longer hold up.
+    fn fetch(
+        &self,
+        credentials_changed: bool,
+    ) -> crate::source::BoxFuture<'_, Result<Token, Error>> {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store {
+            let current = self.current.load_full().map(|c| c.token.clone());
+            // The fleet backs off on the cache's own schedule, the longer one after a permanent
+            // failure.
+            let fleet_backoff = if credentials_changed {
+                FleetBackoff::EndedByNewCredentials
+            } else {
+                FleetBackoff::Respected
+            };
+            return Box::pin(store.fetch(
+                &*self.source,
+                current,
+                fleet_backoff,
+                |failures, error| {
+                    let step = if error.is_transient() {
+                        schedule::backoff_delay
+                    } else {
+                        schedule::permanent_backoff_delay
+                    };
+                    step(&self.config, failures, error.retry_after(), fastrand::f64())
+                },
+            ));
+        }
+        let _ = credentials_changed;
+        self.source.fetch_token()
+    }
+
     pub(super) fn lock_state(&self) -> MutexGuard<'_, RefreshState> {
         // A panic while holding this lock cannot leave the state half-updated in a way that
         // matters (every field is a plain value), so a poisoned lock is used as is.
@@ -170,20 +263,21 @@ impl Shared {
     }
 
     /// Joins the running refresh, or starts one, or says why not.
-    fn join_or_start(
-        self: &Arc<Self>,
-        state: &mut RefreshState,
-    ) -> Result<watch::Receiver<Option<Outcome>>, Backoff> {
-        if let Some(receiver) = state.live_refresh(self.config.refresh_timeout) {
-            return Ok(receiver.clone());
+    fn join_or_start(self: &Arc<Self>, state: &mut RefreshState) -> Result<Flight, Backoff> {
+        if let Some(flight) = state.live_refresh() {
+            return Ok(flight.clone());
         }
         let now = Instant::now();
         if state.not_before.is_some_and(|t| t > now) && self.source.credentials_changed() {
             // The failures were the old credentials' (a rotated secret): the new ones get a
             // clean backoff, starting with this attempt.
+            // Both schedules: a permanent failure (`invalid_client`, the usual one before a
+            // rotation) backs off on the longer one, which the new secret must end too.
             tracing::info!("the credentials changed; ending the backoff and trying them");
             state.failures = 0;
+            state.permanent_failures = 0;
             state.not_before = None;
+            state.credentials_changed = true;
         }
         if let Some(not_before) = state.not_before.filter(|t| *t > now) {
             let remaining = not_before - now;
@@ -197,6 +291,11 @@ impl Shared {
 
     fn backing_off_error(&self, state: &RefreshState, remaining: Duration) -> Error {
         let message = match &state.last_error {
+            Some(last) if !last.is_transient() => format!(
+                "the last token refresh failed ({last}); waiting will not fix that: check the \
+                 client's configuration and registration; the next attempt is due in {} ms",
+                remaining.as_millis()
+            ),
             Some(last) => format!(
                 "the last token refresh failed ({last}); the next attempt is due in {} ms",
                 remaining.as_millis()
@@ -214,22 +313,21 @@ impl Shared {
     }
 
     /// Starts the refresh task. Called with the lock held and no refresh running.
-    fn start(
-        self: &Arc<Self>,
-        state: &mut RefreshState,
-    ) -> Result<watch::Receiver<Option<Outcome>>, Error> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::config(
-                "a token refresh was needed outside a tokio runtime; call the service from \
-                 within a tokio runtime",
-            )
-        })?;
+    fn start(self: &Arc<Self>, state: &mut RefreshState) -> Result<Flight, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| outside_a_runtime())?;
         let (sender, receiver) = watch::channel(None);
-        state.running = Some(receiver.clone());
-        state.refresh_id = state.refresh_id.wrapping_add(1);
-        state.started_at = Some(Instant::now());
-        let refresh_id = state.refresh_id;
+        state.last_flight_id = state.last_flight_id.wrapping_add(1);
+        let refresh_id = state.last_flight_id;
+        let limit = self.config.refresh_timeout.saturating_add(REFRESH_GRACE);
+        let now = Instant::now();
+        let flight = Flight {
+            id: refresh_id,
+            receiver,
+            give_up_at: now.checked_add(limit).unwrap_or(now + ONE_YEAR),
+        };
+        state.running = Some(flight.clone());
         let shared = self.clone();
+        let credentials_changed = std::mem::take(&mut state.credentials_changed);
         // The task is made at its first poll: a task dropped unpolled (its runtime is shutting
         // down) must not run `RefreshTask`'s `Drop`, which takes the lock we hold. Its dropped
         // sender marks the refresh as dead instead (see `live_refresh`).
@@ -238,21 +336,26 @@ impl Shared {
                 shared,
                 sender,
                 refresh_id,
+                credentials_changed,
                 finished: false,
             }
             .run()
             .await
         });
-        Ok(receiver)
+        Ok(flight)
     }
 
     /// Starts a refresh ahead of expiry (cold path of the read path), unless one is running or
     /// the cache is backing off.
     #[cold]
     pub(super) fn refresh_ahead(self: &Arc<Self>, generation: u64) {
-        // `try_lock`: a request in the refresh-ahead window must never wait for another.
-        let Ok(mut state) = self.refresh.try_lock() else {
-            return;
+        // `try_lock`: a request in the refresh-ahead window must never wait for another. A
+        // poisoned lock is used as is (see `lock_state`): were it taken as "busy", refresh
+        // ahead would be off for good.
+        let mut state = match self.refresh.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
         };
         self.refresh_ahead_locked(&mut state, generation);
     }
@@ -266,7 +369,7 @@ impl Shared {
             .load()
             .as_ref()
             .is_some_and(|c| c.generation == generation && now >= c.refresh_at);
-        if !due || state.live_refresh(self.config.refresh_timeout).is_some() {
+        if !due || state.live_refresh().is_some() {
             return;
         }
         if state.not_before.is_some_and(|t| t > now) {
@@ -286,17 +389,18 @@ impl Shared {
         let current = self.current.load();
         if let Some(current) = current.as_ref().filter(|c| c.generation == generation) {
             let refresh_at = until.map_or(current.expires_at, |u| u.min(current.expires_at));
-            self.current.store(Some(Arc::new(Current {
-                token: current.token.clone(),
+            self.current.store(Some(Arc::new(Current::new(
+                current.token.clone(),
                 refresh_at,
-                expires_at: current.expires_at,
+                current.expires_at,
                 generation,
-            })));
+            ))));
         }
     }
 
     /// Records the outcome of refresh `refresh_id`: the new token, or the failure and its
-    /// backoff.
+    /// backoff. Only the running refresh's outcome counts: one given up on and superseded
+    /// changes nothing (it is still handed to its own waiters, who look again).
     fn finish(self: &Arc<Self>, refresh_id: u64, result: Result<Token, Error>) -> Outcome {
         // Decided before the lock is taken, so that the state changes below happen in one
         // critical section (no window in which a second refresh could start).
@@ -319,24 +423,31 @@ impl Shared {
             Ok((token, refresh_at, expires_at))
         });
         let mut state = self.lock_state();
-        if state.refresh_id == refresh_id {
-            state.running = None;
+        let owns_the_state = state
+            .running
+            .as_ref()
+            .is_some_and(|flight| flight.id == refresh_id);
+        if !owns_the_state {
+            tracing::debug!("a token refresh that was given up on ended late; result discarded");
+            return result.map(|(token, _, _)| Arc::new(token));
         }
+        state.running = None;
         let now = Instant::now();
         match result {
             Ok((token, refresh_at, expires_at)) => {
                 let token = Arc::new(token);
                 state.failures = 0;
+                state.permanent_failures = 0;
                 state.not_before = None;
                 state.last_error = None;
                 state.next_generation += 1;
                 let generation = state.next_generation;
-                self.current.store(Some(Arc::new(Current {
-                    token: token.clone(),
+                self.current.store(Some(Arc::new(Current::new(
+                    token.clone(),
                     refresh_at,
                     expires_at,
                     generation,
-                })));
+                ))));
                 tracing::info!(
                     lifetime_s = (expires_at - now).as_secs(),
                     refresh_in_s = refresh_at.saturating_duration_since(now).as_secs(),
@@ -349,14 +460,36 @@ impl Shared {
                 }
                 Ok(token)
             }
+            Err(error) if error.kind() == ErrorKind::RefreshAborted => {
+                // Its runtime went away: no evidence about the token endpoint, so no backoff
+                // and no failure counted. The next request may start a refresh at once (also
+                // ahead of expiry: the refresh point was moved to expiry when this one began).
+                tracing::debug!("access token refresh aborted: its runtime went away");
+                let generation = self.current.load().as_ref().map(|c| c.generation);
+                if let Some(generation) = generation {
+                    self.postpone_refresh(generation, Some(now));
+                }
+                Err(error)
+            }
             Err(error) => {
                 state.failures = state.failures.saturating_add(1);
-                let delay = schedule::backoff_delay(
-                    &self.config,
-                    state.failures,
-                    error.retry_after(),
-                    fastrand::f64(),
-                );
+                let permanent = !error.is_transient();
+                let delay = if permanent {
+                    state.permanent_failures = state.permanent_failures.saturating_add(1);
+                    schedule::permanent_backoff_delay(
+                        &self.config,
+                        state.permanent_failures,
+                        error.retry_after(),
+                        fastrand::f64(),
+                    )
+                } else {
+                    schedule::backoff_delay(
+                        &self.config,
+                        state.failures,
+                        error.retry_after(),
+                        fastrand::f64(),
+                    )
+                };
                 let next = now.checked_add(delay).unwrap_or(now + ONE_YEAR);
                 state.not_before = Some(next);
                 state.last_error = Some(error.clone());
@@ -364,6 +497,7 @@ impl Shared {
                     error = %error,
                     kind = ?error.kind(),
                     consecutive_failures = state.failures,
+                    permanent,
                     next_attempt_in_ms = delay.as_millis() as u64,
                     "access token refresh failed"
                 );
@@ -406,6 +540,8 @@ struct RefreshTask {
     shared: Arc<Shared>,
     sender: watch::Sender<Option<Outcome>>,
     refresh_id: u64,
+    /// The source's credentials changed since the failures that started the last backoff.
+    credentials_changed: bool,
     finished: bool,
 }
 
@@ -414,7 +550,12 @@ impl RefreshTask {
         tracing::debug!("access token refresh started");
         let started = Instant::now();
         let timeout = self.shared.config.refresh_timeout;
-        let result = match tokio::time::timeout(timeout, self.shared.source.fetch_token()).await {
+        let result = match tokio::time::timeout(
+            timeout,
+            fetch_catching_panics(&self.shared, self.credentials_changed),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => Err(Error::new(
                 ErrorKind::Transport,
@@ -435,13 +576,49 @@ impl RefreshTask {
 impl Drop for RefreshTask {
     fn drop(&mut self) {
         if !self.finished {
-            let error = Error::new(
-                ErrorKind::RefreshAborted,
-                "the token refresh task was stopped before it finished; check that the tokio \
-                 runtime is still running",
-            );
-            let outcome = self.shared.finish(self.refresh_id, Err(error));
+            let outcome = self.shared.finish(self.refresh_id, Err(aborted()));
             self.sender.send_replace(Some(outcome));
         }
     }
+}
+
+/// Calls the token source, turning a panic into an error. Without this, a panicking source
+/// would end the task like a runtime shutting down does, which is not taken as a failure: it
+/// would be restarted without backoff.
+async fn fetch_catching_panics(shared: &Shared, credentials_changed: bool) -> Result<Token, Error> {
+    let panicked = || {
+        Error::new(
+            ErrorKind::Source,
+            "the token source panicked; see the panic message in the log",
+        )
+    };
+    let Ok(mut fetch) =
+        std::panic::catch_unwind(AssertUnwindSafe(|| shared.fetch(credentials_changed)))
+    else {
+        return Err(panicked());
+    };
+    std::future::poll_fn(|cx| {
+        // Not polled again after a panic: this returns `Ready`.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fetch.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => Poll::Ready(Err(panicked())),
+        }
+    })
+    .await
+}
+
+/// The outcome of a refresh whose task was dropped before it finished.
+fn aborted() -> Error {
+    Error::new(
+        ErrorKind::RefreshAborted,
+        "the token refresh task was stopped before it finished (its tokio runtime shut down); \
+         the next request starts a new one",
+    )
+}
+
+fn outside_a_runtime() -> Error {
+    Error::config(
+        "a token refresh was needed outside a tokio runtime; call the service from within a \
+         tokio runtime",
+    )
 }

@@ -49,22 +49,58 @@ pub(super) fn backoff_delay(
     server_wait: Option<Duration>,
     random: f64,
 ) -> Duration {
-    let exp = config
-        .backoff_factor
+    let step = exponential_step(
+        config.backoff_base,
+        config.backoff_factor,
+        config.max_backoff,
+        failures,
+    );
+    with_floor(config, equal_jitter(step, random), server_wait)
+}
+
+/// How long to wait after the `failures`-th permanent failure since the last success
+/// (`invalid_client`, `invalid_scope`, a bare 401, ...: see
+/// [`Error::is_transient`](crate::Error::is_transient)): `permanent_backoff_base`, doubling, at
+/// most `max_permanent_backoff`, jittered like [`backoff_delay`], with the server's wait as a
+/// floor. Such a failure needs a person to change the configuration or the client's
+/// registration; the wait keeps a misconfigured client from spending the rate limit that an
+/// identity provider shares between every app of an organisation.
+pub(super) fn permanent_backoff_delay(
+    config: &Config,
+    failures: u32,
+    server_wait: Option<Duration>,
+    random: f64,
+) -> Duration {
+    let step = exponential_step(
+        config.permanent_backoff_base,
+        2,
+        config.max_permanent_backoff,
+        failures,
+    );
+    with_floor(config, equal_jitter(step, random), server_wait)
+}
+
+/// `base × factor^(failures − 1)`, at most `max`, without overflow.
+fn exponential_step(base: Duration, factor: u32, max: Duration, failures: u32) -> Duration {
+    let exp = factor
         .checked_pow(failures.saturating_sub(1))
         .unwrap_or(u32::MAX);
-    let step = config
-        .backoff_base
-        .saturating_mul(exp)
-        .min(config.max_backoff);
-    // Jitter over the upper half of the step ("equal jitter"), not the whole of it ("full
-    // jitter"): replicas still spread out, and every step waits at least half its length, which
-    // is what bounds the attempts an outage can cause (full jitter allows a run of near-zero
-    // waits, so no such bound holds).
-    let jittered = step / 2 + (step / 2).mul_f64(random);
+    base.saturating_mul(exp).min(max)
+}
+
+/// A random point in the upper half of `step` ("equal jitter"), not in the whole of it ("full
+/// jitter"): replicas still spread out, and every step waits at least half its length, which is
+/// what bounds the attempts an outage can cause (full jitter allows a run of near-zero waits,
+/// so no such bound holds).
+fn equal_jitter(step: Duration, random: f64) -> Duration {
+    step / 2 + (step / 2).mul_f64(random)
+}
+
+/// The server's wait, capped by `max_retry_after`, as a floor under `delay`.
+fn with_floor(config: &Config, delay: Duration, server_wait: Option<Duration>) -> Duration {
     match server_wait {
-        Some(server) => jittered.max(server.min(config.max_retry_after)),
-        None => jittered,
+        Some(server) => delay.max(server.min(config.max_retry_after)),
+        None => delay,
     }
 }
 
@@ -123,5 +159,40 @@ mod tests {
             config.max_retry_after
         );
         assert!(backoff_delay(&config, u32::MAX, None, 0.5) <= config.max_backoff);
+    }
+
+    #[test]
+    fn permanent_backoff_doubles_from_seconds_to_minutes_within_equal_jitter() {
+        let config = Config::default();
+        let expected_steps = [5, 10, 20, 40, 80, 160, 300, 300, 300];
+        for (k, step) in expected_steps.into_iter().enumerate() {
+            let step = Duration::from_secs(step);
+            let failures = k as u32 + 1;
+            let low = permanent_backoff_delay(&config, failures, None, 0.0);
+            let high = permanent_backoff_delay(&config, failures, None, 0.999_999);
+            assert_eq!(low, step / 2, "{failures}");
+            assert!(high <= step && high > step / 2, "{failures}: {high:?}");
+        }
+        // Always longer than the transient schedule's step for the same count.
+        for failures in 1..=40 {
+            assert!(
+                permanent_backoff_delay(&config, failures, None, 0.0)
+                    >= backoff_delay(&config, failures, None, 0.999_999),
+                "{failures}"
+            );
+        }
+        // The server's wait is a floor, capped; huge counts and settings do not overflow.
+        let server = Some(Duration::from_secs(600));
+        assert_eq!(
+            permanent_backoff_delay(&config, 1, server, 0.0),
+            config.max_retry_after
+        );
+        assert!(permanent_backoff_delay(&config, u32::MAX, None, 0.5) <= Duration::from_secs(300));
+        let config = Config {
+            permanent_backoff_base: Duration::MAX,
+            max_permanent_backoff: Duration::MAX,
+            ..Config::default()
+        };
+        permanent_backoff_delay(&config, u32::MAX, None, 0.999);
     }
 }

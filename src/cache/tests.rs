@@ -1,5 +1,6 @@
 //! Behaviour of the cache under the paused clock, with scripted sources.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -258,4 +259,297 @@ fn a_refresh_on_a_runtime_no_longer_driven_does_not_wedge_the_cache() {
         assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-1");
     });
     drop(a);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_poisoned_lock_does_not_turn_off_refresh_ahead() {
+    let source = scripted(100, 100, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_jitter(0.0)
+        .build();
+    assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-0");
+    // A panic while the refresh state is locked poisons the mutex.
+    let shared = cache.shared.clone();
+    let panicked = std::thread::spawn(move || {
+        let _state = shared.refresh.lock();
+        panic!("poison the refresh state");
+    })
+    .join();
+    assert!(panicked.is_err() && cache.shared.refresh.is_poisoned());
+    // Past the refresh point (70 s), a request starts the refresh ahead of expiry.
+    tokio::time::advance(Duration::from_secs(71)).await;
+    assert_eq!(
+        cache.usable_header(&mut cache.reader()).unwrap(),
+        "Bearer token-0"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        cache.usable_header(&mut cache.reader()).unwrap(),
+        "Bearer token-1"
+    );
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// Starts a refresh on a runtime that is then no longer driven; returns that runtime.
+fn refresh_left_on_an_undriven_runtime(cache: &TokenCache) -> tokio::runtime::Runtime {
+    let runtime = current_thread_runtime();
+    let waited = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_millis(1), cache.wait_for_header()).await
+    });
+    assert!(waited.is_err(), "still waiting when the runtime stops");
+    runtime
+}
+
+#[test]
+fn a_runtime_shut_down_mid_refresh_is_not_a_failure_and_a_waiter_restarts_the_refresh() {
+    let source = scripted(200, 3600, 0);
+    let cache = TokenCache::builder(source.clone())
+        .backoff_base(Duration::from_secs(10))
+        .build();
+    let other = multi_thread_runtime();
+
+    // No waiter: the aborted refresh leaves no backoff behind.
+    drop(refresh_left_on_an_undriven_runtime(&cache));
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    other.block_on(async {
+        assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-1");
+    });
+
+    // A waiter on the other runtime: it restarts the refresh there.
+    assert!(cache.invalidate(&cache.cached().unwrap()));
+    let a = current_thread_runtime();
+    let waited = a.block_on(async {
+        tokio::time::timeout(Duration::from_millis(1), cache.wait_for_header()).await
+    });
+    assert!(waited.is_err());
+    assert_eq!(source.calls.load(Ordering::SeqCst), 3, "invalidate + a");
+    let waiter = {
+        let cache = cache.clone();
+        other.spawn(async move { cache.wait_for_header().await })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    drop(a);
+    let header = other.block_on(waiter).unwrap();
+    assert_eq!(header.unwrap(), "Bearer token-3");
+    assert_eq!(source.calls.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_late_success_of_a_superseded_refresh_does_not_replace_the_newer_token() {
+    let source = scripted(10, 3600, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_timeout(Duration::from_millis(100))
+        .build();
+    let stalled = refresh_left_on_an_undriven_runtime(&cache);
+    let other = multi_thread_runtime();
+    other.block_on(async {
+        let given_up = cache.wait_for_header().await.unwrap_err();
+        assert_eq!(given_up.kind(), ErrorKind::RefreshAborted);
+        assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-1");
+    });
+    // The superseded refresh (call 0) finishes late, with a token.
+    stalled.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.cached().unwrap().header(), "Bearer token-1");
+}
+
+#[test]
+fn a_late_failure_of_a_superseded_refresh_does_not_change_the_state() {
+    let source = scripted(10, 3600, 1);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_timeout(Duration::from_millis(100))
+        .backoff_base(Duration::from_secs(10))
+        .min_invalidate_interval(Duration::ZERO)
+        .build();
+    let stalled = refresh_left_on_an_undriven_runtime(&cache);
+    let other = multi_thread_runtime();
+    other.block_on(async {
+        cache.wait_for_header().await.unwrap_err();
+        assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-1");
+    });
+    // The superseded refresh (call 0) fails late: no backoff, no failure recorded.
+    stalled.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+    other.block_on(async {
+        assert!(cache.invalidate(&cache.cached().unwrap()));
+        assert_eq!(cache.wait_for_header().await.unwrap(), "Bearer token-2");
+    });
+}
+
+#[test]
+fn a_waiters_time_limit_counts_from_the_start_of_the_refresh() {
+    let source = scripted(10, 3600, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_timeout(Duration::from_millis(200))
+        .build();
+    let started = std::time::Instant::now();
+    let _stalled = refresh_left_on_an_undriven_runtime(&cache);
+    std::thread::sleep(Duration::from_millis(600));
+    let other = multi_thread_runtime();
+    let given_up = other.block_on(cache.wait_for_header()).unwrap_err();
+    assert_eq!(given_up.kind(), ErrorKind::RefreshAborted);
+    // The refresh's limit (200 ms) and the grace (1 s), from the start of the refresh; not
+    // another 1.2 s from when the waiter joined at 600 ms.
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+}
+
+#[test]
+fn joining_a_refresh_outside_a_runtime_is_a_typed_error() {
+    let source = scripted(1000, 3600, 0);
+    let cache = TokenCache::new(source.clone());
+    let _stalled = refresh_left_on_an_undriven_runtime(&cache);
+    let mut waiter = std::pin::pin!(cache.wait_for_header());
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match waiter.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(Err(error)) => {
+            assert_eq!(error.kind(), ErrorKind::Configuration);
+            assert!(
+                error.to_string().contains("outside a tokio runtime"),
+                "{error}"
+            );
+        }
+        other => panic!("expected a typed error at once, got {other:?}"),
+    }
+}
+
+/// A source that panics on every call.
+struct Panicking(AtomicUsize);
+
+impl TokenSource for Arc<Panicking> {
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(async move {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            panic!("a bug in the token source");
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_is_a_failure_that_backs_off_not_an_abort_restarted_at_once() {
+    let source = Arc::new(Panicking(AtomicUsize::new(0)));
+    let cache = TokenCache::builder(source.clone())
+        .backoff_base(Duration::from_secs(1))
+        .build();
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Source);
+    assert_eq!(
+        cache.token().await.unwrap_err().kind(),
+        ErrorKind::BackingOff
+    );
+    assert_eq!(source.0.load(Ordering::SeqCst), 1);
+}
+
+/// A source that answers call `n` with `answer(n)` after 100 ms.
+struct Answers<F>(AtomicUsize, F);
+
+impl<F> TokenSource for Arc<Answers<F>>
+where
+    F: Fn(usize) -> Result<Token, Error> + Send + Sync + 'static,
+{
+    fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+        Box::pin(async move {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (self.1)(n)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_reports_state_expiry_scope_failures_and_never_the_token() {
+    let source = Arc::new(Answers(AtomicUsize::new(0), |n| match n {
+        0 => Err(Error::new(ErrorKind::Transport, "scripted outage")),
+        1 => Ok(
+            Token::bearer("s3cr3t-t0k3n", Some(Duration::from_secs(100)))?
+                .with_scope("role:app organization:read"),
+        ),
+        _ => Err(
+            Error::new(ErrorKind::TokenEndpoint, "scripted").with_oauth(crate::OAuthError {
+                status: http::StatusCode::UNAUTHORIZED,
+                error: "invalid_client".into(),
+                error_description: None,
+                error_uri: None,
+            }),
+        ),
+    }));
+    let cache = TokenCache::builder(source.clone())
+        .backoff_base(Duration::from_secs(2))
+        .refresh_jitter(0.0)
+        .build();
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Empty);
+    assert!(status.expires_at.is_none() && status.last_error.is_none());
+
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Refreshing);
+    assert!(status.refreshing);
+    waiter.await.unwrap().unwrap_err();
+
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::BackingOff);
+    assert_eq!(status.consecutive_failures, 1);
+    assert_eq!(
+        status.last_error.as_ref().map(Error::kind),
+        Some(ErrorKind::Transport)
+    );
+    assert!(status.next_attempt_in.unwrap() <= Duration::from_secs(2));
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    cache.token().await.unwrap();
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Valid);
+    assert_eq!(status.remaining_lifetime, Some(Duration::from_secs(100)));
+    let wall = status
+        .expires_at
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(wall > Duration::from_secs(99) && wall <= Duration::from_secs(100));
+    assert_eq!(status.scope.as_deref(), Some("role:app organization:read"));
+    assert!(status.last_error.is_none() && status.next_attempt_in.is_none());
+    assert!(!status.refreshing && status.consecutive_failures == 0);
+    for shown in [format!("{status:?}"), status.to_string()] {
+        assert!(!shown.contains("s3cr3t-t0k3n"), "{shown}");
+    }
+    assert!(status.to_string().starts_with("valid, expires in 100 s"));
+
+    // Past the refresh point (70 s) the refresh ahead fails permanently: still valid.
+    tokio::time::advance(Duration::from_secs(71)).await;
+    cache.token().await.unwrap();
+    assert!(cache.status().refreshing);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Valid);
+    assert!(!status.last_error.as_ref().unwrap().is_transient());
+    // Expired: failed, not backing off.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let status = cache.status();
+    assert_eq!(status.state, TokenState::Failed);
+    assert_eq!(status.remaining_lifetime, Some(Duration::ZERO));
+    assert!(status.next_attempt_in.is_some());
+    assert!(status
+        .to_string()
+        .starts_with("failed; last refresh failed: "));
 }

@@ -1,9 +1,17 @@
 //! How these credentials authenticate the client: decided at build, except that with a secret
 //! and no configured method, `client_secret_basic` or `client_secret_post` is negotiated at the
-//! first token request and the one that works is remembered.
+//! first token request and the one that works is remembered. A JWT assertion needs its key, and
+//! mutual TLS a certificate and no secret: the variants hold exactly what each needs.
+//!
+//! When both are refused, that is remembered too: each later fetch sends one request, with the
+//! method the previous one did not try, instead of two. So a misconfigured client costs the
+//! token endpoint (whose rate limit other applications may share) one request per attempt, and
+//! a fix on either side (the secret, or the method the server allows) is still found within two
+//! attempts.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use secrecy::SecretString;
 
@@ -16,29 +24,143 @@ use crate::token::Token;
 
 /// What the client authenticates with, and how.
 pub(super) enum Authentication {
-    /// The client secret (read from its source at every token request), sent in a Basic
-    /// header or in the form.
+    /// The client secret (read from its source at every token request), and how it is sent:
+    /// in a Basic header or in the form (configured or negotiated), or as the key of a
+    /// `client_secret_jwt` assertion.
     Secret {
-        secret: Arc<dyn SecretSource>,
+        secret: ClientSecret,
         method: SecretMethod,
     },
-    /// `client_secret_jwt`: a JWT client assertion (RFC 7523) signed with the client secret,
-    /// read from its source at every token request.
-    #[cfg(feature = "jwt-client-auth")]
-    SecretJwt(Arc<dyn SecretSource>),
     /// `private_key_jwt`: a JWT client assertion (RFC 7523) signed with a private key.
     #[cfg(feature = "jwt-client-auth")]
     Assertion(crate::oauth::assertion::AssertionKey),
     /// `private_key_jwt`: a JWT client assertion signed by the user's signer (a KMS, an HSM).
     #[cfg(feature = "jwt-client-auth")]
-    Signer(std::sync::Arc<dyn super::signer::JwtSigner>),
+    Signer(Arc<dyn super::signer::JwtSigner>),
+    /// The TLS client certificate (RFC 8705 §2): it authenticates the connection; the form
+    /// only names the client.
+    Certificate {
+        kind: CertificateKind,
+        presented_by: CertificateHolder,
+    },
 }
 
-/// How the secret is sent: as configured, or as negotiated.
+/// The client secret: where it is read, and what names it in a shared store's key.
+pub(super) struct ClientSecret {
+    /// Read at every token request (and once more after `invalid_client`).
+    pub(super) source: Arc<dyn SecretSource>,
+    /// The HMAC key of the store key (see `store_identity`), fixed when the credentials are
+    /// built so that the key stays the same while the secret rotates: the secret itself for
+    /// `client_secret("..")` (it never changes), the source's name (its `Debug`, which a
+    /// `SecretSource` must keep free of the secret) for a source.
+    #[cfg(feature = "store")]
+    store_hmac_key: SecretString,
+}
+
+impl ClientSecret {
+    /// A secret given as a value (`client_secret("..")`).
+    pub(super) fn fixed(secret: SecretString) -> Self {
+        ClientSecret {
+            #[cfg(feature = "store")]
+            store_hmac_key: secret.clone(),
+            source: Arc::new(super::secret::FixedSecret(secret)),
+        }
+    }
+
+    /// A secret read from `source`.
+    pub(super) fn from_source(source: Arc<dyn SecretSource>) -> Self {
+        ClientSecret {
+            #[cfg(feature = "store")]
+            store_hmac_key: SecretString::from(format!("secret source {source:?}")),
+            source,
+        }
+    }
+}
+
+/// Which RFC 8705 method the certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CertificateKind {
+    /// Issued by a CA the server trusts (`tls_client_auth`, §2.1).
+    CaIssued,
+    /// Self-signed and registered with the client (`self_signed_tls_client_auth`, §2.2).
+    SelfSigned,
+}
+
+/// What presents the certificate on the token and discovery requests. `Debug` shows the
+/// identity's thumbprint, never its key.
+#[derive(Debug)]
+pub(super) enum CertificateHolder {
+    /// The built-in client, made with this identity (feature `mtls`).
+    #[cfg(feature = "mtls")]
+    Identity(crate::mtls::ClientIdentity),
+    /// The HTTP client passed to `ClientCredentialsBuilder::http_client`.
+    CallersHttpClient,
+}
+
+impl CertificateKind {
+    fn method(self) -> ClientAuthMethod {
+        match self {
+            CertificateKind::CaIssued => ClientAuthMethod::TlsClientAuth,
+            CertificateKind::SelfSigned => ClientAuthMethod::SelfSignedTlsClientAuth,
+        }
+    }
+}
+
+/// How the secret is used: sent as configured or as negotiated, or as an assertion's key.
 pub(super) enum SecretMethod {
     Configured(SecretEncoding),
-    /// Not configured: empty until a token request succeeds, then the method that did.
-    Negotiated(OnceLock<SecretEncoding>),
+    /// Not configured: what the negotiation has learned so far.
+    Negotiated(Negotiation),
+    /// `client_secret_jwt`: a JWT client assertion (RFC 7523) signed (HS256) with the secret.
+    #[cfg(feature = "jwt-client-auth")]
+    Jwt,
+}
+
+/// What the negotiation of the secret's encoding has learned. The cache runs one fetch at a
+/// time; an atomic keeps concurrent direct callers safe (the worst they can do is repeat a try).
+#[derive(Debug, Default)]
+pub(super) struct Negotiation(AtomicU8);
+
+/// What a [`Negotiation`] knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Learned {
+    /// Nothing yet: try every candidate.
+    Nothing,
+    /// This encoding worked: use it, and only it, from now on.
+    Works(SecretEncoding),
+    /// Every candidate was refused: try one per fetch, this one next.
+    AllRefusedTryNext(SecretEncoding),
+}
+
+impl Negotiation {
+    fn get(&self) -> Learned {
+        match self.0.load(Ordering::Acquire) {
+            1 => Learned::Works(SecretEncoding::Basic),
+            2 => Learned::Works(SecretEncoding::Post),
+            3 => Learned::AllRefusedTryNext(SecretEncoding::Basic),
+            4 => Learned::AllRefusedTryNext(SecretEncoding::Post),
+            _ => Learned::Nothing,
+        }
+    }
+
+    fn set(&self, learned: Learned) {
+        let value = match learned {
+            Learned::Nothing => 0,
+            Learned::Works(SecretEncoding::Basic) => 1,
+            Learned::Works(SecretEncoding::Post) => 2,
+            Learned::AllRefusedTryNext(SecretEncoding::Basic) => 3,
+            Learned::AllRefusedTryNext(SecretEncoding::Post) => 4,
+        };
+        self.0.store(value, Ordering::Release);
+    }
+
+    /// The encoding that worked, if one did.
+    fn works(&self) -> Option<SecretEncoding> {
+        match self.get() {
+            Learned::Works(encoding) => Some(encoding),
+            _ => None,
+        }
+    }
 }
 
 /// The two ways to send the secret itself (RFC 6749 §2.3.1).
@@ -85,16 +207,7 @@ impl Authentication {
     /// first successful token request when none was configured.
     pub(super) fn method(&self) -> Option<ClientAuthMethod> {
         match self {
-            Authentication::Secret {
-                method: SecretMethod::Configured(encoding),
-                ..
-            } => Some(encoding.method()),
-            Authentication::Secret {
-                method: SecretMethod::Negotiated(learned),
-                ..
-            } => learned.get().map(|encoding| encoding.method()),
-            #[cfg(feature = "jwt-client-auth")]
-            Authentication::SecretJwt(_) => Some(ClientAuthMethod::ClientSecretJwt),
+            Authentication::Secret { method, .. } => method.in_use(),
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Signer(_) => Some(ClientAuthMethod::PrivateKeyJwt),
             #[cfg(feature = "jwt-client-auth")]
@@ -106,16 +219,73 @@ impl Authentication {
                     ClientAuthMethod::PrivateKeyJwt
                 }
             }),
+            Authentication::Certificate { kind, .. } => Some(kind.method()),
+        }
+    }
+
+    /// What names this authentication in a shared store's key: the configured method
+    /// (`negotiated` when none is: the key must not change once one is detected), and what
+    /// keys the hash, if anything does (a private key or a certificate is not hashed).
+    ///
+    /// With a secret, the hash is keyed by what was fixed at build (see
+    /// [`ClientSecret::store_hmac_key`]): the secret itself for `client_secret("..")`, the
+    /// source's name for a [`SecretSource`]. Never the value a source gives: the key would
+    /// change at every rotation (and caches with the old and the new secret, which are one
+    /// credential set, would stop sharing), and it is not known without reading the source,
+    /// which is asynchronous and may fail.
+    #[cfg(feature = "store")]
+    pub(super) fn store_identity(&self) -> (&'static str, Option<&SecretString>) {
+        match self {
+            Authentication::Secret { secret, method } => {
+                let name = match method {
+                    SecretMethod::Configured(encoding) => encoding.method().as_str(),
+                    SecretMethod::Negotiated(_) => "negotiated",
+                    #[cfg(feature = "jwt-client-auth")]
+                    SecretMethod::Jwt => ClientAuthMethod::ClientSecretJwt.as_str(),
+                };
+                (name, Some(&secret.store_hmac_key))
+            }
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Assertion(key) => match key {
+                crate::oauth::assertion::AssertionKey::ClientSecret(secret) => {
+                    (ClientAuthMethod::ClientSecretJwt.as_str(), Some(secret))
+                }
+                crate::oauth::assertion::AssertionKey::PrivateKey(_) => {
+                    (ClientAuthMethod::PrivateKeyJwt.as_str(), None)
+                }
+            },
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Signer(_) => (ClientAuthMethod::PrivateKeyJwt.as_str(), None),
+            Authentication::Certificate { kind, .. } => (kind.method().as_str(), None),
+        }
+    }
+
+    /// Whether the client authenticates with its TLS certificate: its token requests go to the
+    /// metadata's `mtls_endpoint_aliases` token endpoint when there is one (RFC 8705 §5).
+    pub(super) fn is_certificate(&self) -> bool {
+        matches!(self, Authentication::Certificate { .. })
+    }
+}
+
+impl SecretMethod {
+    /// The method in use: the configured one, or the one that worked, or `None` before the
+    /// first successful token request when none was configured.
+    fn in_use(&self) -> Option<ClientAuthMethod> {
+        match self {
+            SecretMethod::Configured(encoding) => Some(encoding.method()),
+            SecretMethod::Negotiated(learned) => learned.works().map(|encoding| encoding.method()),
+            #[cfg(feature = "jwt-client-auth")]
+            SecretMethod::Jwt => Some(ClientAuthMethod::ClientSecretJwt),
         }
     }
 
     /// Gets a token through `request`, which sends one token request with the client
-    /// authentication it is given, using `secret` (read from the source by the caller; `None`
-    /// for `private_key_jwt`). `supported` is the server metadata's
+    /// authentication it is given, using `secret`: the value THIS attempt read from the source
+    /// (the request's redaction set is made from it too). `supported` is the server metadata's
     /// `token_endpoint_auth_methods_supported`, when known.
-    pub(super) async fn fetch_with<F, Fut>(
+    pub(super) async fn fetch<F, Fut>(
         &self,
-        secret: Option<&SecretString>,
+        secret: &SecretString,
         supported: Option<&[String]>,
         request: &mut F,
     ) -> Result<Token, Error>
@@ -123,43 +293,34 @@ impl Authentication {
         F: FnMut(ClientAuth<'_>) -> Fut,
         Fut: Future<Output = Result<Token, Error>>,
     {
-        // Every method but `private_key_jwt` needs the secret the caller read.
-        let secret = || secret.ok_or_else(|| Error::config("no client secret was read"));
-        let (secret, learned) = match self {
+        let learned = match self {
+            SecretMethod::Configured(encoding) => return request(encoding.with(secret)).await,
             #[cfg(feature = "jwt-client-auth")]
-            Authentication::Assertion(key) => return request(ClientAuth::Assertion(key)).await,
-            // The assertion is signed asynchronously, before the request: see `rotation.rs`.
-            #[cfg(feature = "jwt-client-auth")]
-            Authentication::Signer(_) => {
-                return Err(Error::config(
-                    "a signer's assertion must be made beforehand",
-                ))
-            }
-            #[cfg(feature = "jwt-client-auth")]
-            Authentication::SecretJwt(_) => {
-                let key = crate::oauth::assertion::AssertionKey::ClientSecret(secret()?.clone());
+            SecretMethod::Jwt => {
+                let key = crate::oauth::assertion::AssertionKey::ClientSecret(secret.clone());
                 return request(ClientAuth::Assertion(&key)).await;
             }
-            Authentication::Secret {
-                method: SecretMethod::Configured(encoding),
-                ..
-            } => return request(encoding.with(secret()?)).await,
-            Authentication::Secret {
-                method: SecretMethod::Negotiated(learned),
-                ..
-            } => (secret()?, learned),
+            SecretMethod::Negotiated(learned) => learned,
         };
-        if let Some(encoding) = learned.get() {
-            return request(encoding.with(secret)).await;
-        }
-        // Not configured and not learned yet. The one that works is kept for the life of these
-        // credentials.
+        let candidates = SecretEncoding::candidates(supported);
+        let to_try: &[SecretEncoding] = match learned.get() {
+            Learned::Works(encoding) => return request(encoding.with(secret)).await,
+            Learned::Nothing => candidates,
+            // Both were refused before: one request per fetch, alternating.
+            Learned::AllRefusedTryNext(encoding) => std::slice::from_ref(
+                candidates
+                    .iter()
+                    .find(|&&c| c == encoding)
+                    .unwrap_or(&candidates[0]),
+            ),
+        };
+        // The one that works is kept for the life of these credentials.
         let mut last = None;
-        for &encoding in SecretEncoding::candidates(supported) {
+        for &encoding in to_try {
             let method = encoding.method();
             match request(encoding.with(secret)).await {
                 Ok(token) => {
-                    let _ = learned.set(encoding);
+                    learned.set(Learned::Works(encoding));
                     tracing::debug!(
                         method = method.as_str(),
                         "client authentication method detected"
@@ -171,12 +332,27 @@ impl Authentication {
                         method = method.as_str(),
                         "client authentication method rejected"
                     );
-                    last = Some(error);
+                    last = Some((encoding, error));
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(last.unwrap_or_else(|| Error::config("no client authentication method to try")))
+        let Some((refused, error)) = last else {
+            return Err(Error::config("no client authentication method to try"));
+        };
+        let next = candidates
+            .iter()
+            .copied()
+            .find(|&c| c != refused)
+            .unwrap_or(refused);
+        if learned.get() == Learned::Nothing {
+            tracing::debug!(
+                "every client authentication method was refused; later attempts send one \
+                 request each, alternating"
+            );
+        }
+        learned.set(Learned::AllRefusedTryNext(next));
+        Err(error)
     }
 }
 
@@ -191,6 +367,16 @@ pub(super) fn rejected_client_auth(error: &Error) -> bool {
         }
 }
 
+impl Authentication {
+    /// What presents the client certificate, for `Debug`.
+    pub(super) fn certificate_holder(&self) -> Option<&CertificateHolder> {
+        match self {
+            Authentication::Certificate { presented_by, .. } => Some(presented_by),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(feature = "jwt-client-auth")]
 impl Authentication {
     /// The `private_key_jwt` key, for a redacted `Debug`.
@@ -201,5 +387,73 @@ impl Authentication {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn negotiated() -> Authentication {
+        Authentication::Secret {
+            secret: ClientSecret::fixed(SecretString::from("secret")),
+            method: SecretMethod::Negotiated(Negotiation::default()),
+        }
+    }
+
+    /// One fetch as `Authentication::fetch` makes it, with the secret the source gives.
+    async fn fetch<F, Fut>(auth: &Authentication, mut request: F) -> Result<Token, Error>
+    where
+        F: FnMut(ClientAuth<'_>) -> Fut,
+        Fut: Future<Output = Result<Token, Error>>,
+    {
+        let Authentication::Secret { secret, method } = auth else {
+            unreachable!("a secret is configured")
+        };
+        let secret = secret.source.secret().await?;
+        method.fetch(&secret, None, &mut request).await
+    }
+
+    fn refused() -> Error {
+        Error::new(ErrorKind::TokenEndpoint, "who are you")
+            .with_status(http::StatusCode::UNAUTHORIZED)
+    }
+
+    /// Runs one fetch against a server that refuses every request, and returns the methods
+    /// it saw.
+    async fn fetch_refused(auth: &Authentication) -> Vec<SecretEncoding> {
+        let seen = Mutex::new(Vec::new());
+        let result = fetch(auth, |client_auth| {
+            seen.lock().unwrap().push(match client_auth {
+                ClientAuth::Basic(_) => SecretEncoding::Basic,
+                ClientAuth::Post(_) => SecretEncoding::Post,
+                #[cfg(feature = "jwt-client-auth")]
+                ClientAuth::Assertion(_) | ClientAuth::SignedAssertion(_) => unreachable!(),
+                ClientAuth::Certificate => unreachable!(),
+            });
+            async { Err(refused()) }
+        })
+        .await;
+        assert_eq!(
+            result.unwrap_err().status(),
+            Some(http::StatusCode::UNAUTHORIZED)
+        );
+        seen.into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn once_both_methods_are_refused_each_attempt_sends_one_request() {
+        use SecretEncoding::{Basic, Post};
+        let auth = negotiated();
+        assert_eq!(fetch_refused(&auth).await, [Basic, Post]);
+        assert_eq!(fetch_refused(&auth).await, [Basic]);
+        assert_eq!(fetch_refused(&auth).await, [Post]);
+        assert_eq!(fetch_refused(&auth).await, [Basic]);
+        assert_eq!(auth.method(), None);
+        // A success is remembered, and ends the alternation.
+        let token = fetch(&auth, |_| async { Token::bearer("t", None) }).await;
+        assert!(token.is_ok());
+        assert_eq!(auth.method(), Some(ClientAuthMethod::ClientSecretPost));
     }
 }

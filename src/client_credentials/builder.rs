@@ -3,7 +3,7 @@
 //! token request and named.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,8 +13,11 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use tower_service::Service;
 
-use super::auth_method::{Authentication, SecretEncoding, SecretMethod};
-use super::secret::{FixedSecret, SecretSource};
+use super::auth_method::{
+    Authentication, CertificateHolder, CertificateKind, ClientSecret, Negotiation, SecretEncoding,
+    SecretMethod,
+};
+use super::secret::SecretSource;
 use super::token_endpoint::TokenEndpoint;
 use super::{ClientCredentials, Inner};
 use crate::error::{BoxError, Error};
@@ -41,6 +44,10 @@ pub struct ClientCredentialsBuilder {
     connect_timeout: Duration,
     max_response_size: usize,
     expiry_from_jwt: bool,
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::DpopKey>,
+    #[cfg(feature = "mtls")]
+    identity: Option<crate::mtls::ClientIdentity>,
     error: Option<Error>,
 }
 
@@ -69,6 +76,10 @@ impl ClientCredentialsBuilder {
             connect_timeout: client::DEFAULT_CONNECT_TIMEOUT,
             max_response_size: client::DEFAULT_MAX_RESPONSE_SIZE,
             expiry_from_jwt: true,
+            #[cfg(feature = "dpop")]
+            dpop: None,
+            #[cfg(feature = "mtls")]
+            identity: None,
             error: None,
         }
     }
@@ -289,7 +300,28 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// Time limit for one token or discovery request, connecting included. Default 30 s.
+    /// Time limit for one whole token fetch, connecting included. Default 30 s.
+    ///
+    /// One deadline covers everything a fetch does: discovery over all its locations (the
+    /// first fetch with an [`issuer`](Self::issuer)), then the token request, or both token
+    /// requests of the client authentication negotiation. It is the most one
+    /// [`fetch_token`](crate::TokenSource::fetch_token) (and one refresh of a
+    /// [`TokenCache`](crate::TokenCache)) can take; a request still unanswered then fails with
+    /// [`ErrorKind::Transport`](crate::ErrorKind::Transport). The same limit applies to
+    /// [`discover`](ClientCredentials::discover).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// let credentials = ClientCredentials::builder()
+    ///     .issuer("https://idp.example/oauth2/default")?
+    ///     .client_id("my-client")
+    ///     .client_secret("my-secret")
+    ///     .timeout(Duration::from_secs(10))
+    ///     .build()?;
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -312,6 +344,39 @@ impl ClientCredentialsBuilder {
     /// token is not a JWT, the cache's default lifetime applies.
     pub fn expiry_from_jwt(mut self, enabled: bool) -> Self {
         self.expiry_from_jwt = enabled;
+        self
+    }
+
+    /// Binds the tokens to `key` (RFC 9449 DPoP): every token request carries a proof signed
+    /// with it, and a `use_dpop_nonce` answer is retried once with the server's nonce. Give
+    /// the same key to [`BearerAuthLayer::dpop`](crate::BearerAuthLayer::dpop), which proves
+    /// possession on every API request. Needs the cargo feature `dpop`.
+    #[cfg(feature = "dpop")]
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
+    /// Authenticates with `tls_client_auth` (RFC 8705 §2.1): the token and discovery requests
+    /// present `identity`'s certificate (issued by a CA the server trusts) on the built-in
+    /// rustls client, and the form names the client id; no secret is needed. Tokens the server
+    /// binds to the certificate (`cnf.x5t#S256`) must reach the API over a client with the same
+    /// identity: [`ClientIdentity::hyper_client`](crate::mtls::ClientIdentity::hyper_client).
+    /// When the server's metadata has `mtls_endpoint_aliases`, its token endpoint is used.
+    /// Needs the cargo feature `mtls`.
+    #[cfg(feature = "mtls")]
+    pub fn tls_client_auth(mut self, identity: crate::mtls::ClientIdentity) -> Self {
+        self.identity = Some(identity);
+        self.method = Some(ClientAuthMethod::TlsClientAuth);
+        self
+    }
+
+    /// Like [`tls_client_auth`](Self::tls_client_auth) with a self-signed certificate registered
+    /// with the client (`self_signed_tls_client_auth`, RFC 8705 §2.2).
+    #[cfg(feature = "mtls")]
+    pub fn self_signed_tls_client_auth(mut self, identity: crate::mtls::ClientIdentity) -> Self {
+        self.identity = Some(identity);
+        self.method = Some(ClientAuthMethod::SelfSignedTlsClientAuth);
         self
     }
 
@@ -360,9 +425,17 @@ impl ClientCredentialsBuilder {
                 ))
             }
         };
-        let http = match self.http {
-            Some(http) => http,
-            None => default_client(self.connect_timeout)?,
+        let http = match (self.http, &authentication) {
+            (Some(http), _) => http,
+            #[cfg(feature = "mtls")]
+            (
+                None,
+                Authentication::Certificate {
+                    presented_by: CertificateHolder::Identity(identity),
+                    ..
+                },
+            ) => identity.token_client(self.connect_timeout)?,
+            (None, _) => default_client(self.connect_timeout)?,
         }
         .with_limits(self.timeout, self.max_response_size);
         let scope = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
@@ -375,6 +448,8 @@ impl ClientCredentialsBuilder {
                 params: self.params,
                 http,
                 expiry_from_jwt: self.expiry_from_jwt,
+                #[cfg(feature = "dpop")]
+                dpop: self.dpop,
             }),
         })
     }
@@ -382,6 +457,20 @@ impl ClientCredentialsBuilder {
     /// The client authentication: the configured method with what it needs, or the secret
     /// with the method left to negotiate.
     fn authentication(&mut self) -> Result<Authentication, Error> {
+        #[cfg(feature = "mtls")]
+        if self.identity.is_some()
+            && !matches!(
+                self.method,
+                Some(ClientAuthMethod::TlsClientAuth | ClientAuthMethod::SelfSignedTlsClientAuth)
+            )
+        {
+            return Err(Error::config(format!(
+                "a client certificate was given with `.tls_client_auth(..)` or \
+                 `.self_signed_tls_client_auth(..)`, but the client authentication method is \
+                 now {}; drop one of the two",
+                self.method.map_or("unset", ClientAuthMethod::as_str)
+            )));
+        }
         let encoding = match self.method {
             None => None,
             Some(ClientAuthMethod::ClientSecretBasic) => Some(SecretEncoding::Basic),
@@ -398,22 +487,27 @@ impl ClientCredentialsBuilder {
                 #[cfg(feature = "jwt-client-auth")]
                 return self.assertion(method);
             }
+            Some(ClientAuthMethod::TlsClientAuth) => {
+                return self.certificate(CertificateKind::CaIssued)
+            }
+            Some(ClientAuthMethod::SelfSignedTlsClientAuth) => {
+                return self.certificate(CertificateKind::SelfSigned)
+            }
         };
         let method = match encoding {
             Some(encoding) => SecretMethod::Configured(encoding),
-            None => SecretMethod::Negotiated(OnceLock::new()),
+            None => SecretMethod::Negotiated(Negotiation::default()),
         };
-        let secret = self.secret_source()?.ok_or_else(no_secret)?;
+        let secret = self.secret()?.ok_or_else(no_secret)?;
         Ok(Authentication::Secret { secret, method })
     }
 
-    /// The secret's source: the one given, or the fixed secret (checked now).
-    fn secret_source(&mut self) -> Result<Option<Arc<dyn SecretSource>>, Error> {
+    /// The secret: the source given, or the fixed secret (checked now).
+    fn secret(&mut self) -> Result<Option<ClientSecret>, Error> {
         if let Some(source) = self.client_secret_source.take() {
-            return Ok(Some(source));
+            return Ok(Some(ClientSecret::from_source(source)));
         }
-        Ok(checked_secret(self.client_secret.take())?
-            .map(|secret| Arc::new(FixedSecret(secret)) as Arc<dyn SecretSource>))
+        Ok(checked_secret(self.client_secret.take())?.map(ClientSecret::fixed))
     }
 
     /// `client_secret_jwt` needs the secret; `private_key_jwt` signs with the key alone (a
@@ -423,7 +517,7 @@ impl ClientCredentialsBuilder {
         use crate::oauth::assertion::AssertionKey;
         if method == ClientAuthMethod::PrivateKeyJwt {
             if let Some(signer) = self.signer.take() {
-                self.secret_source()?;
+                self.secret()?;
                 return Ok(Authentication::Signer(signer));
             }
             let key = self.private_key.take().ok_or_else(|| {
@@ -431,13 +525,47 @@ impl ClientCredentialsBuilder {
                     "private_key_jwt needs a private key; set it with `.private_key_jwt(..)`",
                 )
             })?;
-            self.secret_source()?;
+            self.secret()?;
             Ok(Authentication::Assertion(AssertionKey::PrivateKey(key)))
         } else {
-            Ok(Authentication::SecretJwt(
-                self.secret_source()?.ok_or_else(no_secret)?,
-            ))
+            Ok(Authentication::Secret {
+                secret: self.secret()?.ok_or_else(no_secret)?,
+                method: SecretMethod::Jwt,
+            })
         }
+    }
+}
+
+impl ClientCredentialsBuilder {
+    /// The mTLS methods need a certificate, presented by the built-in client made with the
+    /// identity, or by the caller's HTTP client; no secret (one given anyway is still checked).
+    fn certificate(&mut self, kind: CertificateKind) -> Result<Authentication, Error> {
+        #[cfg(feature = "mtls")]
+        let identity = self.identity.take();
+        #[cfg(not(feature = "mtls"))]
+        let identity: Option<std::convert::Infallible> = None;
+        let presented_by = match (identity, self.http.is_some()) {
+            #[cfg(feature = "mtls")]
+            (Some(identity), false) => CertificateHolder::Identity(identity),
+            (Some(_), true) => {
+                return Err(Error::config(
+                    "a client certificate and an HTTP client were both given; the certificate \
+                     would not be presented: give it to your HTTP client, or drop \
+                     `.http_client(..)`",
+                ))
+            }
+            (None, true) => CertificateHolder::CallersHttpClient,
+            (None, false) => {
+                let method = self.method.map_or("", ClientAuthMethod::as_str);
+                return Err(Error::config(format!(
+                    "{method} needs a client certificate; set it with `.tls_client_auth(identity)` \
+                     or `.self_signed_tls_client_auth(identity)` (feature `mtls`), or pass an HTTP \
+                     client that presents one with `.http_client(..)`"
+                )));
+            }
+        };
+        self.secret()?;
+        Ok(Authentication::Certificate { kind, presented_by })
     }
 }
 
@@ -485,6 +613,10 @@ impl fmt::Debug for ClientCredentialsBuilder {
             .field("client_secret_source", &self.client_secret_source);
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.private_key);
+        #[cfg(feature = "mtls")]
+        debug.field("client_identity", &self.identity);
+        #[cfg(feature = "dpop")]
+        debug.field("dpop", &self.dpop);
         debug.field("scopes", &self.scopes).finish_non_exhaustive()
     }
 }

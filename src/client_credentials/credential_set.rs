@@ -233,6 +233,9 @@ impl ClientCredentials {
                 params: set.form_params(),
                 http: inner.http.clone(),
                 expiry_from_jwt: inner.expiry_from_jwt,
+                // One key for the client: every set's tokens are bound to it.
+                #[cfg(feature = "dpop")]
+                dpop: inner.dpop.clone(),
             }),
         })
     }

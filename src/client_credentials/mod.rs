@@ -28,7 +28,7 @@ pub(crate) mod token_endpoint;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::http::HttpClient;
 use crate::oauth::token_request::{ClientAuth, TokenRequest};
 use crate::oauth::token_response::parse_response;
@@ -63,6 +63,9 @@ struct Inner {
     params: Vec<(String, String)>,
     http: HttpClient,
     expiry_from_jwt: bool,
+    /// The key the tokens are bound to (RFC 9449 DPoP), when set.
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::dpop::DpopKey>,
 }
 
 impl ClientCredentials {
@@ -90,49 +93,109 @@ impl ClientCredentials {
     /// Fetches the authorization server metadata now (with [`issuer`](ClientCredentialsBuilder::issuer));
     /// otherwise it is fetched at the first token request. Does nothing for a fixed token
     /// endpoint.
+    ///
+    /// Bounded by [`timeout`](ClientCredentialsBuilder::timeout), like a token fetch.
     pub async fn discover(&self) -> Result<(), Error> {
+        let deadline = self.inner.http.deadline();
         self.inner
             .endpoint
-            .resolve(&self.inner.http)
+            .resolve(&self.inner.http, deadline)
             .await
             .map(drop)
     }
 
-    /// One token request to `endpoint`, authenticated with `auth`. The request is built before
-    /// the future is made, so that the future borrows neither `auth` nor the secret in it (the
-    /// secret is read per token request and lives no longer than its attempt).
-    fn request(
-        &self,
-        endpoint: &http::Uri,
+    /// One token request to `endpoint`, authenticated with `auth`, given up at `deadline` (and
+    /// with a DPoP key, proved and retried once when the server asks for a nonce).
+    ///
+    /// The request is built before the future is made, so that the future borrows neither
+    /// `auth` nor the secret in it (the secret is read per attempt and lives no longer than
+    /// it). With a DPoP key the request for the nonce retry is built now too, with its own
+    /// fresh client assertion; only its proof is made later, when the nonce is known. It is
+    /// dropped unsent when no nonce is asked for.
+    fn request<'a>(
+        &'a self,
+        endpoint: &'a http::Uri,
         auth: ClientAuth<'_>,
-    ) -> impl std::future::Future<Output = Result<Token, Error>> + Send + '_ {
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Result<Token, Error>> + Send + 'a {
         let inner = &self.inner;
-        let request = TokenRequest {
-            client_id: &inner.client_id,
-            auth,
-            scope: inner.scope.as_deref(),
-            params: &inner.params,
-        }
-        .build(endpoint);
+        let build = || {
+            TokenRequest {
+                client_id: &inner.client_id,
+                auth,
+                scope: inner.scope.as_deref(),
+                params: &inner.params,
+            }
+            .build(endpoint)
+        };
+        let first = build();
+        #[cfg(feature = "dpop")]
+        let for_nonce_retry = inner.dpop.as_ref().map(|_| build());
         async move {
-            let request = request?;
-            let sent_at = tokio::time::Instant::now();
-            let response = inner.http.send(request).await?;
-            parse_response(&response, inner.expiry_from_jwt)
-                .map(|token| token.with_received_at(sent_at))
+            #[allow(unused_mut)]
+            let (mut request, secrets) = first?;
+            #[cfg(feature = "dpop")]
+            if let Some(key) = &inner.dpop {
+                crate::dpop::sign_token_request(key, &mut request)?;
+            }
+            #[allow(unused_mut)]
+            let mut sent_at = tokio::time::Instant::now();
+            #[allow(unused_mut)]
+            let mut response = inner.http.send(request, deadline, &secrets).await?;
+            #[allow(unused_mut)]
+            let mut secrets = secrets;
+            #[cfg(feature = "dpop")]
+            if let (Some(key), Some(retry)) = (&inner.dpop, for_nonce_retry) {
+                // RFC 9449 §8: the server wants a nonce; it came with the error. One retry, with
+                // a fresh proof (and a fresh client assertion).
+                if crate::dpop::is_token_nonce_challenge(key, endpoint, &response) {
+                    tracing::debug!("token endpoint asked for a DPoP nonce; retrying once with it");
+                    let (mut request, retry_secrets) = retry?;
+                    crate::dpop::sign_token_request(key, &mut request)?;
+                    secrets = retry_secrets;
+                    sent_at = tokio::time::Instant::now();
+                    response = inner.http.send(request, deadline, &secrets).await?;
+                    // Only to keep a nonce this answer brings for the next request.
+                    crate::dpop::is_token_nonce_challenge(key, endpoint, &response);
+                }
+            }
+            let token = parse_response(&response, inner.expiry_from_jwt, &secrets)?;
+            if token.is_dpop() && !self.has_dpop_key() {
+                return Err(Error::new(
+                    ErrorKind::InvalidTokenResponse,
+                    "the token endpoint issued a DPoP-bound token, but no DPoP key is \
+                     configured; set one with `.dpop(key)` (feature `dpop`) or ask for Bearer \
+                     tokens",
+                ));
+            }
+            Ok(token.with_received_at(sent_at))
         }
     }
 
+    fn has_dpop_key(&self) -> bool {
+        #[cfg(feature = "dpop")]
+        return self.inner.dpop.is_some();
+        #[cfg(not(feature = "dpop"))]
+        false
+    }
+
+    /// One token fetch: discovery if needed, then the token request (two with the method
+    /// negotiation), all within one deadline.
     async fn fetch(&self) -> Result<Token, Error> {
         let inner = &self.inner;
-        let resolved = inner.endpoint.resolve(&inner.http).await?;
-        let endpoint = &resolved.token_endpoint;
+        let deadline = inner.http.deadline();
+        let resolved = inner.endpoint.resolve(&inner.http, deadline).await?;
+        let endpoint = match &resolved.mtls_token_endpoint {
+            // RFC 8705 §5: certificate-authenticated requests go to the alias when there is one.
+            Some(alias) if inner.authentication.is_certificate() => alias,
+            _ => &resolved.token_endpoint,
+        };
         inner
             .authentication
             .fetch(
                 resolved.auth_methods.as_deref(),
                 (&inner.client_id, endpoint),
-                |auth| self.request(endpoint, auth),
+                |auth| self.request(endpoint, auth, deadline),
             )
             .await
     }
@@ -150,6 +213,34 @@ impl TokenSource for ClientCredentials {
             .secret_source()
             .is_some_and(|source| source.changed())
     }
+
+    /// The credential set: token endpoint (or issuer), client id, configured auth method
+    /// (`negotiated` when none is), scopes and extra parameters, keyed by the client secret
+    /// (with `private_key_jwt` or a certificate: without key material; the client id still
+    /// separates the set).
+    ///
+    /// With a [`SecretSource`] the HMAC is keyed by the source's name (its `Debug`: the
+    /// variable's name, the file's path), never by a value it gives: the key stays the same
+    /// when the secret rotates, so caches that read the old and the new secret of one
+    /// credential set keep sharing its tokens, and no secret, nor anything derived from a
+    /// rotated one, is in it. A fixed `client_secret("..")` keys it, as it never changes.
+    #[cfg(feature = "store")]
+    fn store_key(&self) -> Option<crate::store::StoreKey> {
+        use secrecy::ExposeSecret;
+        let inner = &self.inner;
+        let (method, secret) = inner.authentication.store_identity();
+        let mut key =
+            crate::store::StoreKey::builder(inner.endpoint.configured(), &*inner.client_id)
+                .auth_method(method)
+                .scopes(inner.scope.as_deref());
+        for (name, value) in &inner.params {
+            key = key.param(name.as_str(), value.as_str());
+        }
+        if let Some(secret) = secret {
+            key = key.secret(secret.expose_secret().as_bytes());
+        }
+        Some(key.build())
+    }
 }
 
 impl fmt::Debug for ClientCredentials {
@@ -161,6 +252,12 @@ impl fmt::Debug for ClientCredentials {
             .field("client_secret", &self.inner.authentication.secret_source());
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.inner.authentication.private_key());
+        debug.field(
+            "client_certificate",
+            &self.inner.authentication.certificate_holder(),
+        );
+        #[cfg(feature = "dpop")]
+        debug.field("dpop", &self.inner.dpop);
         debug
             .field("scope", &self.inner.scope)
             .field("auth_method", &self.auth_method())

@@ -18,14 +18,12 @@ use crate::oauth::token_request::ClientAuth;
 use crate::token::Token;
 
 impl Authentication {
-    /// Where the secret comes from; `None` for `private_key_jwt`.
+    /// Where the secret comes from; `None` without a secret (a private key, a signer, a
+    /// certificate).
     pub(super) fn secret_source(&self) -> Option<&Arc<dyn SecretSource>> {
         match self {
-            Authentication::Secret { secret, .. } => Some(secret),
-            #[cfg(feature = "jwt-client-auth")]
-            Authentication::SecretJwt(secret) => Some(secret),
-            #[cfg(feature = "jwt-client-auth")]
-            Authentication::Assertion(_) | Authentication::Signer(_) => None,
+            Authentication::Secret { secret, .. } => Some(&secret.source),
+            _ => None,
         }
     }
 
@@ -43,24 +41,30 @@ impl Authentication {
         F: FnMut(ClientAuth<'_>) -> Fut,
         Fut: Future<Output = Result<Token, Error>>,
     {
-        #[cfg(feature = "jwt-client-auth")]
-        if let Authentication::Signer(signer) = self {
-            // RFC 7523 §3: `aud` is the token endpoint, exactly the URL the request goes to.
-            let assertion =
-                super::signer::client_assertion(&**signer, client_id, &token_endpoint.to_string())
-                    .await?;
-            return request(ClientAuth::SignedAssertion(&assertion)).await;
-        }
+        let (source, method) = match self {
+            Authentication::Secret { secret, method } => (&secret.source, method),
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Assertion(key) => return request(ClientAuth::Assertion(key)).await,
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Signer(signer) => {
+                // RFC 7523 §3: `aud` is the token endpoint, exactly the URL the request goes to.
+                let assertion = super::signer::client_assertion(
+                    &**signer,
+                    client_id,
+                    &token_endpoint.to_string(),
+                )
+                .await?;
+                return request(ClientAuth::SignedAssertion(&assertion)).await;
+            }
+            Authentication::Certificate { .. } => {
+                return request(ClientAuth::Certificate).await;
+            }
+        };
         #[cfg(not(feature = "jwt-client-auth"))]
         let _ = (client_id, token_endpoint);
-        let Some(source) = self.secret_source() else {
-            return self.fetch_with(None, supported, &mut request).await;
-        };
+        // Every request of this attempt (and the redaction of its answers) uses this value.
         let secret = source.secret().await?;
-        let error = match self
-            .fetch_with(Some(&secret), supported, &mut request)
-            .await
-        {
+        let error = match method.fetch(&secret, supported, &mut request).await {
             Err(error) if rejected_client_auth(&error) => error,
             done => return done,
         };
@@ -68,11 +72,11 @@ impl Authentication {
         if reloaded.expose_secret() == secret.expose_secret() {
             return Err(error);
         }
+        drop(secret);
         tracing::info!(
             source = ?source,
             "the client secret was refused and has changed since it was read; trying the new one"
         );
-        self.fetch_with(Some(&reloaded), supported, &mut request)
-            .await
+        method.fetch(&reloaded, supported, &mut request).await
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind};
 use crate::http::retry_after::retry_after;
+use crate::http::sanitize::Secrets;
 use crate::http::url::redacted_uri;
 use crate::http::HttpClient;
 use crate::oauth::discovery::{Issuer, Metadata, Resolved};
@@ -32,6 +33,7 @@ impl TokenEndpoint {
         TokenEndpoint::Fixed(Arc::new(Resolved {
             token_endpoint: uri,
             auth_methods: None,
+            mtls_token_endpoint: None,
         }))
     }
 
@@ -42,6 +44,16 @@ impl TokenEndpoint {
         })
     }
 
+    /// The configured URL (token endpoint or issuer) with what it is: what identifies the
+    /// authorization server before discovery (part of the store key of `ClientCredentials`).
+    #[cfg(feature = "store")]
+    pub(crate) fn configured(&self) -> String {
+        match self {
+            TokenEndpoint::Fixed(resolved) => format!("token_endpoint {}", resolved.token_endpoint),
+            TokenEndpoint::Discovered(d) => format!("issuer {}", d.issuer.uri),
+        }
+    }
+
     pub(crate) fn known(&self) -> Option<http::Uri> {
         match self {
             TokenEndpoint::Fixed(resolved) => Some(resolved.token_endpoint.clone()),
@@ -49,12 +61,20 @@ impl TokenEndpoint {
         }
     }
 
-    pub(crate) async fn resolve(&self, http: &HttpClient) -> Result<Arc<Resolved>, Error> {
+    /// The token endpoint, discovering it first if needed, by `deadline` (that of the token
+    /// fetch it is part of).
+    pub(crate) async fn resolve(
+        &self,
+        http: &HttpClient,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Resolved>, Error> {
         match self {
             TokenEndpoint::Fixed(resolved) => Ok(resolved.clone()),
-            TokenEndpoint::Discovered(d) => {
-                d.resolved.get_or_try_init(|| d.fetch(http)).await.cloned()
-            }
+            TokenEndpoint::Discovered(d) => d
+                .resolved
+                .get_or_try_init(|| d.fetch(http, deadline))
+                .await
+                .cloned(),
         }
     }
 }
@@ -66,7 +86,11 @@ pub(crate) struct Discovery {
 }
 
 impl Discovery {
-    async fn fetch(&self, http: &HttpClient) -> Result<Arc<Resolved>, Error> {
+    async fn fetch(
+        &self,
+        http: &HttpClient,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Resolved>, Error> {
         let mut tried = Vec::new();
         for url in self.issuer.locations() {
             let uri: http::Uri = url.parse().map_err(|e| {
@@ -80,21 +104,25 @@ impl Discovery {
                 .map_err(|e| {
                     Error::new(ErrorKind::Discovery, format!("bad metadata request: {e}"))
                 })?;
-            let response = http.send(request).await.map_err(|e| {
-                // The status (a redirect's) is kept.
-                let error = Error::new(
-                    ErrorKind::Discovery,
-                    format!(
-                        "the metadata at {url} could not be fetched: {}",
-                        e.message()
-                    ),
-                );
-                match e.status() {
-                    Some(status) => error.with_status(status),
-                    None => error,
-                }
-                .with_source(e)
-            })?;
+            // A metadata request carries no secret; the sanitiser still cleans what comes back.
+            let response = http
+                .send(request, deadline, &Secrets::none())
+                .await
+                .map_err(|e| {
+                    // The status (a redirect's) is kept.
+                    let error = Error::new(
+                        ErrorKind::Discovery,
+                        format!(
+                            "the metadata at {url} could not be fetched: {}",
+                            e.message()
+                        ),
+                    );
+                    match e.status() {
+                        Some(status) => error.with_status(status),
+                        None => error,
+                    }
+                    .with_source(e)
+                })?;
             let status = response.status();
             if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
                 let retry_after = retry_after(response.headers(), std::time::SystemTime::now());

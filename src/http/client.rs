@@ -12,10 +12,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use tower_service::Service;
 
 use crate::error::{BoxError, Error, ErrorKind};
+use crate::http::sanitize::Secrets;
 use crate::http::url::redacted_uri;
 use crate::source::BoxFuture;
 
-/// Default time limit for one token or discovery request, connection included.
+/// Default time limit for one whole token fetch: discovery, every request of the method
+/// negotiation, connections included.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time limit for establishing a connection (built-in client only).
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,6 +91,7 @@ fn transport_error(what: &str, source: BoxError) -> Error {
 #[derive(Clone)]
 pub(crate) struct HttpClient {
     inner: Arc<dyn SendRequest>,
+    /// The time limit of one whole token fetch (see [`HttpClient::deadline`]).
     timeout: Duration,
     max_response_size: usize,
 }
@@ -139,34 +142,41 @@ impl HttpClient {
         self
     }
 
-    /// Sends `request`; a redirect is an error (never followed), so is a timeout.
+    /// When a token fetch starting now must be over: one deadline for discovery and every
+    /// request of the method negotiation, so that their time limits do not add up.
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + crate::time::clamp_to_century(self.timeout)
+    }
+
+    /// Sends `request`, giving up at `deadline`; a redirect is an error (never followed). Server
+    /// text kept in an error (a `Location`) is cleaned of `secrets` and control characters.
     pub(crate) async fn send(
         &self,
         request: Request<Full<Bytes>>,
+        deadline: tokio::time::Instant,
+        secrets: &Secrets,
     ) -> Result<Response<Bytes>, Error> {
         let uri = request.uri().clone();
-        let response = tokio::time::timeout(
-            self.timeout,
-            self.inner.send(request, self.max_response_size),
-        )
-        .await
-        .map_err(|_| {
-            Error::new(
-                ErrorKind::Transport,
-                format!(
-                    "{} did not answer within {} ms; check that it is reachable, or raise the \
-                     limit with `timeout`",
+        let response =
+            tokio::time::timeout_at(deadline, self.inner.send(request, self.max_response_size))
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Transport,
+                        format!(
+                    "{} did not answer before the token fetch's time limit of {} ms ran out \
+                     (one limit for discovery and every request of a fetch); check that it is \
+                     reachable, or raise the limit with `timeout`",
                     redacted_uri(&uri),
                     self.timeout.as_millis()
                 ),
-            )
-        })??;
+                    )
+                })??;
         if response.status().is_redirection() {
             let location = response
                 .headers()
                 .get(http::header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .map(|l| l.chars().take(300).collect::<String>())
+                .map(|l| redacted_location(&String::from_utf8_lossy(l.as_bytes()), secrets))
                 .unwrap_or_else(|| "(none)".to_string());
             return Err(Error::new(
                 ErrorKind::Transport,
@@ -183,11 +193,39 @@ impl HttpClient {
     }
 }
 
+/// A redirect's `Location` as an error may show it: without its query and fragment (where a
+/// server would put credentials or a token it echoes), cleaned of `secrets`.
+fn redacted_location(location: &str, secrets: &Secrets) -> String {
+    match location.find(['?', '#']) {
+        Some(end) => format!("{}?[query redacted]", secrets.clean(&location[..end], 300)),
+        None => secrets.clean(location, 300),
+    }
+}
+
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpClient")
             .field("timeout", &self.timeout)
             .field("max_response_size", &self.max_response_size)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[test]
+    fn a_location_is_shown_without_its_query_or_any_secret() {
+        let secrets = Secrets::client_secret("id", &SecretString::from("Sekrit-Value"));
+        assert_eq!(
+            redacted_location("https://idp.example/cb?token=abc&secret=x#f", &secrets),
+            "https://idp.example/cb?[query redacted]"
+        );
+        assert_eq!(
+            redacted_location("https://idp.example/Sekrit-Value/\r\nx", &secrets),
+            "https://idp.example/[redacted]/\\r\\nx"
+        );
     }
 }

@@ -1,13 +1,15 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
+use crate::secret_header::SecretHeaderValue;
+
 /// The token header and the fixed extra headers (such as `x-api-key`) of a layer, shared by every
-/// service it makes and by the reqwest middleware. Values are marked sensitive; `Debug` shows
-/// the names only.
+/// service it makes and by the reqwest middleware. Values are marked sensitive and zeroized when
+/// the last copy drops ([`SecretHeaderValue`]); `Debug` shows the names only.
 #[derive(Clone)]
-pub(crate) struct ExtraHeaders(Arc<[(HeaderName, HeaderValue)]>);
+pub(crate) struct ExtraHeaders(Arc<[(HeaderName, SecretHeaderValue)]>);
 
 impl Default for ExtraHeaders {
     fn default() -> Self {
@@ -16,11 +18,16 @@ impl Default for ExtraHeaders {
 }
 
 impl ExtraHeaders {
-    /// These headers with `name` set to `value` (replacing a header of the same name).
-    pub(crate) fn with(&self, name: HeaderName, value: HeaderValue) -> Self {
+    /// These headers with `name` set to a copy of `value` (replacing a header of the same name).
+    pub(crate) fn with(
+        &self,
+        name: &HeaderName,
+        value: &[u8],
+    ) -> Result<Self, http::header::InvalidHeaderValue> {
+        let name = interned(name);
         let mut headers: Vec<_> = self.0.iter().filter(|(n, _)| *n != name).cloned().collect();
-        headers.push((name, value));
-        ExtraHeaders(headers.into())
+        headers.push((name, SecretHeaderValue::new(value.to_vec())?));
+        Ok(ExtraHeaders(headers.into()))
     }
 
     /// Inserts `authorization` with the token's value, then the extra headers: reference-count
@@ -29,13 +36,16 @@ impl ExtraHeaders {
     pub(crate) fn insert_with_authorization(&self, headers: &mut HeaderMap, token: HeaderValue) {
         headers.insert(AUTHORIZATION, token);
         for (name, value) in self.0.iter() {
-            headers.insert(name.clone(), value.clone());
+            headers.insert(name.clone(), value.shared().clone());
         }
     }
 
     #[cfg(all(test, feature = "reqwest"))]
-    pub(crate) fn as_slice(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.0
+    pub(crate) fn names_and_values(&self) -> Vec<(HeaderName, HeaderValue)> {
+        self.0
+            .iter()
+            .map(|(name, value)| (name.clone(), value.shared().clone()))
+            .collect()
     }
 
     #[cfg(all(test, feature = "reqwest"))]
@@ -49,5 +59,86 @@ impl fmt::Debug for ExtraHeaders {
         f.debug_list()
             .entries(self.0.iter().map(|(name, _)| name.as_str()))
             .finish()
+    }
+}
+
+/// One service's own copies of the headers it adds, for one token: cloning them per request
+/// bumps reference counts that only this service uses (see [`SecretHeaderValue::own_copy`]), and
+/// the names are static strings, which have no count at all. Made once per token per service.
+pub(crate) struct OwnHeaders {
+    /// The token these copies are of (its generation in the cache).
+    pub(crate) generation: u64,
+    authorization: HeaderValue,
+    extra: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl OwnHeaders {
+    pub(crate) fn new(generation: u64, token: &SecretHeaderValue, extra: &ExtraHeaders) -> Self {
+        OwnHeaders {
+            generation,
+            authorization: token.own_copy(),
+            extra: extra
+                .0
+                .iter()
+                .map(|(name, value)| (name.clone(), value.own_copy()))
+                .collect(),
+        }
+    }
+
+    /// Inserts `authorization`, then the extra headers.
+    #[inline]
+    pub(crate) fn insert(&self, headers: &mut HeaderMap) {
+        headers.insert(AUTHORIZATION, self.authorization.clone());
+        for (name, value) in self.extra.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// `name` backed by a `&'static str`, whose clones are plain copies: a custom name made at run
+/// time (`HeaderName::from_bytes`) is reference counted, and every request would bump its count
+/// on a cache line shared by all cores. Names are not secret; each distinct name is leaked once
+/// per process (a layer is configured with a handful).
+fn interned(name: &HeaderName) -> HeaderName {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    let name = match names.iter().find(|known| **known == name.as_str()) {
+        Some(known) => *known,
+        None => {
+            let leaked: &'static str = Box::leak(name.as_str().into());
+            names.push(leaked);
+            leaked
+        }
+    };
+    // Valid: the text of a `HeaderName`, which is lowercase.
+    HeaderName::from_static(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_names_are_equal_and_made_once() {
+        let a = interned(&HeaderName::from_bytes(b"X-Api-Key").unwrap());
+        let b = interned(&HeaderName::from_static("x-api-key"));
+        assert_eq!(a, "x-api-key");
+        assert_eq!(a, b);
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        assert_eq!(interned(&AUTHORIZATION), AUTHORIZATION);
+    }
+
+    #[test]
+    fn own_headers_insert_the_same_as_the_shared_ones() {
+        let extra = ExtraHeaders::default()
+            .with(&HeaderName::from_static("x-api-key"), b"k3y")
+            .unwrap();
+        let token = SecretHeaderValue::new(b"Bearer t0k".to_vec()).unwrap();
+        let (mut shared, mut own) = (HeaderMap::new(), HeaderMap::new());
+        extra.insert_with_authorization(&mut shared, token.shared().clone());
+        OwnHeaders::new(7, &token, &extra).insert(&mut own);
+        assert_eq!(shared, own);
+        assert!(own.values().all(HeaderValue::is_sensitive));
+        assert_eq!(own.len(), 2);
     }
 }

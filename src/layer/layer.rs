@@ -49,30 +49,41 @@ impl BearerAuthLayer {
                 name_str.chars().count()
             ))
         })?;
-        let value = HeaderValue::from_str(value.as_ref()).map_err(|_| {
-            Error::config(format!(
+        let value = value.as_ref();
+        // What `HeaderValue::from_str` accepts (visible ASCII and tabs), without its copy.
+        if !value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Err(Error::config(format!(
                 "the value for the `{name}` header is not a valid HTTP header value; check it for \
                  line breaks or other control characters"
-            ))
-        })?;
-        self.with_header_value(name, value)
+            )));
+        }
+        self.with_secret_header(name, value.as_bytes())
     }
 
-    /// Like [`with_header`](Self::with_header), with a typed name and value. The value is marked
-    /// sensitive.
-    pub fn with_header_value(
-        self,
-        name: HeaderName,
-        mut value: HeaderValue,
-    ) -> Result<Self, Error> {
+    /// Like [`with_header`](Self::with_header), with a typed name and value. The layer keeps its
+    /// own copy of the value, marked sensitive and zeroized when the layer, its services and the
+    /// last request carrying it are dropped (`value` itself is the caller's to drop).
+    pub fn with_header_value(self, name: HeaderName, value: HeaderValue) -> Result<Self, Error> {
+        self.with_secret_header(name, value.as_bytes())
+    }
+
+    fn with_secret_header(self, name: HeaderName, value: &[u8]) -> Result<Self, Error> {
         if name == AUTHORIZATION {
             return Err(Error::config(
                 "the `authorization` header is set by the layer from the token; add other headers",
             ));
         }
-        value.set_sensitive(true);
+        let headers = self.headers.with(&name, value).map_err(|_| {
+            Error::config(format!(
+                "the value for the `{name}` header is not a valid HTTP header value; check it for \
+                 line breaks or other control characters"
+            ))
+        })?;
         Ok(BearerAuthLayer {
-            headers: self.headers.with(name, value),
+            headers,
             cache: self.cache,
         })
     }

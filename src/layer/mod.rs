@@ -45,6 +45,24 @@
 //! future that fails at once with the crate's [`Error`](crate::Error), boxed into
 //! [`BoxError`](crate::BoxError). Downcast to read its [`ErrorKind`](crate::ErrorKind). The inner
 //! service's own errors pass through unchanged (boxed).
+//!
+//! # Ready, then called later
+//!
+//! Readiness holds no token: `call` checks the cache again, so a service made ready and called
+//! later (a balancer, a ready cache) sends the token valid at `call`, never one that has expired
+//! or been [invalidated](crate::TokenCache::invalidate) since. If no valid token is cached then,
+//! the request is not sent and its future fails at once with
+//! [`ErrorKind::NoValidTokenAtCall`](crate::ErrorKind::NoValidTokenAtCall), a transient error:
+//! `call` never waits; driving the service ready again waits for the refresh.
+//!
+//! # Secrets in memory
+//!
+//! The token and the extra header values (the API key) are kept in zeroizing memory: the token
+//! text as a `SecretString`, the prebuilt header values behind `bytes::Bytes` owners that wipe
+//! the bytes when the last copy is dropped. A request carrying them keeps them alive until it is
+//! dropped. Beyond the crate's reach: copies the HTTP client makes while sending (an HTTP/1 write
+//! buffer; HPACK does not index sensitive values), the caller's own copies (a `HeaderValue`
+//! passed to [`BearerAuthLayer::with_header_value`]), and request bodies.
 
 mod future;
 mod headers;

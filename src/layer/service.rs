@@ -3,10 +3,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::header::HeaderValue;
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use http::Request;
 use tower_service::Service;
 
+use super::headers::OwnHeaders;
 use super::ExtraHeaders;
 use super::{BearerAuthLayer, ResponseFuture};
 use crate::cache::{Reader, TokenCache};
@@ -17,8 +18,19 @@ type WaitForToken = Pin<Box<dyn Future<Output = Result<HeaderValue, Error>> + Se
 /// Middleware that adds a bearer token and fixed headers to every request. Made by
 /// [`BearerAuthLayer`]; see the [module docs](crate::layer).
 ///
-/// With a fresh token cached, `poll_ready` and `call` allocate nothing, take no lock and never
-/// await (see `benches/hot_path.rs`).
+/// With a fresh token cached, `poll_ready` and `call` allocate nothing, take no lock, write no
+/// memory shared with other services and never await (see `benches/hot_path.rs` and
+/// `benches/contention.rs`).
+///
+/// # Readiness does not hold a token
+///
+/// `poll_ready` returns ready once a valid token is cached (waiting for the shared refresh if
+/// needed); `call` checks the cache again and sends the token valid *then*. So a service made
+/// ready and called later (a balancer, a ready cache, a caller that waits in between, as tower
+/// allows) never sends a token at or after its expiry, nor one that
+/// [`TokenCache::invalidate`] retired: it sends the newer token if one is cached, and otherwise
+/// fails that call at once with [`ErrorKind::NoValidTokenAtCall`], a transient error (`call`
+/// never waits); polling the service ready again waits for the refresh.
 ///
 /// For tonic, `BearerAuth<Channel>` is a valid transport for generated clients:
 /// `Service<http::Request<tonic::body::Body>>` with `Response = http::Response<..>` as the
@@ -28,9 +40,13 @@ pub struct BearerAuth<S> {
     cache: TokenCache,
     reader: Reader,
     headers: ExtraHeaders,
-    /// The token taken by `poll_ready` for the next call. Its own field, not a state of an enum,
-    /// so that the fresh-token path is straight-line code: a check, a load, a store.
-    token: Option<HeaderValue>,
+    /// This service's own copies of the headers for one token (see [`OwnHeaders`]): on the fresh
+    /// path, a request bumps only reference counts that no other service touches.
+    own: Option<OwnHeaders>,
+    /// Calls to serve from the shared header values before making own copies: a clone used for
+    /// one request (clone-per-request callers) costs no allocation; a service used again is
+    /// long-lived and gets its own copies, once per token.
+    shared_calls_left: u8,
     /// Only when no valid token is cached (cold path).
     pending: Pending,
 }
@@ -44,6 +60,9 @@ enum Pending {
     Failed(Error),
 }
 
+/// Shared values serve this many calls of a new service or clone before it makes its own.
+const SHARED_CALLS: u8 = 1;
+
 impl<S> BearerAuth<S> {
     /// Wraps `inner` with the token cache and headers of `layer`.
     pub fn new(inner: S, layer: BearerAuthLayer) -> Self {
@@ -52,7 +71,8 @@ impl<S> BearerAuth<S> {
             reader: layer.cache.reader(),
             cache: layer.cache,
             headers: layer.headers,
-            token: None,
+            own: None,
+            shared_calls_left: SHARED_CALLS,
             pending: Pending::None,
         }
     }
@@ -76,12 +96,6 @@ impl<S> BearerAuth<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
-
-    #[inline]
-    fn authorize<B>(&self, request: &mut Request<B>, token: HeaderValue) {
-        self.headers
-            .insert_with_authorization(request.headers_mut(), token);
-    }
 }
 
 impl<S, B> Service<Request<B>> for BearerAuth<S>
@@ -95,57 +109,53 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.token.is_none() {
-            if matches!(self.pending, Pending::Failed(_)) {
-                // Polled again instead of called: the failure may be stale (the backoff may
-                // have passed); look again rather than report it.
-                self.pending = Pending::None;
-            }
-            self.token = self.cache.usable_header(&mut self.reader);
-            if self.token.is_some() {
-                if !matches!(self.pending, Pending::None) {
-                    // A wait (or failure) left by an earlier, abandoned `poll_ready` is stale
-                    // now that a valid token is cached.
-                    self.pending = Pending::None;
-                }
-            } else {
-                ready!(self.poll_token(cx));
-                if self.token.is_none() {
-                    // Ready, so that `call` can hand the error to the caller; returning it here
-                    // would tell tower to discard the service.
-                    return Poll::Ready(Ok(()));
-                }
-            }
+        let fresh =
+            matches!(self.pending, Pending::None) && self.cache.usable(&mut self.reader).is_some();
+        if !fresh && !ready!(self.poll_token(cx)) {
+            // Ready, so that `call` can hand the error to the caller; returning it here would
+            // tell tower to discard the service. The inner service is not polled: `call` will
+            // not reach it.
+            return Poll::Ready(Ok(()));
         }
         // The token first, then the inner service: no inner capacity is reserved while the
-        // token endpoint is slow.
-        let ready = self.inner.poll_ready(cx);
-        if ready.is_pending() {
-            // Not held while the inner service is busy (a concurrency limit, a full channel):
-            // it could expire or be invalidated meanwhile; the next poll takes a current one.
-            self.token = None;
-        }
-        ready.map_err(Into::into)
+        // token endpoint is slow. Nothing is held for `call`: it checks the cache again.
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.take_token() {
-            Ok(token) => {
-                self.authorize(&mut request, token);
-                ResponseFuture::new(self.inner.call(request))
+        // The fresh path: a valid token whose copies this service already made.
+        if matches!(self.pending, Pending::None) {
+            if let (Some(current), Some(own)) = (self.cache.usable(&mut self.reader), &self.own) {
+                if own.generation == current.generation() {
+                    own.insert(request.headers_mut());
+                    return ResponseFuture::new(self.inner.call(request));
+                }
             }
+        }
+        match self.authorize_slow(request.headers_mut()) {
+            Ok(()) => ResponseFuture::new(self.inner.call(request)),
             Err(error) => ResponseFuture::failed(error),
         }
     }
 }
 
 impl<S> BearerAuth<S> {
-    /// Cold path of `poll_ready`: wait for the shared refresh. Ends with `self.token` set, or
-    /// with `self.pending` holding the error.
+    /// Cold path of `poll_ready`: a failure to forget, or no valid token cached. Ends with
+    /// `true` when a valid token is cached, `false` with `self.pending` holding the error.
     #[cold]
-    fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if matches!(self.pending, Pending::Failed(_)) {
+            // Polled again instead of called: the failure may be stale (the backoff may have
+            // passed); look again rather than report it.
+            self.pending = Pending::None;
+        }
         loop {
+            if self.cache.usable(&mut self.reader).is_some() {
+                // A wait left by an earlier, abandoned `poll_ready` is stale now.
+                self.pending = Pending::None;
+                return Poll::Ready(true);
+            }
             match &mut self.pending {
                 Pending::None => {
                     let cache = self.cache.clone();
@@ -153,43 +163,61 @@ impl<S> BearerAuth<S> {
                         Pending::Waiting(Box::pin(async move { cache.wait_for_header().await }));
                 }
                 Pending::Waiting(wait) => {
-                    match ready!(wait.as_mut().poll(cx)) {
-                        Ok(token) => {
+                    return Poll::Ready(match ready!(wait.as_mut().poll(cx)) {
+                        // `call` takes the token from the cache, where the refresh put it.
+                        Ok(_) => {
                             self.pending = Pending::None;
-                            self.token = Some(token);
+                            true
                         }
-                        Err(error) => self.pending = Pending::Failed(error),
-                    }
-                    return Poll::Ready(());
+                        Err(error) => {
+                            self.pending = Pending::Failed(error);
+                            false
+                        }
+                    });
                 }
-                Pending::Failed(_) => return Poll::Ready(()),
+                Pending::Failed(_) => return Poll::Ready(false),
             }
         }
     }
 
-    /// The token `poll_ready` got for this call, or the error to fail it with.
-    #[inline]
-    fn take_token(&mut self) -> Result<HeaderValue, Error> {
-        if let Some(token) = self.token.take() {
-            return Ok(token);
-        }
-        self.take_token_slow()
-    }
-
+    /// Cold path of `call`: the error `poll_ready` left, or the token valid now, with own copies
+    /// made if this service is used again, or the error that no token is valid now.
     #[cold]
-    fn take_token_slow(&mut self) -> Result<HeaderValue, Error> {
+    #[inline(never)]
+    fn authorize_slow(&mut self, headers: &mut HeaderMap) -> Result<(), Error> {
         if let Pending::Failed(error) = std::mem::replace(&mut self.pending, Pending::None) {
             return Err(error);
         }
-        // Called without `poll_ready`: the caller broke the tower contract; the inner service
-        // decides what that means.
-        self.cache.usable_header(&mut self.reader).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Configuration,
-                "`call` was made before `poll_ready` returned ready and no valid token is \
-                 cached; drive the service with `ServiceExt::ready` first",
-            )
-        })
+        let Some(current) = self.cache.usable(&mut self.reader) else {
+            // The token `poll_ready` saw expired or was invalidated since, and no newer one is
+            // cached (or `call` came without `poll_ready`). Never block in `call`: fail this
+            // request; `poll_ready` waits for the refresh.
+            return Err(Error::new(
+                ErrorKind::NoValidTokenAtCall,
+                "the token that was valid when the service became ready expired or was \
+                 invalidated before `call`, and no newer token is cached yet; the request was \
+                 not sent. Drive the service ready again (`ServiceExt::ready`), which waits for \
+                 the refresh, and call it without delay",
+            ));
+        };
+        match &self.own {
+            Some(own) if own.generation == current.generation() => own.insert(headers),
+            _ if self.shared_calls_left == 0 => {
+                let own = OwnHeaders::new(
+                    current.generation(),
+                    current.token().secret_header(),
+                    &self.headers,
+                );
+                own.insert(headers);
+                self.own = Some(own);
+            }
+            _ => {
+                self.shared_calls_left -= 1;
+                self.headers
+                    .insert_with_authorization(headers, current.token().header().clone());
+            }
+        }
+        Ok(())
     }
 
     /// Like `call`, and also returns the token sent (for the 401 retry).
@@ -200,10 +228,10 @@ impl<S> BearerAuth<S> {
     where
         S: Service<Request<B>>,
     {
-        match self.take_token() {
-            Ok(token) => {
-                self.authorize(&mut request, token.clone());
-                (ResponseFuture::new(self.inner.call(request)), Some(token))
+        match self.authorize_slow(request.headers_mut()) {
+            Ok(()) => {
+                let sent = request.headers().get(AUTHORIZATION).cloned();
+                (ResponseFuture::new(self.inner.call(request)), sent)
             }
             Err(error) => (ResponseFuture::failed(error), None),
         }
@@ -212,14 +240,15 @@ impl<S> BearerAuth<S> {
 
 impl<S: Clone> Clone for BearerAuth<S> {
     fn clone(&self) -> Self {
-        // A token held for this service's next call is not the clone's: like tower's
-        // ConcurrencyLimit permit, the clone starts idle.
+        // A wait or failure of this service is not the clone's: the clone starts idle.
         BearerAuth {
             inner: self.inner.clone(),
             cache: self.cache.clone(),
             reader: self.reader.clone(),
             headers: self.headers.clone(),
-            token: None,
+            // Made by the clone itself if it is used more than once (see `shared_calls_left`).
+            own: None,
+            shared_calls_left: SHARED_CALLS,
             pending: Pending::None,
         }
     }
@@ -227,11 +256,10 @@ impl<S: Clone> Clone for BearerAuth<S> {
 
 impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match (&self.token, &self.pending) {
-            (Some(_), _) => "token held",
-            (None, Pending::None) => "idle",
-            (None, Pending::Waiting(_)) => "waiting for a token",
-            (None, Pending::Failed(_)) => "failed",
+        let state = match &self.pending {
+            Pending::None => "idle",
+            Pending::Waiting(_) => "waiting for a token",
+            Pending::Failed(_) => "failed",
         };
         f.debug_struct("BearerAuth")
             .field("inner", &self.inner)

@@ -27,6 +27,15 @@ pub enum ClientAuthMethod {
     /// RFC 7523 §2.2); set the key with `ClientCredentialsBuilder::private_key_jwt`. Needs the
     /// cargo feature `jwt-client-auth`.
     PrivateKeyJwt,
+    /// Mutual TLS with a certificate issued by a CA the server trusts (`tls_client_auth`,
+    /// RFC 8705 §2.1); set the identity with `ClientCredentialsBuilder::tls_client_auth`
+    /// (feature `mtls`), or choose it here with an HTTP client that presents the certificate.
+    TlsClientAuth,
+    /// Mutual TLS with a self-signed certificate registered with the client
+    /// (`self_signed_tls_client_auth`, RFC 8705 §2.2); set the identity with
+    /// `ClientCredentialsBuilder::self_signed_tls_client_auth` (feature `mtls`), or choose it
+    /// here with an HTTP client that presents the certificate.
+    SelfSignedTlsClientAuth,
 }
 
 impl ClientAuthMethod {
@@ -37,6 +46,8 @@ impl ClientAuthMethod {
             ClientAuthMethod::ClientSecretPost => "client_secret_post",
             ClientAuthMethod::ClientSecretJwt => "client_secret_jwt",
             ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+            ClientAuthMethod::TlsClientAuth => "tls_client_auth",
+            ClientAuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
     }
 }
@@ -97,5 +108,10 @@ mod tests {
             "client_secret_jwt"
         );
         assert_eq!(ClientAuthMethod::PrivateKeyJwt.as_str(), "private_key_jwt");
+        assert_eq!(ClientAuthMethod::TlsClientAuth.as_str(), "tls_client_auth");
+        assert_eq!(
+            ClientAuthMethod::SelfSignedTlsClientAuth.as_str(),
+            "self_signed_tls_client_auth"
+        );
     }
 }

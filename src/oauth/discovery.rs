@@ -15,6 +15,7 @@
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind};
+use crate::http::sanitize::clean;
 use crate::http::url;
 
 /// What the token request needs from the metadata.
@@ -22,6 +23,9 @@ use crate::http::url;
 pub(crate) struct Resolved {
     pub(crate) token_endpoint: http::Uri,
     pub(crate) auth_methods: Option<Vec<String>>,
+    /// RFC 8705 §5 `mtls_endpoint_aliases.token_endpoint`: where a client authenticating with
+    /// its certificate sends the token request.
+    pub(crate) mtls_token_endpoint: Option<http::Uri>,
 }
 
 /// The parts of the metadata document the crate reads.
@@ -32,6 +36,15 @@ pub(crate) struct Metadata {
     token_endpoint: Option<String>,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    mtls_endpoint_aliases: Option<MtlsAliases>,
+}
+
+/// RFC 8705 §5: the endpoints a client authenticating with its certificate uses instead.
+#[derive(Deserialize)]
+pub(crate) struct MtlsAliases {
+    #[serde(default)]
+    token_endpoint: Option<String>,
 }
 
 /// The configured issuer, and whether plain `http` is allowed for what its metadata names.
@@ -73,7 +86,7 @@ impl Issuer {
                 format!(
                     "the metadata at {url} is for issuer `{}`, not the configured `{configured}` \
                      (RFC 8414 §3.3); check the issuer URL",
-                    metadata.issuer.chars().take(200).collect::<String>()
+                    clean(&metadata.issuer, 200)
                 ),
             ));
         }
@@ -93,9 +106,24 @@ impl Issuer {
                     format!("the metadata at {url} names an unusable token endpoint: {e}"),
                 )
             })?;
+        // Only mTLS clients use the alias: an unusable one is logged and ignored, not an error
+        // for every other client of the server.
+        let mtls_token_endpoint = metadata
+            .mtls_endpoint_aliases
+            .and_then(|aliases| aliases.token_endpoint)
+            .and_then(|alias| {
+                let checked = url::parse_url(&alias, "mTLS token endpoint alias").and_then(|uri| {
+                    url::check_scheme(&uri, self.allow_http, "mTLS token endpoint alias")
+                        .map(|()| uri)
+                });
+                checked
+                    .map_err(|e| tracing::warn!("the metadata at {url}: {e}; alias ignored"))
+                    .ok()
+            });
         Ok(Resolved {
             token_endpoint,
             auth_methods: metadata.token_endpoint_auth_methods_supported,
+            mtls_token_endpoint,
         })
     }
 }
@@ -127,12 +155,38 @@ mod tests {
     }
 
     #[test]
+    fn mtls_alias_is_read_and_an_unusable_one_ignored() {
+        let issuer = Issuer::new("https://idm.example".parse().unwrap(), false);
+        let meta = |alias: &str| Metadata {
+            issuer: "https://idm.example".into(),
+            token_endpoint: Some("https://idm.example/token".into()),
+            token_endpoint_auth_methods_supported: None,
+            mtls_endpoint_aliases: Some(MtlsAliases {
+                token_endpoint: Some(alias.into()),
+            }),
+        };
+        let resolved = issuer
+            .check("u", meta("https://mtls.idm.example/token"))
+            .unwrap();
+        assert_eq!(
+            resolved.mtls_token_endpoint.unwrap(),
+            "https://mtls.idm.example/token"
+        );
+        let resolved = issuer
+            .check("u", meta("http://mtls.idm.example/token"))
+            .unwrap();
+        assert!(resolved.mtls_token_endpoint.is_none());
+        assert_eq!(resolved.token_endpoint, "https://idm.example/token");
+    }
+
+    #[test]
     fn issuer_must_match() {
         let d = Issuer::new("https://idm.example/oauth2/aus1".parse().unwrap(), false);
         let meta = |issuer: &str, endpoint: &str| Metadata {
             issuer: issuer.into(),
             token_endpoint: Some(endpoint.into()),
             token_endpoint_auth_methods_supported: None,
+            mtls_endpoint_aliases: None,
         };
         assert!(d
             .check(
@@ -155,5 +209,28 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("http"), "{err}");
+    }
+
+    #[test]
+    fn a_hostile_issuer_cannot_forge_log_lines() {
+        let d = Issuer::new("https://idm.example/oauth2/aus1".parse().unwrap(), false);
+        let hostile =
+            "https://evil.example/\r\n2025-01-01T00:00:00Z  INFO forged line\u{1b}[2K\u{2028}";
+        let err = d
+            .check(
+                "u",
+                Metadata {
+                    issuer: hostile.into(),
+                    token_endpoint: Some("https://idm.example/t".into()),
+                    token_endpoint_auth_methods_supported: None,
+                    mtls_endpoint_aliases: None,
+                },
+            )
+            .unwrap_err();
+        let shown = format!("{err} {err:?}");
+        for c in ['\r', '\n', '\u{1b}', '\u{2028}'] {
+            assert!(!shown.contains(c), "{c:?} in {shown}");
+        }
+        assert!(shown.contains("evil.example/\\r\\n2025"), "{shown}");
     }
 }

@@ -7,6 +7,7 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::Error;
+use crate::http::sanitize::Secrets;
 use crate::oauth::client_auth;
 
 /// How one token request authenticates the client, with what it needs for that.
@@ -22,6 +23,9 @@ pub(crate) enum ClientAuth<'a> {
     /// `private_key_jwt` with a client assertion already signed (by a `JwtSigner`).
     #[cfg(feature = "jwt-client-auth")]
     SignedAssertion(&'a SecretString),
+    /// `tls_client_auth` or `self_signed_tls_client_auth` (RFC 8705 §2): the TLS client
+    /// certificate authenticates; the form only names the client.
+    Certificate,
 }
 
 /// Everything that goes into a token request except the endpoint's URL.
@@ -33,8 +37,12 @@ pub(crate) struct TokenRequest<'a> {
 }
 
 impl TokenRequest<'_> {
-    /// The request to `endpoint`; a JWT assertion is made fresh (new `jti`, `iat`, `exp`).
-    pub(crate) fn build(&self, endpoint: &http::Uri) -> Result<Request<Full<Bytes>>, Error> {
+    /// The request to `endpoint`, and every form of the secrets it carries (to redact from what
+    /// the server answers); a JWT assertion is made fresh (new `jti`, `iat`, `exp`).
+    pub(crate) fn build(
+        &self,
+        endpoint: &http::Uri,
+    ) -> Result<(Request<Full<Bytes>>, Secrets), Error> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");
         if let Some(scope) = self.scope {
@@ -48,16 +56,18 @@ impl TokenRequest<'_> {
             .uri(endpoint.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json");
-        match self.auth {
+        let secrets = match self.auth {
             ClientAuth::Basic(secret) => {
                 builder = builder.header(
                     AUTHORIZATION,
                     client_auth::basic_authorization(self.client_id, secret)?,
                 );
+                Secrets::client_secret(self.client_id, secret)
             }
             ClientAuth::Post(secret) => {
                 form.append_pair("client_id", self.client_id);
                 form.append_pair("client_secret", secret.expose_secret());
+                Secrets::client_secret(self.client_id, secret)
             }
             #[cfg(feature = "jwt-client-auth")]
             ClientAuth::Assertion(key) => {
@@ -71,20 +81,38 @@ impl TokenRequest<'_> {
                 form.append_pair("client_assertion_type", client_auth::JWT_BEARER);
                 form.append_pair("client_assertion", client_assertion.expose_secret());
                 form.append_pair("client_id", self.client_id);
+                let mut secrets = match key {
+                    crate::oauth::assertion::AssertionKey::ClientSecret(secret) => {
+                        Secrets::client_secret(self.client_id, secret)
+                    }
+                    crate::oauth::assertion::AssertionKey::PrivateKey(_) => Secrets::none(),
+                };
+                secrets.add(client_assertion.expose_secret());
+                secrets
             }
             #[cfg(feature = "jwt-client-auth")]
             ClientAuth::SignedAssertion(client_assertion) => {
                 form.append_pair("client_assertion_type", client_auth::JWT_BEARER);
                 form.append_pair("client_assertion", client_assertion.expose_secret());
                 form.append_pair("client_id", self.client_id);
+                // The signer's key never leaves it; the assertion itself is the secret here.
+                let mut secrets = Secrets::none();
+                secrets.add(client_assertion.expose_secret());
+                secrets
             }
-        }
+            ClientAuth::Certificate => {
+                // RFC 8705 §2: the certificate authenticates; the form only names the client.
+                form.append_pair("client_id", self.client_id);
+                Secrets::none()
+            }
+        };
         let body = SecretString::from(form.finish());
-        builder
+        let request = builder
             .body(Full::new(Bytes::copy_from_slice(
                 body.expose_secret().as_bytes(),
             )))
-            .map_err(|e| Error::config(format!("the token request could not be built: {e}")))
+            .map_err(|e| Error::config(format!("the token request could not be built: {e}")))?;
+        Ok((request, secrets))
     }
 }
 
@@ -104,7 +132,8 @@ mod tests {
             params: &[("audience".into(), "api://x".into())],
         }
         .build(&"https://idp.example/token".parse().unwrap())
-        .unwrap();
+        .unwrap()
+        .0;
         let auth = request.headers()[AUTHORIZATION].to_str().unwrap();
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.strip_prefix("Basic ").unwrap())
@@ -128,12 +157,29 @@ mod tests {
             params: &[],
         }
         .build(&"https://idp.example/token".parse().unwrap())
-        .unwrap();
+        .unwrap()
+        .0;
         assert!(request.headers().get(AUTHORIZATION).is_none());
         let body = request.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
             &body[..],
             b"grant_type=client_credentials&client_id=id&client_secret=pw"
         );
+    }
+
+    #[tokio::test]
+    async fn certificate_auth_names_the_client_and_sends_no_secret() {
+        let request = TokenRequest {
+            client_id: "id",
+            auth: ClientAuth::Certificate,
+            scope: None,
+            params: &[],
+        }
+        .build(&"https://idp.example/token".parse().unwrap())
+        .unwrap()
+        .0;
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"grant_type=client_credentials&client_id=id");
     }
 }

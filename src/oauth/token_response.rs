@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, ErrorKind, OAuthError};
 use crate::http::retry_after::retry_after;
-use crate::http::sanitize::{clean, describe_len, strip_serde_detail};
+use crate::http::sanitize::{describe_len, strip_serde_detail, Secrets};
 use crate::token::Token;
 
 /// A §5.1 success body.
@@ -110,10 +110,18 @@ fn scope<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D
 /// Turns the token endpoint's answer into a token or a typed error. The token's lifetime is
 /// counted by the caller from when the request was sent (`Token::with_received_at`);
 /// `expiry_from_jwt` lets a JWT's `exp` state a lifetime the response does not.
+///
+/// Server text kept in an error is cleaned of `secrets` (every form of what the request
+/// carried) and of control characters. A 401 that is not a §5.2 error body is the server saying
+/// "who are you" all the same: a [`ErrorKind::TokenEndpoint`] error with status 401 and no
+/// [`OAuthError`] (the server named no error code), permanent, and a reason to try the other
+/// client authentication method.
 pub(crate) fn parse_response(
     response: &Response<Bytes>,
     expiry_from_jwt: bool,
+    secrets: &Secrets,
 ) -> Result<Token, Error> {
+    let clean = |text: &str, max: usize| secrets.clean(text, max);
     let status = response.status();
     let body = response.body();
     let content_type = response
@@ -124,7 +132,21 @@ pub(crate) fn parse_response(
     if !status.is_success() {
         let retry_after = retry_after(response.headers(), SystemTime::now());
         if let Ok(error) = serde_json::from_slice::<ErrorBody>(body) {
-            return Err(oauth_error(status, error).with_retry_after(retry_after));
+            return Err(oauth_error(status, error, secrets).with_retry_after(retry_after));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(Error::new(
+                ErrorKind::TokenEndpoint,
+                format!(
+                    "HTTP 401 with a {} body of type `{}` and no OAuth2 error: the server did not \
+                     accept the client authentication; check the client id, the client secret \
+                     and the client authentication method",
+                    describe_len(body.len()),
+                    clean(content_type, 100),
+                ),
+            )
+            .with_status(status)
+            .with_retry_after(retry_after));
         }
         return Err(Error::new(
             ErrorKind::InvalidTokenResponse,
@@ -146,7 +168,7 @@ pub(crate) fn parse_response(
     // Some servers (GitHub's among them) answer an error with HTTP 200.
     if let Ok(error) = serde_json::from_slice::<ErrorBody>(body) {
         if !body_has_access_token(body) {
-            return Err(oauth_error(status, error));
+            return Err(oauth_error(status, error, secrets));
         }
     }
     let parsed: SuccessBody = serde_json::from_slice(body).map_err(|e| {
@@ -163,21 +185,27 @@ pub(crate) fn parse_response(
         )
         .with_status(status)
     })?;
-    match parsed.token_type.as_deref() {
+    let dpop_bound = match parsed.token_type.as_deref() {
         // Lenient: some servers omit it; RFC 6750 tokens are bearer tokens.
-        None => tracing::debug!("token response without token_type; assuming Bearer"),
-        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        None => {
+            tracing::debug!("token response without token_type; assuming Bearer");
+            false
+        }
+        Some(t) if t.eq_ignore_ascii_case("bearer") => false,
+        // RFC 9449 §5: whether a DPoP key is configured is checked by the caller.
+        Some(t) if t.eq_ignore_ascii_case("dpop") => true,
         Some(other) => {
             return Err(Error::new(
                 ErrorKind::InvalidTokenResponse,
                 format!(
-                    "the token endpoint issued a `{}` token; only Bearer tokens are supported",
+                    "the token endpoint issued a `{}` token; only Bearer and DPoP tokens are \
+                     supported",
                     clean(other, 32)
                 ),
             )
             .with_status(status));
         }
-    }
+    };
     let lifetime = match parsed.expires_in {
         Some(ExpiresIn::Lifetime(seconds)) => Some(seconds),
         Some(ExpiresIn::NotPositive) => {
@@ -205,7 +233,11 @@ pub(crate) fn parse_response(
                 .unwrap_or(Duration::ZERO),
         )
     });
-    let token = Token::bearer(parsed.access_token, lifetime)?;
+    let token = if dpop_bound {
+        Token::dpop(parsed.access_token, lifetime)?
+    } else {
+        Token::bearer(parsed.access_token, lifetime)?
+    };
     let token = match parsed.scope {
         Some(scope) => token.with_scope(scope),
         None => token,
@@ -215,12 +247,12 @@ pub(crate) fn parse_response(
 
 /// The typed error for an RFC 6749 §5.2 error body: the server's fields, cleaned of control
 /// characters and bounded, and a hint at what to check.
-fn oauth_error(status: StatusCode, error: ErrorBody) -> Error {
+fn oauth_error(status: StatusCode, error: ErrorBody, secrets: &Secrets) -> Error {
     let oauth = OAuthError {
         status,
-        error: clean(&error.error, 64),
-        error_description: error.error_description.map(|d| clean(&d, 512)),
-        error_uri: error.error_uri.map(|u| clean(&u, 512)),
+        error: secrets.clean(&error.error, 64),
+        error_description: error.error_description.map(|d| secrets.clean(&d, 512)),
+        error_uri: error.error_uri.map(|u| secrets.clean(&u, 512)),
     };
     let hint = hint_for(&oauth.error);
     let message = match &oauth.error_description {

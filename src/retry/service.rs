@@ -63,6 +63,15 @@ where
             let Some(sent) = sent else {
                 return Ok(response);
             };
+            #[cfg(feature = "dpop")]
+            if crate::dpop::is_nonce_challenge(response.status(), response.headers()) {
+                // RFC 9449 §9: the token is fine; the proof lacked the nonce the response
+                // carried, which the DPoP service has stored. Send once more, token kept.
+                tracing::debug!("API asked for a DPoP nonce; retrying once with it");
+                drop(response);
+                std::future::poll_fn(|cx| again.poll_ready(cx)).await?;
+                return again.call(replay).await;
+            }
             if !rejected(response.status(), response.headers()) {
                 return Ok(response);
             }

@@ -18,15 +18,17 @@ use super::response::{json, Reply};
 /// `WWW-Authenticate: Bearer error="invalid_token"` otherwise. Stops when dropped.
 pub struct ApiServer {
     addr: SocketAddr,
-    state: Arc<ApiState>,
+    pub(super) state: Arc<ApiState>,
     task: JoinHandle<()>,
 }
 
-struct ApiState {
-    auth: Arc<State>,
+pub(super) struct ApiState {
+    pub(super) auth: Arc<State>,
     api_key: String,
-    accepted: AtomicUsize,
-    rejected: AtomicUsize,
+    pub(super) accepted: AtomicUsize,
+    pub(super) rejected: AtomicUsize,
+    #[cfg(feature = "dpop")]
+    pub(super) dpop: crate::dpop::verify::DpopServer,
 }
 
 impl ApiServer {
@@ -37,6 +39,8 @@ impl ApiServer {
             api_key: api_key.to_string(),
             accepted: AtomicUsize::new(0),
             rejected: AtomicUsize::new(0),
+            #[cfg(feature = "dpop")]
+            dpop: Default::default(),
         });
         let (addr, task) = serve(state.clone(), |state, request| {
             Box::pin(async move { state.answer(request) })
@@ -63,15 +67,24 @@ impl ApiServer {
 
 impl ApiState {
     fn answer(&self, request: Request<Incoming>) -> Reply {
+        let key_ok = request
+            .headers()
+            .get("x-api-key")
+            .is_some_and(|k| k.as_bytes() == self.api_key.as_bytes());
+        #[cfg(feature = "dpop")]
+        if let Some(response) = self.answer_dpop(
+            request.headers(),
+            request.method().as_str(),
+            request.uri(),
+            key_ok,
+        ) {
+            return response;
+        }
         let token = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let key_ok = request
-            .headers()
-            .get("x-api-key")
-            .is_some_and(|k| k.as_bytes() == self.api_key.as_bytes());
         match token {
             Some(token) if key_ok && self.auth.is_valid(token) => {
                 self.accepted.fetch_add(1, Ordering::SeqCst);

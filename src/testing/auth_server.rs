@@ -65,12 +65,14 @@ pub(super) struct State {
     pub(super) rotation: Mutex<super::rotation::Rotation>,
     /// Known once the listener is bound; the issuer URL and the tokens name it.
     addr: Mutex<Option<SocketAddr>>,
+    #[cfg(feature = "dpop")]
+    pub(super) dpop: super::dpop::AuthDpop,
 }
 
 /// The loopback authorization server. Stops when dropped.
 pub struct AuthServer {
     addr: SocketAddr,
-    state: Arc<State>,
+    pub(super) state: Arc<State>,
     task: JoinHandle<()>,
 }
 
@@ -279,6 +281,8 @@ impl AuthServerBuilder {
             last_request: Mutex::new(None),
             rotation: Mutex::default(),
             addr: Mutex::new(None),
+            #[cfg(feature = "dpop")]
+            dpop: Default::default(),
         });
         let (addr, task) = serve(state.clone(), |state, request| {
             Box::pin(async move { state.route(request).await })
@@ -339,7 +343,7 @@ impl State {
     async fn metadata(&self) -> Reply {
         self.discovery_requests.fetch_add(1, Ordering::SeqCst);
         let behavior = lock(&self.discovery_script).pop_front();
-        if let Some(response) = misbehave(behavior.as_ref()).await {
+        if let Some(response) = misbehave(behavior.as_ref(), "").await {
             return response;
         }
         let issuer = self.issuer_url();

@@ -34,6 +34,13 @@ pub enum Behavior {
     Unavailable(u64),
     /// A redirect to this location.
     Redirect(String),
+    /// HTTP 401 `invalid_client` whose `error_description` and `error_uri` quote the client
+    /// authentication the request carried (the `Authorization` header, the form's
+    /// `client_secret` or `client_assertion`), as a careless server might.
+    EchoCredentials,
+    /// A redirect whose `Location` carries the client authentication the request carried in
+    /// its query.
+    RedirectWithCredentials,
 }
 
 impl Behavior {
@@ -58,8 +65,9 @@ impl Behavior {
 }
 
 /// Plays `behavior`: `Some` answer replaces the normal one; `None` (after any delay) lets the
-/// endpoint answer normally.
-pub(super) async fn misbehave(behavior: Option<&Behavior>) -> Option<Reply> {
+/// endpoint answer normally. `credentials` is what the request authenticated with, as sent
+/// (empty for a metadata request), for the behaviours that echo it.
+pub(super) async fn misbehave(behavior: Option<&Behavior>, credentials: &str) -> Option<Reply> {
     match behavior? {
         Behavior::Normal | Behavior::ExpiresIn(_) => None,
         Behavior::Delay(delay) => {
@@ -116,12 +124,29 @@ pub(super) async fn misbehave(behavior: Option<&Behavior>) -> Option<Reply> {
                 .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
             Some(response)
         }
-        Behavior::Redirect(location) => Some(
-            Response::builder()
-                .status(StatusCode::FOUND)
-                .header(header::LOCATION, location.as_str())
-                .body(Full::default())
-                .unwrap_or_default(),
-        ),
+        Behavior::Redirect(location) => Some(redirect(location)),
+        Behavior::EchoCredentials => {
+            let body = serde_json::json!({
+                "error": "invalid_client",
+                "error_description": format!("Client authentication failed: {credentials}"),
+                "error_uri": format!(
+                    "https://idp.example/help?credentials={}",
+                    form_urlencoded::byte_serialize(credentials.as_bytes()).collect::<String>()
+                ),
+            });
+            Some(super::response::json(StatusCode::UNAUTHORIZED, body))
+        }
+        Behavior::RedirectWithCredentials => Some(redirect(&format!(
+            "https://idp.example/login?credentials={}",
+            form_urlencoded::byte_serialize(credentials.as_bytes()).collect::<String>()
+        ))),
     }
+}
+
+fn redirect(location: &str) -> Reply {
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(header::LOCATION, location)
+        .body(Full::default())
+        .unwrap_or_default()
 }

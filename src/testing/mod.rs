@@ -49,11 +49,15 @@
 //! * `in_process`: [`InProcessClient`];
 //! * `rotation`: more than one secret per client, revocation, and per-secret counts;
 //! * `listener` and `response`: the loopback accept loop both servers use, and their JSON
-//!   answers.
+//!   answers;
+//! * `dpop` (feature `dpop`): the token endpoint's binding of tokens to a proof's key, and the
+//!   API's proof checks.
 
 mod api_server;
 mod auth_server;
 mod behaviour;
+#[cfg(feature = "dpop")]
+mod dpop;
 mod in_process;
 mod listener;
 mod response;

@@ -114,10 +114,17 @@ impl State {
                 "use POST",
             ));
         }
+        #[cfg(feature = "dpop")]
+        let dpop_jkt = match self.dpop_token_request(request.headers()) {
+            Ok(jkt) => jkt,
+            Err(refused) => return Ok(*refused),
+        };
+        #[cfg(not(feature = "dpop"))]
+        let dpop_jkt: Option<String> = None;
         let request = TokenRequest::read(request).await?;
         let authentication = request.client_authentication()?;
         *lock(&self.last_request) = Some(request.seen(authentication.method));
-        if let Some(response) = misbehave(behavior.as_ref()).await {
+        if let Some(response) = misbehave(behavior.as_ref(), &request.credentials()).await {
             return Ok(response);
         }
         request.require_form_body()?;
@@ -133,7 +140,13 @@ impl State {
             .filter(|(name, _)| name == "audience" || name == "resource")
             .map(|(_, value)| value.clone())
             .collect();
-        Ok(self.issue_response(&authentication.client_id, &scope, &audiences, behavior))
+        Ok(self.issue_response(
+            &authentication.client_id,
+            &scope,
+            &audiences,
+            behavior,
+            dpop_jkt.as_deref(),
+        ))
     }
 
     /// The registered client `authentication` names, if its credential is right and it used
@@ -198,23 +211,24 @@ impl State {
     }
 
     /// The successful answer: a new token for `client_id` and `scope`, with the `expires_in`
-    /// that `behavior` may override.
+    /// that `behavior` may override; bound to the DPoP key `dpop_jkt` when there is one.
     fn issue_response(
         &self,
         client_id: &str,
         scope: &str,
         audiences: &[String],
         behavior: Option<Behavior>,
+        dpop_jkt: Option<&str>,
     ) -> Reply {
         let lifetime = *lock(&self.lifetime);
         let now = SystemTime::now();
-        let token = self.issue(client_id, scope, audiences, now, lifetime);
+        let token = self.issue(client_id, scope, audiences, now, lifetime, dpop_jkt);
         let expires_in = match behavior {
             Some(Behavior::ExpiresIn(value)) => value,
             _ => serde_json::json!(lifetime.as_secs()),
         };
         let mut body = serde_json::json!({
-            "token_type": "Bearer",
+            "token_type": if dpop_jkt.is_some() { "DPoP" } else { "Bearer" },
             "access_token": token,
             "scope": scope,
         });
@@ -225,11 +239,14 @@ impl State {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        #[cfg(feature = "dpop")]
+        self.add_dpop_nonce(response.headers_mut());
         response
     }
 
     /// Mints a JWT-shaped token (Okta's claims, `aud` the audiences and resources asked for, a
-    /// random signature nobody checks) and records it as valid until `now + lifetime`.
+    /// random signature nobody checks) and records it as valid until `now + lifetime`; with
+    /// `dpop_jkt`, bound to that key (`cnf.jkt`).
     fn issue(
         &self,
         client_id: &str,
@@ -237,6 +254,7 @@ impl State {
         audiences: &[String],
         now: SystemTime,
         lifetime: Duration,
+        dpop_jkt: Option<&str>,
     ) -> String {
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -255,10 +273,17 @@ impl State {
             [one] => claims["aud"] = serde_json::json!(one),
             several => claims["aud"] = serde_json::json!(several),
         }
+        if let Some(jkt) = dpop_jkt {
+            claims["cnf"] = serde_json::json!({ "jkt": jkt });
+        }
         let payload = engine.encode(claims.to_string());
         let signature = engine.encode((0..32).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
         let token = format!("{header}.{payload}.{signature}");
         lock(&self.issued).insert(token.clone(), now + lifetime);
+        #[cfg(feature = "dpop")]
+        if let Some(jkt) = dpop_jkt {
+            self.bind_dpop(&token, jkt.to_string());
+        }
         token
     }
 }
@@ -387,6 +412,24 @@ impl TokenRequest {
             content_type: self.content_type.clone(),
             accept: self.accept.clone(),
         }
+    }
+
+    /// The client authentication as sent (for the behaviours that echo it): the
+    /// `Authorization` header, the form's `client_secret` and `client_assertion`.
+    fn credentials(&self) -> String {
+        [
+            self.authorization.clone(),
+            self.authorization
+                .as_deref()
+                .and_then(basic_credentials)
+                .map(|(_, secret)| secret),
+            self.field("client_secret"),
+            self.field("client_assertion"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ")
     }
 
     fn require_form_body(&self) -> Step<()> {

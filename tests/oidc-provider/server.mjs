@@ -15,6 +15,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 
 // oidc-provider prints its NOTICEs with console.info (stdout). Keep stdout for
 // the single LISTENING line only: route all console output to stderr.
@@ -101,17 +102,39 @@ const CLIENT_ES256_JWK = {
   y: 'YFxXA0TfvuG-RrOdfFvpYoBLie7rqa5nIOoLhuwhem0',
 };
 
+// TLS=1: serve https with the test certificates of tests/mtls/ (made with openssl, valid for a
+// century, TEST-ONLY), asking every client for a certificate (verified against the test CA but
+// not required: `tls_client_auth` checks it). The mTLS clients below need this mode.
+const TLS = process.env.TLS === '1';
+const mtlsFile = (name) => fs.readFileSync(new URL(`../mtls/${name}`, import.meta.url));
+// self_signed_tls_client_auth: the client registers its self-signed certificate as a JWK.
+const SELF_SIGNED_JWK = (() => {
+  const cert = new crypto.X509Certificate(mtlsFile('self-signed.pem'));
+  return { ...cert.publicKey.export({ format: 'jwk' }), x5c: [cert.raw.toString('base64')] };
+})();
+const peerCertificate = (socket) => (typeof socket?.getPeerX509Certificate === 'function'
+  ? socket.getPeerX509Certificate() ?? undefined
+  : undefined);
+
 // Bind first so the issuer can carry the real port; the request handler is
 // swapped in once the Provider exists (nothing can connect before we print).
 let handler = (_req, res) => {
   res.statusCode = 503;
   res.end();
 };
-const server = http.createServer((req, res) => handler(req, res));
+const server = TLS
+  ? https.createServer({
+    key: mtlsFile('server-key.pem'),
+    cert: mtlsFile('server.pem'),
+    ca: mtlsFile('ca.pem'),
+    requestCert: true,
+    rejectUnauthorized: false,
+  }, (req, res) => handler(req, res))
+  : http.createServer((req, res) => handler(req, res));
 
 const port = Number.parseInt(process.env.PORT ?? '0', 10) || 0;
 server.listen(port, HOST, () => {
-  const issuer = `http://${HOST}:${server.address().port}`;
+  const issuer = `${TLS ? 'https' : 'http'}://${HOST}:${server.address().port}`;
 
   const provider = new Provider(issuer, {
     clients: [
@@ -163,7 +186,61 @@ server.listen(port, HOST, () => {
         jwks: { keys: [CLIENT_ES256_JWK] },
         scope: API_SCOPES,
       },
+      // DPoP (RFC 9449): tokens must be bound to the proof's key; the second client must
+      // also put a server nonce in its proofs (see features.dPoP.requireNonce).
+      {
+        client_id: 'dpop-client',
+        client_secret: 'dpop-secret',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+        scope: API_SCOPES,
+        dpop_bound_access_tokens: true,
+      },
+      {
+        client_id: 'dpop-nonce-client',
+        client_secret: 'dpop-nonce-secret',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+        scope: API_SCOPES,
+        dpop_bound_access_tokens: true,
+      },
+      // RFC 8705 (TLS=1): a CA-issued certificate with this subject, and a self-signed one.
+      {
+        client_id: 'mtls-client',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'tls_client_auth',
+        tls_client_auth_subject_dn: 'CN=mtls-client',
+        tls_client_certificate_bound_access_tokens: true,
+        scope: API_SCOPES,
+      },
+      {
+        client_id: 'self-signed-mtls-client',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'self_signed_tls_client_auth',
+        jwks: { keys: [SELF_SIGNED_JWK] },
+        tls_client_certificate_bound_access_tokens: true,
+        scope: API_SCOPES,
+      },
     ],
+    clientAuthMethods: [
+      'client_secret_basic',
+      'client_secret_post',
+      'client_secret_jwt',
+      'private_key_jwt',
+      'none',
+      'tls_client_auth',
+      'self_signed_tls_client_auth',
+    ],
+    // RFC 8705 §5: certificate-authenticated token requests go to this alias (see the handler).
+    discovery: TLS ? { mtls_endpoint_aliases: { token_endpoint: `${issuer}/mtls/token` } } : {},
     // Advertised in discovery and kept on the (opaque) token issued when no
     // `resource` is requested; without this they would be silently dropped.
     scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
@@ -172,6 +249,21 @@ server.listen(port, HOST, () => {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        tlsClientAuth: true,
+        selfSignedTlsClientAuth: true,
+        getCertificate: (ctx) => peerCertificate(ctx.socket),
+        certificateAuthorized: (ctx) => ctx.socket?.authorized === true,
+        certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+          && peerCertificate(ctx.socket)?.subject === expected,
+      },
+      dPoP: {
+        enabled: true,
+        nonceSecret: crypto.randomBytes(32),
+        requireNonce: (ctx) => ctx.oidc?.client?.clientId === 'dpop-nonce-client',
+      },
       // Lets a test inspect the opaque (no `resource`) tokens; any
       // authenticated confidential client may introspect any token.
       introspection: { enabled: true, allowedPolicy: async () => true },
@@ -225,7 +317,24 @@ server.listen(port, HOST, () => {
 
   provider.on('server_error', (_ctx, err) => toStderr('server_error', err?.stack ?? err));
 
-  handler = provider.callback();
+  const callback = provider.callback();
+  // TLS=1: the mTLS alias is the token endpoint for certificate-authenticated clients; the
+  // plain one refuses them, so a test sees which one a client used.
+  handler = (req, res) => {
+    const path = req.url.split('?')[0];
+    if (TLS && path === '/mtls/token') {
+      req.url = req.url.replace('/mtls/token', '/token');
+    } else if (TLS && path === '/token' && peerCertificate(req.socket)) {
+      res.statusCode = 400;
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({
+        error: 'invalid_request',
+        error_description: 'certificate-authenticated requests go to mtls_endpoint_aliases.token_endpoint',
+      }));
+      return;
+    }
+    callback(req, res);
+  };
   process.stdout.write(`LISTENING ${issuer}\n`);
 });
 

@@ -121,3 +121,85 @@ fn jwt_method_configuration() {
         .unwrap_err();
     assert!(err.to_string().contains("client_assertion"), "{err}");
 }
+
+/// A stand-in for a caller's HTTP client that presents a certificate; never called here.
+fn never_called(_: Request<Full<Bytes>>) -> CallersAnswer {
+    std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
+}
+
+type CallersAnswer = std::future::Ready<Result<Response<Full<Bytes>>, std::convert::Infallible>>;
+type CallersHttpClient = tower::util::ServiceFn<fn(Request<Full<Bytes>>) -> CallersAnswer>;
+
+fn callers_http_client() -> CallersHttpClient {
+    tower::service_fn(never_called)
+}
+
+#[test]
+fn mtls_methods_need_a_certificate_and_no_secret() {
+    let no_secret = || {
+        ClientCredentials::builder()
+            .token_endpoint("https://idp.example/token")
+            .unwrap()
+            .client_id("id")
+    };
+    let err = no_secret()
+        .auth_method(ClientAuthMethod::TlsClientAuth)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration);
+    assert!(
+        err.to_string()
+            .contains("tls_client_auth needs a client certificate"),
+        "{err}"
+    );
+    for method in [
+        ClientAuthMethod::TlsClientAuth,
+        ClientAuthMethod::SelfSignedTlsClientAuth,
+    ] {
+        let credentials = no_secret()
+            .auth_method(method)
+            .http_client(callers_http_client())
+            .build()
+            .unwrap();
+        assert_eq!(credentials.auth_method(), Some(method));
+        assert!(format!("{credentials:?}").contains("CallersHttpClient"));
+    }
+    // A secret given anyway is still checked, and never kept.
+    let err = no_secret()
+        .client_secret("")
+        .auth_method(ClientAuthMethod::TlsClientAuth)
+        .http_client(callers_http_client())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("secret is empty"), "{err}");
+}
+
+#[cfg(feature = "mtls")]
+#[test]
+fn an_identity_is_presented_only_with_an_mtls_method_and_the_built_in_client() {
+    let identity = crate::mtls::ClientIdentity::from_pem(
+        include_bytes!("../../../tests/mtls/client.pem"),
+        include_bytes!("../../../tests/mtls/client-key.pem"),
+    )
+    .unwrap();
+    let credentials = builder().tls_client_auth(identity.clone()).build().unwrap();
+    assert_eq!(
+        credentials.auth_method(),
+        Some(ClientAuthMethod::TlsClientAuth)
+    );
+    let shown = format!("{credentials:?}");
+    assert!(shown.contains(&identity.thumbprint()), "{shown}");
+    assert!(!shown.contains("top-secret-value"));
+    let err = builder()
+        .tls_client_auth(identity.clone())
+        .http_client(callers_http_client())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("both given"), "{err}");
+    let err = builder()
+        .self_signed_tls_client_auth(identity)
+        .auth_method(ClientAuthMethod::ClientSecretBasic)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("client_secret_basic"), "{err}");
+}

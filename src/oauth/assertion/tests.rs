@@ -29,7 +29,8 @@ async fn assertion_request(
         params: &[],
     }
     .build(&endpoint.parse().unwrap())
-    .unwrap();
+    .unwrap()
+    .0;
     let (parts, body) = request.into_parts();
     let form = form_of(Request::from_parts(parts.clone(), body)).await;
     let assertion = form

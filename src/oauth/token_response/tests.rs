@@ -11,6 +11,11 @@ use http::{Response, StatusCode};
 use super::*;
 use crate::error::ErrorKind;
 
+/// The parser for a request that carried no secret.
+fn parse_response(response: &Response<Bytes>, expiry_from_jwt: bool) -> Result<Token, Error> {
+    super::parse_response(response, expiry_from_jwt, &Secrets::none())
+}
+
 fn response(status: u16, content_type: &str, body: &str) -> Response<Bytes> {
     Response::builder()
         .status(status)
@@ -55,6 +60,21 @@ fn zero_or_negative_expires_in_is_unknown() {
             .kind(),
         ErrorKind::InvalidTokenResponse
     );
+}
+
+#[test]
+fn dpop_token_type_gives_a_dpop_token() {
+    let token = parse_response(
+        &response(
+            200,
+            "application/json",
+            r#"{"access_token":"abc","token_type":"dpop","expires_in":60}"#,
+        ),
+        true,
+    )
+    .unwrap();
+    assert!(token.is_dpop());
+    assert_eq!(token.header(), "DPoP abc");
 }
 
 #[test]
@@ -156,4 +176,49 @@ fn an_absurd_expires_in_does_not_panic() {
     assert!(parse_response(&response(200, "application/json", body), true).is_ok());
     let body = r#"{"access_token":"a","token_type":"Bearer","expires_in":1e-300}"#;
     assert!(parse_response(&response(200, "application/json", body), true).is_ok());
+}
+
+#[test]
+fn a_bare_401_is_a_permanent_token_endpoint_error() {
+    for (content_type, body) in [
+        ("text/plain", ""),
+        ("text/html", "<html>Unauthorized</html>"),
+        ("application/json", "{}"),
+    ] {
+        let err = parse_response(&response(401, content_type, body), true).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TokenEndpoint, "{err}");
+        assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
+        assert!(err.oauth_error().is_none());
+        assert!(!err.is_transient(), "{err}");
+        assert!(err.to_string().contains("client authentication"), "{err}");
+    }
+    // Other statuses without an OAuth2 body stay what they were.
+    let err = parse_response(&response(502, "text/html", "<html/>"), true).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
+    assert!(err.is_transient());
+}
+
+#[test]
+fn an_echoed_secret_is_redacted_from_every_field() {
+    let secret = secrecy::SecretString::from("Echo-Me-S3cret+/");
+    let secrets = Secrets::client_secret("client-id", &secret);
+    let basic = base64::engine::general_purpose::STANDARD.encode("client-id:Echo-Me-S3cret%2B%2F");
+    let body = serde_json::json!({
+        "error": "invalid_client Echo-Me-S3cret+/",
+        "error_description": format!("secret Echo-Me-S3cret+/ or Basic {basic} is wrong\r\nforged"),
+        "error_uri": "https://idp.example/help?client_secret=Echo-Me-S3cret%2B%2F",
+    });
+    let err = super::parse_response(
+        &response(401, "application/json", &body.to_string()),
+        true,
+        &secrets,
+    )
+    .unwrap_err();
+    let oauth = err.oauth_error().unwrap();
+    let shown = format!("{err} {err:?} {oauth:?}");
+    for leaked in ["Echo-Me", "S3cret", &basic[..20]] {
+        assert!(!shown.contains(leaked), "{leaked} in {shown}");
+    }
+    assert!(!shown.contains('\r') && !shown.contains('\n'), "{shown}");
+    assert!(shown.contains("[redacted]"), "{shown}");
 }

@@ -1,0 +1,548 @@
+//! [`RedisStore`]: the [`TokenStore`] on Redis or a Redis Cluster (redis-rs).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use tokio::sync::OnceCell;
+
+use super::crypto::Cipher;
+use super::{
+    Record, Slot, StoreKey, Stored, TokenStore, DEFAULT_LEASE_TTL, DEFAULT_OPERATION_TIMEOUT,
+};
+use crate::error::{BoxError, Error};
+use crate::source::BoxFuture;
+
+/// Compare-and-delete on the fingerprint that starts the value (`<fingerprint>:<payload>`).
+const REMOVE_IF: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Redis' single-instance lock recipe: renew and release only by the owner.
+const RENEW_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// A [`TokenStore`] on Redis (or a Redis Cluster, or anything that speaks its protocol, such as
+/// Valkey): one token, one token request per expiry and one backoff for a whole fleet.
+///
+/// Built from a URL without touching the network; it connects on first use and reconnects by
+/// itself (redis-rs' `ConnectionManager`, or its cluster client). `redis://` and `rediss://`
+/// (TLS through rustls, checked against the system's root certificates) URLs work, with a user
+/// name, password and database number in the URL as Redis documents them.
+///
+/// Every key of one credential set, `tcc:{<key>}:token`, `tcc:{<key>}:failure` and
+/// `tcc:{<key>}:lease`, carries the same hash tag, so a Cluster keeps them in one slot (the lease
+/// and compare-and-delete scripts need that).
+///
+/// **Tokens at rest are credentials**: whoever reads the store can use them until they expire.
+/// Restrict access to Redis (ACLs, TLS) and set an [`encryption_key`](Self::encryption_key).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_client_credentials::store::RedisStore;
+///
+/// # fn main() -> Result<(), tower_client_credentials::Error> {
+/// # let key = [7u8; 32];
+/// let store = RedisStore::new("rediss://:s3cret@redis.internal:6380/0")? // no network yet
+///     .encryption_key(key)
+///     .lease_ttl(Duration::from_secs(10))
+///     .operation_timeout(Duration::from_millis(200));
+/// assert!(!format!("{store:?}").contains("s3cret"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    connection: OnceCell<Connection>,
+    cipher: Option<Cipher>,
+    lease_ttl: Duration,
+    operation_timeout: Duration,
+    remove_if: Script,
+    renew_lease: Script,
+    release_lease: Script,
+    /// For `Debug` and errors: host and port only, never a password.
+    shown: String,
+}
+
+// One per store, inside its `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisStore {
+    /// A store on the Redis server at `url` (`redis://[[user]:password@]host[:port][/db]`, or
+    /// `rediss://` for TLS). Parses the URL; connects lazily, on first use.
+    ///
+    /// Fails only on a URL that is not a Redis URL; the error never shows the password.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(url).map_err(|e| bad_url(url, e))?;
+        Ok(Self::with_target(Target::Single(client), shown(url)))
+    }
+
+    /// A store on a Redis Cluster, given the URLs of one or more of its nodes (the others are
+    /// discovered). Parses the URLs; connects lazily.
+    ///
+    /// ```
+    /// use tower_client_credentials::store::RedisStore;
+    ///
+    /// let store = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])?;
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
+    pub fn cluster<I, T>(urls: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        let mut infos = Vec::with_capacity(urls.len());
+        for url in &urls {
+            use redis::IntoConnectionInfo;
+            infos.push(
+                url.as_str()
+                    .into_connection_info()
+                    .map_err(|e| bad_url(url, e))?,
+            );
+        }
+        if infos.is_empty() {
+            return Err(Error::config(
+                "a Redis Cluster store needs the URL of at least one node",
+            ));
+        }
+        let client = ClusterClient::builder(infos)
+            .connection_timeout(DEFAULT_OPERATION_TIMEOUT)
+            .response_timeout(DEFAULT_OPERATION_TIMEOUT)
+            .retries(1)
+            .build()
+            .map_err(|e| {
+                Error::config(format!(
+                    "the Redis Cluster URLs are not usable ({}); check them",
+                    e.category()
+                ))
+            })?;
+        let shown = urls.iter().map(|u| shown(u)).collect::<Vec<_>>().join(",");
+        Ok(Self::with_target(Target::Cluster(client), shown))
+    }
+
+    fn with_target(target: Target, shown: String) -> Self {
+        RedisStore {
+            inner: Arc::new(Inner {
+                target,
+                connection: OnceCell::new(),
+                cipher: None,
+                lease_ttl: DEFAULT_LEASE_TTL,
+                operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+                remove_if: Script::new(REMOVE_IF),
+                renew_lease: Script::new(RENEW_LEASE),
+                release_lease: Script::new(RELEASE_LEASE),
+                shown,
+            }),
+        }
+    }
+
+    /// Encrypts stored tokens with AES-256-GCM under `key`, with the entry's Redis key name as
+    /// associated data. Every process of the fleet needs the same key; a value that does not
+    /// decrypt (another key, tampered, written unencrypted) is ignored, as if absent.
+    pub fn encryption_key(self, key: [u8; 32]) -> Self {
+        self.configure(|inner| inner.cipher = Some(Cipher::new(key)))
+    }
+
+    /// How long the lease of the process fetching a token lasts unless renewed; a holder that
+    /// dies is replaced after this. Default 10 s; at least 100 ms.
+    pub fn lease_ttl(self, ttl: Duration) -> Self {
+        self.configure(|inner| inner.lease_ttl = ttl.max(Duration::from_millis(100)))
+    }
+
+    /// Time limit of every Redis operation (and of connecting); past it the cache fetches on
+    /// its own. Default 250 ms; at least 1 ms.
+    pub fn operation_timeout(self, timeout: Duration) -> Self {
+        self.configure(|inner| inner.operation_timeout = timeout.max(Duration::from_millis(1)))
+    }
+
+    /// Settings apply to a store not yet shared (the builder methods are called before
+    /// `TokenCacheBuilder::store`); on a clone already shared they are made on a copy.
+    fn configure(mut self, change: impl FnOnce(&mut Inner)) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => change(inner),
+            None => {
+                let mut copy = Inner {
+                    target: match &self.inner.target {
+                        Target::Single(c) => Target::Single(c.clone()),
+                        Target::Cluster(c) => Target::Cluster(c.clone()),
+                    },
+                    connection: OnceCell::new(),
+                    cipher: self.inner.cipher.clone(),
+                    lease_ttl: self.inner.lease_ttl,
+                    operation_timeout: self.inner.operation_timeout,
+                    remove_if: Script::new(REMOVE_IF),
+                    renew_lease: Script::new(RENEW_LEASE),
+                    release_lease: Script::new(RELEASE_LEASE),
+                    shown: self.inner.shown.clone(),
+                };
+                change(&mut copy);
+                self.inner = Arc::new(copy);
+            }
+        }
+        self
+    }
+
+    async fn connection(&self) -> Result<Connection, BoxError> {
+        let inner = &self.inner;
+        let connection = inner
+            .connection
+            .get_or_try_init(|| async {
+                match &inner.target {
+                    Target::Single(client) => {
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(inner.operation_timeout))
+                            .set_response_timeout(Some(inner.operation_timeout))
+                            .set_number_of_retries(2)
+                            .set_min_delay(Duration::from_millis(50))
+                            .set_max_delay(Duration::from_secs(1));
+                        ConnectionManager::new_lazy_with_config(client.clone(), config)
+                            .map(Connection::Single)
+                    }
+                    Target::Cluster(client) => {
+                        client.get_async_connection().await.map(Connection::Cluster)
+                    }
+                }
+            })
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(connection.clone())
+    }
+
+    fn failed(&self, error: redis::RedisError) -> BoxError {
+        // redis-rs errors name the failure, not the URL's password; the host is ours to add.
+        format!("Redis at {}: {error}", self.inner.shown).into()
+    }
+
+    fn name(&self, key: &StoreKey, slot: &str) -> String {
+        format!("tcc:{{{}}}:{slot}", key.as_str())
+    }
+
+    fn value(&self, name: &str, record: Record) -> Option<Vec<u8>> {
+        let mut value = Vec::with_capacity(record.fingerprint().len() + 1 + record.payload().len());
+        value.extend_from_slice(record.fingerprint().as_bytes());
+        value.push(b':');
+        match &self.inner.cipher {
+            Some(cipher) => {
+                value.extend_from_slice(&cipher.seal(name.as_bytes(), record.payload())?)
+            }
+            None => value.extend_from_slice(record.payload()),
+        }
+        Some(value)
+    }
+
+    fn record(&self, name: &str, value: Option<Vec<u8>>) -> Option<Record> {
+        let value = value?;
+        let split = value.iter().position(|b| *b == b':')?;
+        let fingerprint = std::str::from_utf8(&value[..split]).ok()?.to_owned();
+        let payload = &value[split + 1..];
+        let payload = match &self.inner.cipher {
+            Some(cipher) => match cipher.open(name.as_bytes(), payload) {
+                Some(plain) => plain,
+                None => {
+                    tracing::debug!(
+                        key = name,
+                        "ignoring a stored value that does not decrypt with the configured key"
+                    );
+                    return None;
+                }
+            },
+            None => payload.to_vec(),
+        };
+        Some(Record::new(fingerprint, payload))
+    }
+}
+
+fn slot_name(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Token => "token",
+        Slot::Failure => "failure",
+    }
+}
+
+impl TokenStore for RedisStore {
+    fn load<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Stored, BoxError>> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let (token, failure) = (self.name(key, "token"), self.name(key, "failure"));
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&token)
+                .arg(&failure)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let mut values = values.into_iter();
+            Ok(Stored::new(
+                self.record(&token, values.next().flatten()),
+                self.record(&failure, values.next().flatten()),
+            ))
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        slot: Slot,
+        record: Record,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move {
+            let name = self.name(key, slot_name(slot));
+            let value = self
+                .value(&name, record)
+                .ok_or("the system's random source failed; nothing stored")?;
+            let mut connection = self.connection().await?;
+            redis::cmd("SET")
+                .arg(&name)
+                .arg(value)
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|e| self.failed(e))
+        })
+    }
+
+    fn remove_if<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        slot: Slot,
+        fingerprint: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let removed: i64 = self
+                .inner
+                .remove_if
+                .key(self.name(key, slot_name(slot)))
+                .arg(format!("{fingerprint}:"))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(removed == 1)
+        })
+    }
+
+    fn acquire_lease<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(self.name(key, "lease"))
+                .arg(owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let renewed: i64 = self
+                .inner
+                .renew_lease
+                .key(self.name(key, "lease"))
+                .arg(owner)
+                .arg(millis(ttl))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn release_lease<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            self.inner
+                .release_lease
+                .key(self.name(key, "lease"))
+                .arg(owner)
+                .invoke_async::<i64>(&mut connection)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.inner.lease_ttl
+    }
+
+    fn operation_timeout(&self) -> Duration {
+        self.inner.operation_timeout
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// `scheme://host:port` of a URL, for messages: never the user name or password.
+fn shown(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}")
+}
+
+fn bad_url(url: &str, error: redis::RedisError) -> Error {
+    Error::config(format!(
+        "`{}` is not a usable Redis URL ({}); expected redis://[[user]:password@]host[:port][/db] \
+         or rediss://...",
+        shown(url),
+        error.category()
+    ))
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("servers", &self.inner.shown)
+            .field("cluster", &matches!(self.inner.target, Target::Cluster(_)))
+            .field("encrypted", &self.inner.cipher.is_some())
+            .field("lease_ttl", &self.inner.lease_ttl)
+            .field("operation_timeout", &self.inner.operation_timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_without_network_and_never_show_the_password() {
+        for url in [
+            "redis://127.0.0.1:1",
+            "redis://:hunter2@10.255.255.1:6379/3",
+            "redis://user:hunter2@redis.invalid",
+            "rediss://:hunter2@redis.invalid:6380",
+        ] {
+            let store = RedisStore::new(url).unwrap();
+            assert!(!format!("{store:?}").contains("hunter2"), "{store:?}");
+        }
+        let err = RedisStore::new("http://:hunter2@example").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let cluster =
+            RedisStore::cluster(["redis://:hunter2@10.0.0.1", "redis://:hunter2@10.0.0.2"])
+                .unwrap();
+        assert!(!format!("{cluster:?}").contains("hunter2"));
+        assert!(RedisStore::cluster(Vec::<String>::new()).is_err());
+    }
+
+    #[test]
+    fn keys_of_one_credential_set_share_a_hash_slot() {
+        let store = RedisStore::new("redis://127.0.0.1").unwrap();
+        let key = StoreKey::builder("https://idp.example/token", "c").build();
+        let tag = format!("{{{}}}", key.as_str());
+        for slot in ["token", "failure", "lease"] {
+            let name = store.name(&key, slot);
+            assert!(name.contains(&tag), "{name}");
+            // The hash tag is the first `{...}` of the name: nothing before it has a brace.
+            assert!(!name[..name.find('{').unwrap()].contains('}'));
+        }
+    }
+
+    #[test]
+    fn values_are_sealed_with_their_key_name() {
+        let store = RedisStore::new("redis://127.0.0.1")
+            .unwrap()
+            .encryption_key([3; 32]);
+        let value = store
+            .value("tcc:{k}:token", Record::new("fp", b"the token".to_vec()))
+            .unwrap();
+        assert!(value.starts_with(b"fp:"));
+        assert!(!value.windows(9).any(|w| w == b"the token"));
+        let back = store.record("tcc:{k}:token", Some(value.clone())).unwrap();
+        assert_eq!(back.payload(), b"the token");
+        assert!(store.record("tcc:{other}:token", Some(value)).is_none());
+        let plain = RedisStore::new("redis://127.0.0.1").unwrap();
+        let unsealed = plain
+            .value("tcc:{k}:token", Record::new("fp", b"x".to_vec()))
+            .unwrap();
+        assert!(store.record("tcc:{k}:token", Some(unsealed)).is_none());
+    }
+}
