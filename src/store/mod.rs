@@ -199,7 +199,8 @@ impl Stored {
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
 /// use std::time::Duration;
-/// /// use tower_client_credentials::store::{Record, Slot, StoreKey, Stored, TokenStore};
+/// use tokio::time::Instant;
+/// use tower_client_credentials::store::{Record, Slot, StoreKey, Stored, TokenStore};
 /// use tower_client_credentials::{BoxError, BoxFuture};
 ///
 /// #[derive(Debug, Default)]
