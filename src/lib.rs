@@ -47,8 +47,11 @@
 //! * [`layer`]: [`BearerAuthLayer`], [`BearerAuth`], [`ResponseFuture`](layer::ResponseFuture).
 //! * [`retry`]: [`RetryUnauthorizedLayer`](retry::RetryUnauthorizedLayer), one retry with a
 //!   fresh token when the API rejects the one sent.
+//! * [`audience`]: [`MultiAudienceLayer`], one client for several APIs, a token cache per
+//!   credential set.
 //! * [`cache`]: [`TokenCache`], refresh and failure behaviour.
-//! * [`client_credentials`]: [`ClientCredentials`], the token endpoint client, with discovery.
+//! * [`client_credentials`]: [`ClientCredentials`], the token endpoint client, with discovery;
+//!   [`SecretSource`]s for a secret that rotates.
 //! * [`source`]: the [`TokenSource`] trait for tokens from elsewhere.
 //! * `testing` (feature `test-util`): a real authorization server on loopback.
 //! * `reqwest` (feature `reqwest`): the middleware for reqwest.
@@ -79,6 +82,7 @@
 
 #[doc(hidden)]
 pub mod __fuzz;
+pub mod audience;
 pub mod cache;
 pub mod client_credentials;
 mod coarse_clock;
@@ -103,8 +107,11 @@ pub mod reqwest;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use crate::audience::MultiAudienceLayer;
 pub use crate::cache::{TokenCache, TokenCacheBuilder, TokenState, TokenStatus};
-pub use crate::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use crate::client_credentials::{
+    ClientCredentials, ClientCredentialsBuilder, CredentialSet, SecretSource,
+};
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError};
 pub use crate::layer::{BearerAuth, BearerAuthLayer};
 pub use crate::oauth::client_auth::{ClientAuthMethod, JwtSigningAlgorithm};

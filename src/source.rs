@@ -42,6 +42,15 @@ pub trait TokenSource: Send + Sync + 'static {
     /// Gets a new token. Errors must not contain secrets.
     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>>;
 
+    /// Whether the credentials behind this source changed since the last `fetch_token` (a
+    /// rotated client secret): asked only while the cache backs off after a failure and a
+    /// request finds no valid token; `true` ends the backoff, so the new credentials are tried
+    /// at once and a failure with them starts a clean backoff. Must be cheap and must not
+    /// block for long: it runs under the cache's lock. Default `false`.
+    fn credentials_changed(&self) -> bool {
+        false
+    }
+
     /// The name of this source's credential set in a shared token store
     /// ([`TokenCacheBuilder::store`](crate::TokenCacheBuilder::store)); `None` (the default):
     /// the source cannot say which tokens are interchangeable with its own, and a cache over it
@@ -74,6 +83,11 @@ impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
         (**self).fetch_token()
     }
+
+    fn credentials_changed(&self) -> bool {
+        (**self).credentials_changed()
+    }
+
     #[cfg(feature = "store")]
     fn store_key(&self) -> Option<crate::store::key::StoreKey> {
         (**self).store_key()
@@ -84,6 +98,11 @@ impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
         (**self).fetch_token()
     }
+
+    fn credentials_changed(&self) -> bool {
+        (**self).credentials_changed()
+    }
+
     #[cfg(feature = "store")]
     fn store_key(&self) -> Option<crate::store::key::StoreKey> {
         (**self).store_key()

@@ -692,6 +692,77 @@ mod jwt_client_auth {
         }
     }
 
+    /// The signing hook: the key stays with the signer (as in a KMS), which is asked once per
+    /// token request, asynchronously.
+    #[tokio::test]
+    async fn private_key_jwt_with_an_async_signer() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower_client_credentials::client_credentials::{JwtSigner, PemSigner};
+        use tower_client_credentials::{BoxFuture, Error};
+
+        #[derive(Debug)]
+        struct RemoteSigner {
+            key: PemSigner,
+            calls: AtomicUsize,
+        }
+
+        impl JwtSigner for RemoteSigner {
+            fn algorithm(&self) -> JwtSigningAlgorithm {
+                self.key.algorithm()
+            }
+            fn key_id(&self) -> Option<&str> {
+                self.key.key_id()
+            }
+            fn sign<'a>(&'a self, input: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
+                Box::pin(async move {
+                    self.calls.fetch_add(1, Ordering::SeqCst);
+                    // A round trip to the KMS.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    self.key.sign(input).await
+                })
+            }
+        }
+
+        let provider = provider_or_skip!("private_key_jwt_with_an_async_signer");
+        for (id, algorithm, pem, kid) in [
+            (
+                KEY_JWT_CLIENT,
+                JwtSigningAlgorithm::RS256,
+                RS256_KEY,
+                Some("test-client-rs256"),
+            ),
+            (
+                KEY_JWT_ES256_CLIENT,
+                JwtSigningAlgorithm::ES256,
+                ES256_KEY,
+                None,
+            ),
+        ] {
+            let signer = Arc::new(RemoteSigner {
+                key: PemSigner::from_pem(algorithm, pem, kid).unwrap(),
+                calls: AtomicUsize::new(0),
+            });
+            let credentials = ClientCredentials::builder()
+                .token_endpoint(provider.token_endpoint())
+                .unwrap()
+                .client_id(id)
+                .private_key_jwt_signer(signer.clone())
+                .scopes(["api:read"])
+                .build()
+                .unwrap();
+            assert_eq!(
+                credentials.auth_method(),
+                Some(ClientAuthMethod::PrivateKeyJwt)
+            );
+            let token = credentials.fetch_token().await.unwrap();
+            let introspection = provider.introspect(token.secret().expose_secret()).await;
+            assert_eq!(introspection["active"], true, "{introspection}");
+            assert_eq!(introspection["client_id"], id);
+            credentials.fetch_token().await.unwrap();
+            assert_eq!(signer.calls.load(Ordering::SeqCst), 2, "{id}");
+        }
+    }
+
     #[tokio::test]
     async fn wrong_secret_or_key_is_invalid_client() {
         let provider = provider_or_skip!("wrong_secret_or_key_is_invalid_client");
@@ -734,6 +805,77 @@ mod jwt_client_auth {
             );
         }
     }
+}
+
+/// The multi-audience layer against oidc-provider's resource indicators (RFC 8707): each
+/// origin's requests carry a JWT whose `aud` is that origin's resource, one token request per
+/// resource.
+#[tokio::test]
+async fn multi_audience_layer_gets_a_token_per_resource() {
+    use tower::Layer as _;
+    use tower_client_credentials::audience::MultiAudienceLayer;
+    use tower_client_credentials::client_credentials::CredentialSet;
+
+    const SECOND_RESOURCE: &str = "https://api-b.example.test";
+    let provider = provider_or_skip!("multi_audience_layer_gets_a_token_per_resource");
+    let credentials = ClientCredentials::builder()
+        .issuer(&provider.issuer)
+        .unwrap()
+        .client_id(BASIC_CLIENT)
+        .client_secret(BASIC_SECRET)
+        .build()
+        .unwrap();
+    let set = |resource: &str| {
+        CredentialSet::new()
+            .resource(resource)
+            .scopes(["api:read", "api:write"])
+    };
+    let layer = MultiAudienceLayer::builder(credentials)
+        .origin(RESOURCE, set(RESOURCE))
+        .origin(SECOND_RESOURCE, set(SECOND_RESOURCE))
+        .refuse_unknown_origins()
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut client = layer.layer(service_fn({
+        let seen = seen.clone();
+        move |request: Request<Full<Bytes>>| {
+            let token = request.headers()[AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let aud = jwt_part(token.strip_prefix("Bearer ").unwrap(), 1)["aud"].clone();
+            seen.lock().unwrap().push((request.uri().to_string(), aud));
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
+        }
+    }));
+    for _ in 0..2 {
+        for origin in [RESOURCE, SECOND_RESOURCE] {
+            let request = Request::get(format!("{origin}/items"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client.ready().await.unwrap().call(request).await.unwrap();
+        }
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 4);
+    for (uri, aud) in seen.iter() {
+        assert!(
+            uri.starts_with(aud.as_str().unwrap()),
+            "{uri} got aud {aud}"
+        );
+    }
+    assert_eq!(layer.sets_in_use(), 2);
+    let first = layer.cache(&set(RESOURCE)).unwrap().cached().unwrap();
+    let second = layer
+        .cache(&set(SECOND_RESOURCE))
+        .unwrap()
+        .cached()
+        .unwrap();
+    assert_ne!(
+        first.secret().expose_secret(),
+        second.secret().expose_secret()
+    );
 }
 
 /// RFC 9449 DPoP against oidc-provider (feature `dpop`): its `dPoP` feature verifies the token

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 use super::read::Current;
 use super::{metrics, schedule, Shared, TokenCache};
 use crate::error::{Error, ErrorKind};
+#[cfg(feature = "store")]
+use crate::store::FleetBackoff;
 use crate::time::ONE_YEAR;
 use crate::token::Token;
 
@@ -39,6 +41,10 @@ pub(super) struct RefreshState {
     permanent_failures: u32,
     /// No refresh may start before this instant (backoff).
     not_before: Option<Instant>,
+    /// The source's credentials changed while backing off (see `join_or_start`): the next
+    /// refresh also ends the fleet's backoff in a shared store, which the old credentials'
+    /// failures started.
+    credentials_changed: bool,
     last_error: Option<Error>,
     last_invalidation: Option<Instant>,
     next_generation: u64,
@@ -215,22 +221,38 @@ impl TokenCache {
 
 impl Shared {
     /// A new token from the source, or, with a shared store, from the store or from the source
-    /// under the store's lease (see [`crate::store`]).
-    fn fetch(&self) -> crate::source::BoxFuture<'_, Result<Token, Error>> {
+    /// under the store's lease (see [`crate::store`]). `credentials_changed`: the source's
+    /// credentials changed since the failures of the backoff, which (in the store, the fleet's
+    /// backoff) they no longer hold up.
+    fn fetch(
+        &self,
+        credentials_changed: bool,
+    ) -> crate::source::BoxFuture<'_, Result<Token, Error>> {
         #[cfg(feature = "store")]
         if let Some(store) = &self.store {
             let current = self.current.load_full().map(|c| c.token.clone());
             // The fleet backs off on the cache's own schedule, the longer one after a permanent
             // failure.
-            return Box::pin(store.fetch(&*self.source, current, |failures, error| {
-                let step = if error.is_transient() {
-                    schedule::backoff_delay
-                } else {
-                    schedule::permanent_backoff_delay
-                };
-                step(&self.config, failures, error.retry_after(), fastrand::f64())
-            }));
+            let fleet_backoff = if credentials_changed {
+                FleetBackoff::EndedByNewCredentials
+            } else {
+                FleetBackoff::Respected
+            };
+            return Box::pin(store.fetch(
+                &*self.source,
+                current,
+                fleet_backoff,
+                |failures, error| {
+                    let step = if error.is_transient() {
+                        schedule::backoff_delay
+                    } else {
+                        schedule::permanent_backoff_delay
+                    };
+                    step(&self.config, failures, error.retry_after(), fastrand::f64())
+                },
+            ));
         }
+        let _ = credentials_changed;
         self.source.fetch_token()
     }
 
@@ -246,6 +268,17 @@ impl Shared {
             return Ok(flight.clone());
         }
         let now = Instant::now();
+        if state.not_before.is_some_and(|t| t > now) && self.source.credentials_changed() {
+            // The failures were the old credentials' (a rotated secret): the new ones get a
+            // clean backoff, starting with this attempt.
+            // Both schedules: a permanent failure (`invalid_client`, the usual one before a
+            // rotation) backs off on the longer one, which the new secret must end too.
+            tracing::info!("the credentials changed; ending the backoff and trying them");
+            state.failures = 0;
+            state.permanent_failures = 0;
+            state.not_before = None;
+            state.credentials_changed = true;
+        }
         if let Some(not_before) = state.not_before.filter(|t| *t > now) {
             let remaining = not_before - now;
             if remaining <= self.config.max_backoff_wait {
@@ -294,6 +327,7 @@ impl Shared {
         };
         state.running = Some(flight.clone());
         let shared = self.clone();
+        let credentials_changed = std::mem::take(&mut state.credentials_changed);
         // The task is made at its first poll: a task dropped unpolled (its runtime is shutting
         // down) must not run `RefreshTask`'s `Drop`, which takes the lock we hold. Its dropped
         // sender marks the refresh as dead instead (see `live_refresh`).
@@ -302,6 +336,7 @@ impl Shared {
                 shared,
                 sender,
                 refresh_id,
+                credentials_changed,
                 finished: false,
             }
             .run()
@@ -505,6 +540,8 @@ struct RefreshTask {
     shared: Arc<Shared>,
     sender: watch::Sender<Option<Outcome>>,
     refresh_id: u64,
+    /// The source's credentials changed since the failures that started the last backoff.
+    credentials_changed: bool,
     finished: bool,
 }
 
@@ -513,7 +550,11 @@ impl RefreshTask {
         tracing::debug!("access token refresh started");
         let started = Instant::now();
         let timeout = self.shared.config.refresh_timeout;
-        let result = match tokio::time::timeout(timeout, fetch_catching_panics(&self.shared)).await
+        let result = match tokio::time::timeout(
+            timeout,
+            fetch_catching_panics(&self.shared, self.credentials_changed),
+        )
+        .await
         {
             Ok(result) => result,
             Err(_) => Err(Error::new(
@@ -544,14 +585,16 @@ impl Drop for RefreshTask {
 /// Calls the token source, turning a panic into an error. Without this, a panicking source
 /// would end the task like a runtime shutting down does, which is not taken as a failure: it
 /// would be restarted without backoff.
-async fn fetch_catching_panics(shared: &Shared) -> Result<Token, Error> {
+async fn fetch_catching_panics(shared: &Shared, credentials_changed: bool) -> Result<Token, Error> {
     let panicked = || {
         Error::new(
             ErrorKind::Source,
             "the token source panicked; see the panic message in the log",
         )
     };
-    let Ok(mut fetch) = std::panic::catch_unwind(AssertUnwindSafe(|| shared.fetch())) else {
+    let Ok(mut fetch) =
+        std::panic::catch_unwind(AssertUnwindSafe(|| shared.fetch(credentials_changed)))
+    else {
         return Err(panicked());
     };
     std::future::poll_fn(|cx| {

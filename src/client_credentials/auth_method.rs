@@ -11,8 +11,11 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use secrecy::SecretString;
+
+use super::secret::SecretSource;
 
 use crate::error::{Error, ErrorKind};
 use crate::oauth::client_auth::ClientAuthMethod;
@@ -21,20 +24,57 @@ use crate::token::Token;
 
 /// What the client authenticates with, and how.
 pub(super) enum Authentication {
-    /// The client secret, sent in a Basic header or in the form.
+    /// The client secret (read from its source at every token request), and how it is sent:
+    /// in a Basic header or in the form (configured or negotiated), or as the key of a
+    /// `client_secret_jwt` assertion.
     Secret {
-        secret: SecretString,
+        secret: ClientSecret,
         method: SecretMethod,
     },
-    /// A JWT client assertion (RFC 7523), signed with the secret or a private key.
+    /// `private_key_jwt`: a JWT client assertion (RFC 7523) signed with a private key.
     #[cfg(feature = "jwt-client-auth")]
     Assertion(crate::oauth::assertion::AssertionKey),
+    /// `private_key_jwt`: a JWT client assertion signed by the user's signer (a KMS, an HSM).
+    #[cfg(feature = "jwt-client-auth")]
+    Signer(Arc<dyn super::signer::JwtSigner>),
     /// The TLS client certificate (RFC 8705 §2): it authenticates the connection; the form
     /// only names the client.
     Certificate {
         kind: CertificateKind,
         presented_by: CertificateHolder,
     },
+}
+
+/// The client secret: where it is read, and what names it in a shared store's key.
+pub(super) struct ClientSecret {
+    /// Read at every token request (and once more after `invalid_client`).
+    pub(super) source: Arc<dyn SecretSource>,
+    /// The HMAC key of the store key (see `store_identity`), fixed when the credentials are
+    /// built so that the key stays the same while the secret rotates: the secret itself for
+    /// `client_secret("..")` (it never changes), the source's name (its `Debug`, which a
+    /// `SecretSource` must keep free of the secret) for a source.
+    #[cfg(feature = "store")]
+    store_hmac_key: SecretString,
+}
+
+impl ClientSecret {
+    /// A secret given as a value (`client_secret("..")`).
+    pub(super) fn fixed(secret: SecretString) -> Self {
+        ClientSecret {
+            #[cfg(feature = "store")]
+            store_hmac_key: secret.clone(),
+            source: Arc::new(super::secret::FixedSecret(secret)),
+        }
+    }
+
+    /// A secret read from `source`.
+    pub(super) fn from_source(source: Arc<dyn SecretSource>) -> Self {
+        ClientSecret {
+            #[cfg(feature = "store")]
+            store_hmac_key: SecretString::from(format!("secret source {source:?}")),
+            source,
+        }
+    }
 }
 
 /// Which RFC 8705 method the certificate is for.
@@ -66,11 +106,14 @@ impl CertificateKind {
     }
 }
 
-/// How the secret is sent: as configured, or as negotiated.
+/// How the secret is used: sent as configured or as negotiated, or as an assertion's key.
 pub(super) enum SecretMethod {
     Configured(SecretEncoding),
     /// Not configured: what the negotiation has learned so far.
     Negotiated(Negotiation),
+    /// `client_secret_jwt`: a JWT client assertion (RFC 7523) signed (HS256) with the secret.
+    #[cfg(feature = "jwt-client-auth")]
+    Jwt,
 }
 
 /// What the negotiation of the secret's encoding has learned. The cache runs one fetch at a
@@ -164,14 +207,9 @@ impl Authentication {
     /// first successful token request when none was configured.
     pub(super) fn method(&self) -> Option<ClientAuthMethod> {
         match self {
-            Authentication::Secret {
-                method: SecretMethod::Configured(encoding),
-                ..
-            } => Some(encoding.method()),
-            Authentication::Secret {
-                method: SecretMethod::Negotiated(learned),
-                ..
-            } => learned.works().map(|encoding| encoding.method()),
+            Authentication::Secret { method, .. } => method.in_use(),
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Signer(_) => Some(ClientAuthMethod::PrivateKeyJwt),
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => Some(match key {
                 crate::oauth::assertion::AssertionKey::ClientSecret(_) => {
@@ -186,19 +224,27 @@ impl Authentication {
     }
 
     /// What names this authentication in a shared store's key: the configured method
-    /// (`negotiated` when none is: the key must not change once one is detected), and the secret
-    /// that keys the hash, if there is one (a private key or a certificate is not hashed).
+    /// (`negotiated` when none is: the key must not change once one is detected), and what
+    /// keys the hash, if anything does (a private key or a certificate is not hashed).
+    ///
+    /// With a secret, the hash is keyed by what was fixed at build (see
+    /// [`ClientSecret::store_hmac_key`]): the secret itself for `client_secret("..")`, the
+    /// source's name for a [`SecretSource`]. Never the value a source gives: the key would
+    /// change at every rotation (and caches with the old and the new secret, which are one
+    /// credential set, would stop sharing), and it is not known without reading the source,
+    /// which is asynchronous and may fail.
     #[cfg(feature = "store")]
     pub(super) fn store_identity(&self) -> (&'static str, Option<&SecretString>) {
         match self {
-            Authentication::Secret {
-                secret,
-                method: SecretMethod::Configured(encoding),
-            } => (encoding.method().as_str(), Some(secret)),
-            Authentication::Secret {
-                secret,
-                method: SecretMethod::Negotiated(_),
-            } => ("negotiated", Some(secret)),
+            Authentication::Secret { secret, method } => {
+                let name = match method {
+                    SecretMethod::Configured(encoding) => encoding.method().as_str(),
+                    SecretMethod::Negotiated(_) => "negotiated",
+                    #[cfg(feature = "jwt-client-auth")]
+                    SecretMethod::Jwt => ClientAuthMethod::ClientSecretJwt.as_str(),
+                };
+                (name, Some(&secret.store_hmac_key))
+            }
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Assertion(key) => match key {
                 crate::oauth::assertion::AssertionKey::ClientSecret(secret) => {
@@ -208,6 +254,8 @@ impl Authentication {
                     (ClientAuthMethod::PrivateKeyJwt.as_str(), None)
                 }
             },
+            #[cfg(feature = "jwt-client-auth")]
+            Authentication::Signer(_) => (ClientAuthMethod::PrivateKeyJwt.as_str(), None),
             Authentication::Certificate { kind, .. } => (kind.method().as_str(), None),
         }
     }
@@ -217,31 +265,42 @@ impl Authentication {
     pub(super) fn is_certificate(&self) -> bool {
         matches!(self, Authentication::Certificate { .. })
     }
+}
+
+impl SecretMethod {
+    /// The method in use: the configured one, or the one that worked, or `None` before the
+    /// first successful token request when none was configured.
+    fn in_use(&self) -> Option<ClientAuthMethod> {
+        match self {
+            SecretMethod::Configured(encoding) => Some(encoding.method()),
+            SecretMethod::Negotiated(learned) => learned.works().map(|encoding| encoding.method()),
+            #[cfg(feature = "jwt-client-auth")]
+            SecretMethod::Jwt => Some(ClientAuthMethod::ClientSecretJwt),
+        }
+    }
 
     /// Gets a token through `request`, which sends one token request with the client
-    /// authentication it is given. `supported` is the server metadata's
+    /// authentication it is given, using `secret`: the value THIS attempt read from the source
+    /// (the request's redaction set is made from it too). `supported` is the server metadata's
     /// `token_endpoint_auth_methods_supported`, when known.
-    pub(super) async fn fetch<'a, F, Fut>(
-        &'a self,
+    pub(super) async fn fetch<F, Fut>(
+        &self,
+        secret: &SecretString,
         supported: Option<&[String]>,
-        mut request: F,
+        request: &mut F,
     ) -> Result<Token, Error>
     where
-        F: FnMut(ClientAuth<'a>) -> Fut,
+        F: FnMut(ClientAuth<'_>) -> Fut,
         Fut: Future<Output = Result<Token, Error>>,
     {
-        let (secret, learned) = match self {
+        let learned = match self {
+            SecretMethod::Configured(encoding) => return request(encoding.with(secret)).await,
             #[cfg(feature = "jwt-client-auth")]
-            Authentication::Assertion(key) => return request(ClientAuth::Assertion(key)).await,
-            Authentication::Certificate { .. } => return request(ClientAuth::Certificate).await,
-            Authentication::Secret {
-                secret,
-                method: SecretMethod::Configured(encoding),
-            } => return request(encoding.with(secret)).await,
-            Authentication::Secret {
-                secret,
-                method: SecretMethod::Negotiated(learned),
-            } => (secret, learned),
+            SecretMethod::Jwt => {
+                let key = crate::oauth::assertion::AssertionKey::ClientSecret(secret.clone());
+                return request(ClientAuth::Assertion(&key)).await;
+            }
+            SecretMethod::Negotiated(learned) => learned,
         };
         let candidates = SecretEncoding::candidates(supported);
         let to_try: &[SecretEncoding] = match learned.get() {
@@ -300,7 +359,7 @@ impl Authentication {
 /// Whether the server rejected the client authentication itself (RFC 6749 §5.2
 /// `invalid_client`, or a bare 401): only then is the other method worth a try. Other 400s
 /// (`invalid_scope`, `invalid_request`) would fail the same way with either method.
-fn rejected_client_auth(error: &Error) -> bool {
+pub(super) fn rejected_client_auth(error: &Error) -> bool {
     error.kind() == ErrorKind::TokenEndpoint
         && match error.oauth_error() {
             Some(oauth) => oauth.error == "invalid_client",
@@ -338,9 +397,22 @@ mod tests {
 
     fn negotiated() -> Authentication {
         Authentication::Secret {
-            secret: SecretString::from("secret"),
+            secret: ClientSecret::fixed(SecretString::from("secret")),
             method: SecretMethod::Negotiated(Negotiation::default()),
         }
+    }
+
+    /// One fetch as `Authentication::fetch` makes it, with the secret the source gives.
+    async fn fetch<F, Fut>(auth: &Authentication, mut request: F) -> Result<Token, Error>
+    where
+        F: FnMut(ClientAuth<'_>) -> Fut,
+        Fut: Future<Output = Result<Token, Error>>,
+    {
+        let Authentication::Secret { secret, method } = auth else {
+            unreachable!("a secret is configured")
+        };
+        let secret = secret.source.secret().await?;
+        method.fetch(&secret, None, &mut request).await
     }
 
     fn refused() -> Error {
@@ -352,18 +424,17 @@ mod tests {
     /// it saw.
     async fn fetch_refused(auth: &Authentication) -> Vec<SecretEncoding> {
         let seen = Mutex::new(Vec::new());
-        let result = auth
-            .fetch(None, |client_auth| {
-                seen.lock().unwrap().push(match client_auth {
-                    ClientAuth::Basic(_) => SecretEncoding::Basic,
-                    ClientAuth::Post(_) => SecretEncoding::Post,
-                    #[cfg(feature = "jwt-client-auth")]
-                    ClientAuth::Assertion(_) => unreachable!(),
-                    ClientAuth::Certificate => unreachable!(),
-                });
-                async { Err(refused()) }
-            })
-            .await;
+        let result = fetch(auth, |client_auth| {
+            seen.lock().unwrap().push(match client_auth {
+                ClientAuth::Basic(_) => SecretEncoding::Basic,
+                ClientAuth::Post(_) => SecretEncoding::Post,
+                #[cfg(feature = "jwt-client-auth")]
+                ClientAuth::Assertion(_) | ClientAuth::SignedAssertion(_) => unreachable!(),
+                ClientAuth::Certificate => unreachable!(),
+            });
+            async { Err(refused()) }
+        })
+        .await;
         assert_eq!(
             result.unwrap_err().status(),
             Some(http::StatusCode::UNAUTHORIZED)
@@ -381,9 +452,7 @@ mod tests {
         assert_eq!(fetch_refused(&auth).await, [Basic]);
         assert_eq!(auth.method(), None);
         // A success is remembered, and ends the alternation.
-        let token = auth
-            .fetch(None, |_| async { Token::bearer("t", None) })
-            .await;
+        let token = fetch(&auth, |_| async { Token::bearer("t", None) }).await;
         assert!(token.is_ok());
         assert_eq!(auth.method(), Some(ClientAuthMethod::ClientSecretPost));
     }

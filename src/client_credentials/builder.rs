@@ -14,8 +14,10 @@ use secrecy::{ExposeSecret, SecretString};
 use tower_service::Service;
 
 use super::auth_method::{
-    Authentication, CertificateHolder, CertificateKind, Negotiation, SecretEncoding, SecretMethod,
+    Authentication, CertificateHolder, CertificateKind, ClientSecret, Negotiation, SecretEncoding,
+    SecretMethod,
 };
+use super::secret::SecretSource;
 use super::token_endpoint::TokenEndpoint;
 use super::{ClientCredentials, Inner};
 use crate::error::{BoxError, Error};
@@ -28,8 +30,11 @@ pub struct ClientCredentialsBuilder {
     endpoint: Option<EndpointConfig>,
     client_id: Option<String>,
     client_secret: Option<SecretString>,
+    client_secret_source: Option<Arc<dyn SecretSource>>,
     #[cfg(feature = "jwt-client-auth")]
     private_key: Option<crate::oauth::assertion::PrivateKey>,
+    #[cfg(feature = "jwt-client-auth")]
+    signer: Option<Arc<dyn super::signer::JwtSigner>>,
     scopes: Vec<String>,
     params: Vec<(String, String)>,
     method: Option<ClientAuthMethod>,
@@ -57,8 +62,11 @@ impl ClientCredentialsBuilder {
             endpoint: None,
             client_id: None,
             client_secret: None,
+            client_secret_source: None,
             #[cfg(feature = "jwt-client-auth")]
             private_key: None,
+            #[cfg(feature = "jwt-client-auth")]
+            signer: None,
             scopes: Vec::new(),
             params: Vec::new(),
             method: None,
@@ -109,8 +117,41 @@ impl ClientCredentialsBuilder {
     }
 
     /// The client secret. Required. Kept as a [`SecretString`]: zeroized on drop, never shown.
+    ///
+    /// A fixed secret: to pick up a rotated secret without a restart, use
+    /// [`client_secret_source`](Self::client_secret_source). The later of the two calls wins.
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.client_secret = Some(SecretString::from(client_secret.into()));
+        self.client_secret_source = None;
+        self
+    }
+
+    /// Where to read the client secret, at every token request: a
+    /// [`FileSecret`](super::FileSecret) (a Kubernetes secret volume), an
+    /// [`EnvSecret`](super::EnvSecret), or your own [`SecretSource`] (a secret manager). A
+    /// replaced secret is used from the next token request on; when the server refuses the
+    /// secret (`invalid_client`) it is read once more and, if it changed, tried at once.
+    ///
+    /// Replaces a secret given with [`client_secret`](Self::client_secret). The source is first
+    /// read at the first token request, so a missing file is reported then, as a configuration
+    /// error naming the path.
+    ///
+    /// ```
+    /// use tower_client_credentials::client_credentials::EnvSecret;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/default/v1/token")?
+    ///     .client_id("my-client")
+    ///     .client_secret_source(EnvSecret::new("IDP_CLIENT_SECRET"))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_secret_source(mut self, source: impl SecretSource) -> Self {
+        self.client_secret_source = Some(Arc::new(source));
+        self.client_secret = None;
         self
     }
 
@@ -202,8 +243,38 @@ impl ClientCredentialsBuilder {
         self.private_key = Some(crate::oauth::assertion::PrivateKey::from_pem(
             algorithm, pem, kid,
         )?);
+        self.signer = None;
         self.method = Some(ClientAuthMethod::PrivateKeyJwt);
         Ok(self)
+    }
+
+    /// Authenticates with `private_key_jwt` (RFC 7523 §2.2), the assertion signed by `signer`
+    /// at every token request: a key kept in a KMS or an HSM, never copied into the process
+    /// (claims as for [`private_key_jwt`](Self::private_key_jwt)). Selects
+    /// [`ClientAuthMethod::PrivateKeyJwt`] and replaces a key given there.
+    ///
+    /// ```
+    /// use tower_client_credentials::client_credentials::PemSigner;
+    /// use tower_client_credentials::{ClientCredentials, JwtSigningAlgorithm};
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// # let pem = include_bytes!("../../tests/oidc-provider/test-client-key.pem");
+    /// // Any `JwtSigner` works; `PemSigner` is the one for a key in memory.
+    /// let signer = PemSigner::from_pem(JwtSigningAlgorithm::RS256, pem, Some("key-1"))?;
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/default/v1/token")?
+    ///     .client_id("my-client")
+    ///     .private_key_jwt_signer(signer)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "jwt-client-auth")]
+    pub fn private_key_jwt_signer(mut self, signer: impl super::signer::JwtSigner) -> Self {
+        self.signer = Some(Arc::new(signer));
+        self.private_key = None;
+        self.method = Some(ClientAuthMethod::PrivateKeyJwt);
+        self
     }
 
     /// Uses `client` for token and discovery requests instead of the built-in hyper-util/rustls
@@ -370,9 +441,9 @@ impl ClientCredentialsBuilder {
         let scope = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
         Ok(ClientCredentials {
             inner: Arc::new(Inner {
-                endpoint,
+                endpoint: Arc::new(endpoint),
                 client_id,
-                authentication,
+                authentication: Arc::new(authentication),
                 scope,
                 params: self.params,
                 http,
@@ -427,8 +498,16 @@ impl ClientCredentialsBuilder {
             Some(encoding) => SecretMethod::Configured(encoding),
             None => SecretMethod::Negotiated(Negotiation::default()),
         };
-        let secret = checked_secret(self.client_secret.take())?.ok_or_else(no_secret)?;
+        let secret = self.secret()?.ok_or_else(no_secret)?;
         Ok(Authentication::Secret { secret, method })
+    }
+
+    /// The secret: the source given, or the fixed secret (checked now).
+    fn secret(&mut self) -> Result<Option<ClientSecret>, Error> {
+        if let Some(source) = self.client_secret_source.take() {
+            return Ok(Some(ClientSecret::from_source(source)));
+        }
+        Ok(checked_secret(self.client_secret.take())?.map(ClientSecret::fixed))
     }
 
     /// `client_secret_jwt` needs the secret; `private_key_jwt` signs with the key alone (a
@@ -436,20 +515,24 @@ impl ClientCredentialsBuilder {
     #[cfg(feature = "jwt-client-auth")]
     fn assertion(&mut self, method: ClientAuthMethod) -> Result<Authentication, Error> {
         use crate::oauth::assertion::AssertionKey;
-        let key = if method == ClientAuthMethod::PrivateKeyJwt {
+        if method == ClientAuthMethod::PrivateKeyJwt {
+            if let Some(signer) = self.signer.take() {
+                self.secret()?;
+                return Ok(Authentication::Signer(signer));
+            }
             let key = self.private_key.take().ok_or_else(|| {
                 Error::config(
                     "private_key_jwt needs a private key; set it with `.private_key_jwt(..)`",
                 )
             })?;
-            checked_secret(self.client_secret.take())?;
-            AssertionKey::PrivateKey(key)
+            self.secret()?;
+            Ok(Authentication::Assertion(AssertionKey::PrivateKey(key)))
         } else {
-            AssertionKey::ClientSecret(
-                checked_secret(self.client_secret.take())?.ok_or_else(no_secret)?,
-            )
-        };
-        Ok(Authentication::Assertion(key))
+            Ok(Authentication::Secret {
+                secret: self.secret()?.ok_or_else(no_secret)?,
+                method: SecretMethod::Jwt,
+            })
+        }
     }
 }
 
@@ -481,7 +564,7 @@ impl ClientCredentialsBuilder {
                 )));
             }
         };
-        checked_secret(self.client_secret.take())?;
+        self.secret()?;
         Ok(Authentication::Certificate { kind, presented_by })
     }
 }
@@ -526,7 +609,8 @@ impl fmt::Debug for ClientCredentialsBuilder {
         let mut debug = f.debug_struct("ClientCredentialsBuilder");
         debug
             .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]");
+            .field("client_secret", &"[redacted]")
+            .field("client_secret_source", &self.client_secret_source);
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.private_key);
         #[cfg(feature = "mtls")]

@@ -18,6 +18,11 @@
 
 mod auth_method;
 mod builder;
+mod credential_set;
+mod rotation;
+mod secret;
+#[cfg(feature = "jwt-client-auth")]
+mod signer;
 pub(crate) mod token_endpoint;
 
 use std::fmt;
@@ -32,6 +37,10 @@ use crate::token::Token;
 
 use self::auth_method::Authentication;
 pub use self::builder::ClientCredentialsBuilder;
+pub use self::credential_set::CredentialSet;
+pub use self::secret::{EnvSecret, FileSecret, SecretSource, SecretSourceError};
+#[cfg(feature = "jwt-client-auth")]
+pub use self::signer::{JwtSigner, PemSigner};
 use self::token_endpoint::TokenEndpoint;
 use crate::oauth::client_auth::ClientAuthMethod;
 
@@ -45,9 +54,11 @@ pub struct ClientCredentials {
 }
 
 struct Inner {
-    endpoint: TokenEndpoint,
+    // Shared by the credentials of every credential set made from these (see `for_set`):
+    // one discovery, one negotiated method, one secret source.
+    endpoint: Arc<TokenEndpoint>,
     client_id: String,
-    authentication: Authentication,
+    authentication: Arc<Authentication>,
     scope: Option<String>,
     params: Vec<(String, String)>,
     http: HttpClient,
@@ -95,59 +106,70 @@ impl ClientCredentials {
 
     /// One token request to `endpoint`, authenticated with `auth`, given up at `deadline` (and
     /// with a DPoP key, proved and retried once when the server asks for a nonce).
-    async fn request(
-        &self,
-        endpoint: &http::Uri,
+    ///
+    /// The request is built before the future is made, so that the future borrows neither
+    /// `auth` nor the secret in it (the secret is read per attempt and lives no longer than
+    /// it). With a DPoP key the request for the nonce retry is built now too, with its own
+    /// fresh client assertion; only its proof is made later, when the nonce is known. It is
+    /// dropped unsent when no nonce is asked for.
+    fn request<'a>(
+        &'a self,
+        endpoint: &'a http::Uri,
         auth: ClientAuth<'_>,
         deadline: tokio::time::Instant,
-    ) -> Result<Token, Error> {
+    ) -> impl std::future::Future<Output = Result<Token, Error>> + Send + 'a {
         let inner = &self.inner;
-        // Made again for a retry: the proof and a JWT assertion must be fresh.
         let build = || {
-            #[allow(unused_mut)]
-            let (mut request, secrets) = TokenRequest {
+            TokenRequest {
                 client_id: &inner.client_id,
                 auth,
                 scope: inner.scope.as_deref(),
                 params: &inner.params,
             }
-            .build(endpoint)?;
+            .build(endpoint)
+        };
+        let first = build();
+        #[cfg(feature = "dpop")]
+        let for_nonce_retry = inner.dpop.as_ref().map(|_| build());
+        async move {
+            #[allow(unused_mut)]
+            let (mut request, secrets) = first?;
             #[cfg(feature = "dpop")]
             if let Some(key) = &inner.dpop {
                 crate::dpop::sign_token_request(key, &mut request)?;
             }
-            Ok::<_, Error>((request, secrets))
-        };
-        let (request, secrets) = build()?;
-        #[allow(unused_mut)]
-        let mut sent_at = tokio::time::Instant::now();
-        #[allow(unused_mut)]
-        let mut response = inner.http.send(request, deadline, &secrets).await?;
-        #[allow(unused_mut)]
-        let mut secrets = secrets;
-        #[cfg(feature = "dpop")]
-        if let Some(key) = &inner.dpop {
-            // RFC 9449 §8: the server wants a nonce; it came with the error. One retry, with a
-            // fresh proof (and a fresh client assertion).
-            if crate::dpop::is_token_nonce_challenge(key, endpoint, &response) {
-                tracing::debug!("token endpoint asked for a DPoP nonce; retrying once with it");
-                let (request, retry_secrets) = build()?;
-                secrets = retry_secrets;
-                sent_at = tokio::time::Instant::now();
-                response = inner.http.send(request, deadline, &secrets).await?;
-                // Only to keep a nonce this answer brings for the next request.
-                crate::dpop::is_token_nonce_challenge(key, endpoint, &response);
+            #[allow(unused_mut)]
+            let mut sent_at = tokio::time::Instant::now();
+            #[allow(unused_mut)]
+            let mut response = inner.http.send(request, deadline, &secrets).await?;
+            #[allow(unused_mut)]
+            let mut secrets = secrets;
+            #[cfg(feature = "dpop")]
+            if let (Some(key), Some(retry)) = (&inner.dpop, for_nonce_retry) {
+                // RFC 9449 §8: the server wants a nonce; it came with the error. One retry, with
+                // a fresh proof (and a fresh client assertion).
+                if crate::dpop::is_token_nonce_challenge(key, endpoint, &response) {
+                    tracing::debug!("token endpoint asked for a DPoP nonce; retrying once with it");
+                    let (mut request, retry_secrets) = retry?;
+                    crate::dpop::sign_token_request(key, &mut request)?;
+                    secrets = retry_secrets;
+                    sent_at = tokio::time::Instant::now();
+                    response = inner.http.send(request, deadline, &secrets).await?;
+                    // Only to keep a nonce this answer brings for the next request.
+                    crate::dpop::is_token_nonce_challenge(key, endpoint, &response);
+                }
             }
+            let token = parse_response(&response, inner.expiry_from_jwt, &secrets)?;
+            if token.is_dpop() && !self.has_dpop_key() {
+                return Err(Error::new(
+                    ErrorKind::InvalidTokenResponse,
+                    "the token endpoint issued a DPoP-bound token, but no DPoP key is \
+                     configured; set one with `.dpop(key)` (feature `dpop`) or ask for Bearer \
+                     tokens",
+                ));
+            }
+            Ok(token.with_received_at(sent_at))
         }
-        let token = parse_response(&response, inner.expiry_from_jwt, &secrets)?;
-        if token.is_dpop() && !self.has_dpop_key() {
-            return Err(Error::new(
-                ErrorKind::InvalidTokenResponse,
-                "the token endpoint issued a DPoP-bound token, but no DPoP key is configured; \
-                 set one with `.dpop(key)` (feature `dpop`) or ask for Bearer tokens",
-            ));
-        }
-        Ok(token.with_received_at(sent_at))
     }
 
     fn has_dpop_key(&self) -> bool {
@@ -170,9 +192,11 @@ impl ClientCredentials {
         };
         inner
             .authentication
-            .fetch(resolved.auth_methods.as_deref(), |auth| {
-                self.request(endpoint, auth, deadline)
-            })
+            .fetch(
+                resolved.auth_methods.as_deref(),
+                (&inner.client_id, endpoint),
+                |auth| self.request(endpoint, auth, deadline),
+            )
             .await
     }
 }
@@ -182,9 +206,24 @@ impl TokenSource for ClientCredentials {
         Box::pin(self.fetch())
     }
 
+    /// Whether the client secret's source reports a new secret since it was last read.
+    fn credentials_changed(&self) -> bool {
+        self.inner
+            .authentication
+            .secret_source()
+            .is_some_and(|source| source.changed())
+    }
+
     /// The credential set: token endpoint (or issuer), client id, configured auth method
     /// (`negotiated` when none is), scopes and extra parameters, keyed by the client secret
-    /// (with `private_key_jwt`: without key material; the client id still separates the set).
+    /// (with `private_key_jwt` or a certificate: without key material; the client id still
+    /// separates the set).
+    ///
+    /// With a [`SecretSource`] the HMAC is keyed by the source's name (its `Debug`: the
+    /// variable's name, the file's path), never by a value it gives: the key stays the same
+    /// when the secret rotates, so caches that read the old and the new secret of one
+    /// credential set keep sharing its tokens, and no secret, nor anything derived from a
+    /// rotated one, is in it. A fixed `client_secret("..")` keys it, as it never changes.
     #[cfg(feature = "store")]
     fn store_key(&self) -> Option<crate::store::StoreKey> {
         use secrecy::ExposeSecret;
@@ -210,7 +249,7 @@ impl fmt::Debug for ClientCredentials {
         debug
             .field("endpoint", &self.inner.endpoint)
             .field("client_id", &self.inner.client_id)
-            .field("client_secret", &"[redacted]");
+            .field("client_secret", &self.inner.authentication.secret_source());
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.inner.authentication.private_key());
         debug.field(

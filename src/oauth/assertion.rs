@@ -94,6 +94,33 @@ impl PrivateKey {
         Ok(key)
     }
 
+    /// The algorithm the key signs with.
+    pub(crate) fn algorithm(&self) -> JwtSigningAlgorithm {
+        self.algorithm
+    }
+
+    /// The key id, if given.
+    pub(crate) fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// The raw JWS signature over `input` (for `client_credentials::PemSigner`).
+    pub(crate) fn sign_raw(&self, input: &[u8]) -> Result<Vec<u8>, Error> {
+        let algorithm = match self.algorithm {
+            JwtSigningAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+            JwtSigningAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+        };
+        use base64::Engine as _;
+        jsonwebtoken::crypto::sign(input, &self.key, algorithm)
+            .ok()
+            .and_then(|signature| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(signature)
+                    .ok()
+            })
+            .ok_or_else(|| Error::config("the client assertion could not be signed"))
+    }
+
     fn sign(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
         let algorithm = match self.algorithm {
             JwtSigningAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,

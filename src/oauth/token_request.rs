@@ -20,6 +20,9 @@ pub(crate) enum ClientAuth<'a> {
     /// `client_secret_jwt` or `private_key_jwt`: a signed JWT client assertion (RFC 7523).
     #[cfg(feature = "jwt-client-auth")]
     Assertion(&'a crate::oauth::assertion::AssertionKey),
+    /// `private_key_jwt` with a client assertion already signed (by a `JwtSigner`).
+    #[cfg(feature = "jwt-client-auth")]
+    SignedAssertion(&'a SecretString),
     /// `tls_client_auth` or `self_signed_tls_client_auth` (RFC 8705 §2): the TLS client
     /// certificate authenticates; the form only names the client.
     Certificate,
@@ -84,6 +87,16 @@ impl TokenRequest<'_> {
                     }
                     crate::oauth::assertion::AssertionKey::PrivateKey(_) => Secrets::none(),
                 };
+                secrets.add(client_assertion.expose_secret());
+                secrets
+            }
+            #[cfg(feature = "jwt-client-auth")]
+            ClientAuth::SignedAssertion(client_assertion) => {
+                form.append_pair("client_assertion_type", client_auth::JWT_BEARER);
+                form.append_pair("client_assertion", client_assertion.expose_secret());
+                form.append_pair("client_id", self.client_id);
+                // The signer's key never leaves it; the assertion itself is the secret here.
+                let mut secrets = Secrets::none();
                 secrets.add(client_assertion.expose_secret());
                 secrets
             }

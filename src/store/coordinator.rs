@@ -13,6 +13,16 @@ use crate::error::{BoxError, Error};
 use crate::source::{BoxFuture, TokenSource};
 use crate::token::Token;
 
+/// Whether the fleet's backoff (the failure entry in the store) holds a fetch up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FleetBackoff {
+    /// It does, until it runs out.
+    Respected,
+    /// It does not: the source's credentials changed since the failures that started it (a
+    /// rotated secret), so the new ones are tried at once, and a failure starts a clean count.
+    EndedByNewCredentials,
+}
+
 /// Where a token came from (for logs and, later, the cache's status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
@@ -80,14 +90,19 @@ impl Coordinator {
     /// A new token for the cache, replacing `current` (if any): from the store, or from
     /// `source` while holding the lease, or from `source` alone when the store fails.
     /// `backoff(failures, error)` is the cache's backoff step after `failures` consecutive
-    /// failures: the fleet's failure entry lasts that long.
+    /// failures: the fleet's failure entry lasts that long; `fleet_backoff` says whether a
+    /// running one still holds this fetch up.
     pub(crate) async fn fetch(
         &self,
         source: &dyn TokenSource,
         current: Option<Arc<Token>>,
+        fleet_backoff: FleetBackoff,
         backoff: impl Fn(u32, &Error) -> Duration,
     ) -> Result<Token, Error> {
-        let result = match self.coordinated(source, current, &backoff).await {
+        let result = match self
+            .coordinated(source, current, fleet_backoff, &backoff)
+            .await
+        {
             Ok(result) => result,
             Err(Unavailable) => source.fetch_token().await.map(|t| (t, Origin::Source)),
         };
@@ -105,6 +120,7 @@ impl Coordinator {
         &self,
         source: &dyn TokenSource,
         current: Option<Arc<Token>>,
+        fleet_backoff: FleetBackoff,
         backoff: &impl Fn(u32, &Error) -> Duration,
     ) -> Result<Result<(Token, Origin), Error>, Unavailable> {
         if self.paused() {
@@ -130,7 +146,8 @@ impl Coordinator {
             let failure = stored
                 .failure
                 .and_then(|r| record::FailureRecord::decode(r.payload()));
-            if let Some(failure) = &failure {
+            let new_credentials = fleet_backoff == FleetBackoff::EndedByNewCredentials;
+            if let Some(failure) = failure.as_ref().filter(|_| !new_credentials) {
                 let remaining = failure.remaining();
                 if !remaining.is_zero() {
                     return Ok(Err(failure.to_error(remaining)));
@@ -141,7 +158,10 @@ impl Coordinator {
                 .op(self.store.acquire_lease(&self.key, &self.owner, ttl))
                 .await?
             {
-                break failure.map_or(0, |f| f.failures);
+                // New credentials start a clean count: the failures were the old ones'.
+                break failure
+                    .filter(|_| !new_credentials)
+                    .map_or(0, |f| f.failures);
             }
             if Instant::now() >= deadline {
                 tracing::warn!(

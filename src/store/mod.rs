@@ -64,15 +64,15 @@ use std::time::Duration;
 use crate::error::BoxError;
 use crate::source::BoxFuture;
 
-#[cfg(feature = "redis")] // its only user so far; a store of your own encrypts as it likes
 mod coordinator;
+#[cfg(feature = "redis")] // its only user so far; a store of your own encrypts as it likes
 mod crypto;
 pub(crate) mod key;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub(crate) use self::coordinator::Coordinator;
+pub(crate) use self::coordinator::{Coordinator, FleetBackoff};
 pub use self::key::{StoreKey, StoreKeyBuilder};
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
@@ -199,7 +199,8 @@ impl Stored {
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
 /// use std::time::Duration;
-/// /// use tower_client_credentials::store::{Record, Slot, StoreKey, Stored, TokenStore};
+/// use tokio::time::Instant;
+/// use tower_client_credentials::store::{Record, Slot, StoreKey, Stored, TokenStore};
 /// use tower_client_credentials::{BoxError, BoxFuture};
 ///
 /// #[derive(Debug, Default)]

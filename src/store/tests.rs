@@ -308,13 +308,17 @@ async fn a_failing_or_hanging_store_never_fails_a_request() {
         );
         let before = store.calls.load(Ordering::SeqCst);
         assert!(coordinator
-            .fetch(&source, None, |_, _| Duration::ZERO)
+            .fetch(&source, None, FleetBackoff::Respected, |_, _| {
+                Duration::ZERO
+            })
             .await
             .is_ok());
         assert!(!coordinator.reachable());
         assert_eq!(store.calls.load(Ordering::SeqCst), before + 1);
         let again = coordinator
-            .fetch(&source, None, |_, _| Duration::ZERO)
+            .fetch(&source, None, FleetBackoff::Respected, |_, _| {
+                Duration::ZERO
+            })
             .await;
         assert!(again.is_ok());
         assert_eq!(
@@ -326,7 +330,9 @@ async fn a_failing_or_hanging_store_never_fails_a_request() {
         *lock_unpoisoned(&store.mode) = Mode::Working;
         *lock_unpoisoned(&coordinator.paused_until) = None;
         let shared = coordinator
-            .fetch(&source, None, |_, _| Duration::ZERO)
+            .fetch(&source, None, FleetBackoff::Respected, |_, _| {
+                Duration::ZERO
+            })
             .await;
         assert!(shared.is_ok());
         assert!(coordinator.reachable());

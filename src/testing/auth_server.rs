@@ -61,6 +61,8 @@ pub(super) struct State {
     /// Every token issued, with the moment it expires.
     pub(super) issued: Mutex<HashMap<String, SystemTime>>,
     pub(super) last_request: Mutex<Option<TokenRequestSeen>>,
+    /// Extra and revoked client secrets, and the requests that presented each.
+    pub(super) rotation: Mutex<super::rotation::Rotation>,
     /// Known once the listener is bound; the issuer URL and the tokens name it.
     addr: Mutex<Option<SocketAddr>>,
     #[cfg(feature = "dpop")]
@@ -277,6 +279,7 @@ impl AuthServerBuilder {
             request_paths: Mutex::new(Vec::new()),
             issued: Mutex::new(HashMap::new()),
             last_request: Mutex::new(None),
+            rotation: Mutex::default(),
             addr: Mutex::new(None),
             #[cfg(feature = "dpop")]
             dpop: Default::default(),

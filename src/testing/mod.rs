@@ -47,6 +47,7 @@
 //! * `behaviour`: [`Behavior`], the scripted answers;
 //! * `api_server`: [`ApiServer`];
 //! * `in_process`: [`InProcessClient`];
+//! * `rotation`: more than one secret per client, revocation, and per-secret counts;
 //! * `listener` and `response`: the loopback accept loop both servers use, and their JSON
 //!   answers;
 //! * `dpop` (feature `dpop`): the token endpoint's binding of tokens to a proof's key, and the
@@ -60,6 +61,7 @@ mod dpop;
 mod in_process;
 mod listener;
 mod response;
+mod rotation;
 mod token_endpoint;
 
 pub use self::api_server::{ApiRefusal, ApiServer};

@@ -132,9 +132,18 @@ impl State {
         request.require_client_credentials_grant()?;
         let scope = request.field("scope").unwrap_or_default();
         require_allowed_scopes(client, &scope)?;
+        // The audience (`audience`, RFC 8707 `resource`) the client asked for goes into the
+        // token's `aud`, so that a test can tell which credential set a token belongs to.
+        let audiences: Vec<String> = request
+            .form
+            .iter()
+            .filter(|(name, _)| name == "audience" || name == "resource")
+            .map(|(_, value)| value.clone())
+            .collect();
         Ok(self.issue_response(
             &authentication.client_id,
             &scope,
+            &audiences,
             behavior,
             dpop_jkt.as_deref(),
         ))
@@ -157,7 +166,7 @@ impl State {
         } = authentication;
         let client = self.clients.get(client_id).ok_or_else(failed)?;
         let authenticated = match credential {
-            Credential::Secret(secret) => client.secret == *secret,
+            Credential::Secret(secret) => self.secret_accepted(client_id, client, secret),
             Credential::Assertion(jwt) => {
                 self.verify_assertion(jwt, client_id, &client.secret, *method)
             }
@@ -207,12 +216,13 @@ impl State {
         &self,
         client_id: &str,
         scope: &str,
+        audiences: &[String],
         behavior: Option<Behavior>,
         dpop_jkt: Option<&str>,
     ) -> Reply {
         let lifetime = *lock(&self.lifetime);
         let now = SystemTime::now();
-        let token = self.issue(client_id, scope, now, lifetime, dpop_jkt);
+        let token = self.issue(client_id, scope, audiences, now, lifetime, dpop_jkt);
         let expires_in = match behavior {
             Some(Behavior::ExpiresIn(value)) => value,
             _ => serde_json::json!(lifetime.as_secs()),
@@ -234,12 +244,14 @@ impl State {
         response
     }
 
-    /// Mints a JWT-shaped token (Okta's claims, a random signature nobody checks) and records
-    /// it as valid until `now + lifetime`; with `dpop_jkt`, bound to that key (`cnf.jkt`).
+    /// Mints a JWT-shaped token (Okta's claims, `aud` the audiences and resources asked for, a
+    /// random signature nobody checks) and records it as valid until `now + lifetime`; with
+    /// `dpop_jkt`, bound to that key (`cnf.jkt`).
     fn issue(
         &self,
         client_id: &str,
         scope: &str,
+        audiences: &[String],
         now: SystemTime,
         lifetime: Duration,
         dpop_jkt: Option<&str>,
@@ -256,6 +268,11 @@ impl State {
             "exp": iat + lifetime.as_secs(),
             "jti": format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
         });
+        match audiences {
+            [] => {}
+            [one] => claims["aud"] = serde_json::json!(one),
+            several => claims["aud"] = serde_json::json!(several),
+        }
         if let Some(jkt) = dpop_jkt {
             claims["cnf"] = serde_json::json!({ "jkt": jkt });
         }

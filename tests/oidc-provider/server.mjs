@@ -40,6 +40,9 @@ const { default: Provider, errors } = await import('oidc-provider');
 
 const HOST = '127.0.0.1';
 const RESOURCE = 'https://api.example.test';
+// A second API, so that tests can ask for tokens of two audiences (tests/oidc_provider.rs,
+// the multi-audience layer).
+const SECOND_RESOURCE = 'https://api-b.example.test';
 const API_SCOPES = 'api:read api:write';
 const TOKEN_TTL = 300;
 
@@ -271,10 +274,10 @@ server.listen(port, HOST, () => {
         defaultResource: async (_ctx, _client, oneOf) => oneOf ?? undefined,
         useGrantedResource: async () => false,
         getResourceServerInfo: async (_ctx, resourceIndicator) => {
-          if (resourceIndicator === RESOURCE) {
+          if (resourceIndicator === RESOURCE || resourceIndicator === SECOND_RESOURCE) {
             return {
               scope: API_SCOPES,
-              audience: RESOURCE,
+              audience: resourceIndicator,
               accessTokenTTL: TOKEN_TTL,
               accessTokenFormat: 'jwt',
             };
