@@ -284,4 +284,36 @@ mod tests {
             Some("role:app catalog:read organization:read")
         );
     }
+
+    #[cfg(feature = "store")]
+    #[test]
+    fn the_store_key_stays_when_the_secret_rotates_and_never_holds_the_secret() {
+        let dir = std::env::temp_dir().join(format!("tcc-store-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("client-secret");
+        std::fs::write(&path, "old-secret-5d1f").unwrap();
+        let credentials = |path: &std::path::Path| {
+            ClientCredentials::builder()
+                .token_endpoint("https://idp.example/oauth2/default/v1/token")
+                .unwrap()
+                .client_id("id")
+                .client_secret_source(crate::client_credentials::FileSecret::new(path))
+                .build()
+                .unwrap()
+        };
+        let before = credentials(&path).store_key().unwrap();
+        std::fs::write(&path, "new-secret-8a2c").unwrap();
+        let after = credentials(&path).store_key().unwrap();
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
+        for shown in [format!("{before:?}"), format!("{after:?}")] {
+            assert!(
+                !shown.contains("old-secret") && !shown.contains("new-secret"),
+                "{shown}"
+            );
+        }
+        // Another credential set (another file) has another key.
+        let other = credentials(&dir.join("other-secret")).store_key().unwrap();
+        assert_ne!(format!("{before:?}"), format!("{other:?}"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
