@@ -27,9 +27,9 @@
 //!
 //! Measured, in the paired form (arms in alternating rounds, order rotated, median of per-round
 //! ratios; robust to the load of a shared machine):
-//! * `peers-hot`: one request, driven by hand with a no-op waker (no runtime), request built
-//!   inside the timed loop the same way for every arm; ratio to `set_request_header`;
-//! * `peers-threads/T` (T = 1, 2, 4, 8 threads, each with its own clone): CPU time the threads
+//! * `peers-hot`: one request, driven by hand with a no-op waker (no runtime), the requests built
+//!   before the clock starts (as in `hot_path.rs`); ratio to `set_request_header`;
+//! * `peers-threads/T` (T = 1, 2, 4, 8 threads, each with its own clone, requests built in the loop as in `contention.rs`): CPU time the threads
 //!   spent per request (`CLOCK_THREAD_CPUTIME_ID`, which other processes do not inflate; cache-line
 //!   transfers and lock spinning count, time asleep on a contended lock does not) and wall time
 //!   × min(T, cores) per request; ratio to `set_request_header`;
@@ -392,8 +392,8 @@ fn request() -> Request<()> {
 
 /// Polls one send to completion, which must come at the first poll (a warm arm never waits).
 #[inline]
-fn send_now<A: Arm>(arm: &mut A, cx: &mut Context<'_>) {
-    let future = std::pin::pin!(arm.send(request()));
+fn send_now<A: Arm>(arm: &mut A, cx: &mut Context<'_>, request: Request<()>) {
+    let future = std::pin::pin!(arm.send(request));
     match future.poll(cx) {
         Poll::Ready(()) => {}
         Poll::Pending => panic!("a warm arm waited"),
@@ -410,12 +410,15 @@ fn warm<A: Arm>(runtime: &tokio::runtime::Runtime, make: impl FnOnce(Fetcher) ->
 // ----------------------------------------------------------------------------------------------
 // Measurements.
 
+/// `calls` requests through `arm`, built before the clock starts (as `hot_path.rs` does), so that
+/// only the middleware and the inner service's drop of the request are timed.
 fn time_calls<A: Arm>(arm: &mut A, calls: u64) -> Duration {
     let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
+    let requests: Vec<_> = (0..calls).map(|_| request()).collect();
     let start = Instant::now();
-    for _ in 0..calls {
-        send_now(arm, &mut cx);
+    for request in requests {
+        send_now(arm, &mut cx, request);
     }
     start.elapsed()
 }
@@ -437,11 +440,11 @@ fn time_threads<A: Arm>(arm: &A, threads: usize, calls: u64) -> (Duration, Durat
                 scope.spawn(move || {
                     let waker = noop_waker();
                     let mut cx = Context::from_waker(&waker);
-                    send_now(&mut arm, &mut cx); // the clone's first request, not timed
+                    send_now(&mut arm, &mut cx, request()); // the clone's first, not timed
                     barrier.wait();
                     let start = thread_cpu_time();
                     for _ in 0..calls {
-                        send_now(&mut arm, &mut cx);
+                        send_now(&mut arm, &mut cx, request());
                     }
                     thread_cpu_time() - start
                 })
@@ -558,6 +561,9 @@ fn main() {
         return;
     }
     let quick = quick();
+    // `PEERS_PARTS=hot,threads,storm,growth` (default: all) runs only those parts.
+    let parts = std::env::var("PEERS_PARTS").unwrap_or_default();
+    let part = |name: &str| parts.is_empty() || parts.split(',').any(|p| p == name);
     let mut chart = Vec::new();
     let current = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -578,30 +584,32 @@ fn main() {
     });
 
     let (hot_rounds, hot_calls) = if quick { (60, 2_000) } else { (300, 2_000) };
-    let times = rounds(
-        hot_rounds,
-        &mut [
-            &mut || time_calls(&mut layer, hot_calls),
-            &mut || time_calls(&mut floor, hot_calls),
-            &mut || time_calls(&mut rwlock, hot_calls),
-            &mut || time_calls(&mut mutex, hot_calls),
-            &mut || time_calls(&mut once_cell, hot_calls),
-            &mut || time_calls(&mut aliri, hot_calls),
-        ],
-    );
-    report_ratios(
-        "peers-hot",
-        "wall time",
-        hot_rounds,
-        hot_calls,
-        &HOT_ARMS,
-        1,
-        &times,
-    );
+    if part("hot") {
+        let times = rounds(
+            hot_rounds,
+            &mut [
+                &mut || time_calls(&mut layer, hot_calls),
+                &mut || time_calls(&mut floor, hot_calls),
+                &mut || time_calls(&mut rwlock, hot_calls),
+                &mut || time_calls(&mut mutex, hot_calls),
+                &mut || time_calls(&mut once_cell, hot_calls),
+                &mut || time_calls(&mut aliri, hot_calls),
+            ],
+        );
+        report_ratios(
+            "peers-hot",
+            "wall time",
+            hot_rounds,
+            hot_calls,
+            &HOT_ARMS,
+            1,
+            &times,
+        );
+    }
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (thread_rounds, thread_calls) = if quick { (8, 20_000) } else { (30, 40_000) };
-    for threads in THREADS {
+    for threads in THREADS.into_iter().filter(|_| part("threads")) {
         let mut cpu = vec![Vec::new(); HOT_ARMS.len()];
         let mut run = |i: usize, (wall, used): (Duration, Duration)| {
             cpu[i].push(used.as_secs_f64());
@@ -652,7 +660,24 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    for callers in CALLERS {
+    if part("storm") {
+        // What each storm task carries (spawning moves it to the heap; 100,000 of them touch
+        // fresh pages): the arm's clone, the request and the send's state.
+        fn task_size<A: Arm>(mut arm: A) -> usize {
+            let size = std::mem::size_of_val(&async move { arm.send(request()).await });
+            size
+        }
+        let fetcher = || Fetcher::new(SOURCE_DELAY);
+        println!(
+            "storm task sizes (bytes): layer {}, rwlock {}, mutex {}, once_cell {}, aliri_tokens {}",
+            task_size(layer_arm(fetcher())),
+            task_size(rwlock_arm(fetcher())),
+            task_size(mutex_arm(fetcher())),
+            task_size(once_cell_arm(fetcher())),
+            task_size(aliri_arm(fetcher())),
+        );
+    }
+    for callers in CALLERS.into_iter().filter(|_| part("storm")) {
         let storm_rounds = match (quick, callers) {
             (true, 100_000) => 3,
             (true, _) => 6,
@@ -689,29 +714,31 @@ fn main() {
     // the cache alone beside them (the layer's own share of a waiter).
     let growth_rounds = if quick { 5 } else { 15 };
     let big = *CALLERS.last().unwrap();
-    let times = rounds(
-        growth_rounds,
-        &mut [
-            &mut || runtime.block_on(storm("layer", layer_arm, 1)),
-            &mut || runtime.block_on(storm("layer", layer_arm, big)),
-            &mut || runtime.block_on(cache_storm(big)),
-            &mut || runtime.block_on(floor_storm(big)),
-        ],
-    );
-    report_ratios(
-        "storm-growth",
-        "wall time, against one caller through the layer",
-        growth_rounds,
-        1,
-        &[
-            "layer-1",
-            "layer-100000",
-            "cache_token-100000",
-            "floor_watch-100000",
-        ],
-        0,
-        &times,
-    );
+    if part("growth") {
+        let times = rounds(
+            growth_rounds,
+            &mut [
+                &mut || runtime.block_on(storm("layer", layer_arm, 1)),
+                &mut || runtime.block_on(storm("layer", layer_arm, big)),
+                &mut || runtime.block_on(cache_storm(big)),
+                &mut || runtime.block_on(floor_storm(big)),
+            ],
+        );
+        report_ratios(
+            "storm-growth",
+            "wall time, against one caller through the layer",
+            growth_rounds,
+            1,
+            &[
+                "layer-1",
+                "layer-100000",
+                "cache_token-100000",
+                "floor_watch-100000",
+            ],
+            0,
+            &times,
+        );
+    }
 
     for line in chart {
         println!("{line}");
