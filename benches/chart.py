@@ -2,6 +2,8 @@
 """Draws benches/chart.svg from the `chart <panel> <arm> <x> <value>` lines that
 `cargo bench --all-features --bench peers` prints (benches/summary.sh chart pipes them here).
 
+Several runs' lines may be piped in at once (each point is then the median of its runs, the upper one of an even count).
+
 Left panel: CPU time per request against the number of threads (each with its own clone).
 Right panel: time until every caller has sent, against the number of callers in a refresh storm
 (log-log). Standard library only.
@@ -116,6 +118,13 @@ def main():
         if len(parts) == 5 and parts[0] == "chart":
             _, name, arm, x, value = parts
             data[name][arm].append((float(x), float(value)))
+    # Several runs' lines may be piped in: each point is the median of its runs.
+    for panel_data in data.values():
+        for arm, pts in panel_data.items():
+            by_x = defaultdict(list)
+            for x, v in pts:
+                by_x[x].append(v)
+            panel_data[arm] = [(x, sorted(vs)[len(vs) // 2]) for x, vs in by_x.items()]
     if "threads" not in data or "storm" not in data:
         sys.exit("chart.py: no `chart threads ...` or `chart storm ...` lines on stdin")
     threads = sorted({x for pts in data["threads"].values() for x, _ in pts})

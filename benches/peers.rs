@@ -740,6 +740,13 @@ fn main() {
         );
     }
 
+    // For a profiler (`PEERS_PARTS=profile-storm perf record ...`): layer storms only.
+    if parts == "profile-storm" {
+        for _ in 0..40 {
+            runtime.block_on(storm("layer", layer_arm, 10_000));
+        }
+    }
+
     for line in chart {
         println!("{line}");
     }
