@@ -45,11 +45,10 @@ def esc(text):
 
 def nice_ticks(lo, hi, log):
     if log:
-        ticks, t = [], 10 ** math.floor(math.log10(lo))
-        while t <= hi * 1.0001:
-            if t >= lo / 1.0001:
-                ticks.append(t)
-            t *= 10
+        ticks, decade = [], 10 ** math.floor(math.log10(lo))
+        while decade <= hi * 1.0001:
+            ticks += [m * decade for m in (1, 2, 5) if lo / 1.0001 <= m * decade <= hi * 1.0001]
+            decade *= 10
         return ticks or [lo, hi]
     span = hi - lo
     step = 10 ** math.floor(math.log10(span / 4)) if span > 0 else 1
