@@ -30,7 +30,7 @@ use tower_client_credentials::{BearerAuthLayer, TokenCache};
 use tower_http::set_header::SetRequestHeaderLayer;
 
 mod common;
-use common::{benchmarking, quantile, StaticSource};
+use common::{benchmarking, print_ratio, quantile, StaticSource};
 
 const TOKEN: &str = "eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2ln";
 const BEARER: &str =
@@ -174,15 +174,18 @@ fn end_to_end(c: &mut Criterion) {
             .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
             .collect();
         println!("paired end_to_end: {PAIRED_ROUNDS} rounds x {PAIRED_REQUESTS} requests per arm");
-        println!(
-            "paired end_to_end/bearer_auth {:.2} us/request, set_request_header {:.2} us/request, \
-             ratio {:.3} (quartiles {:.3}..{:.3})",
-            per_request(&layer_times),
-            per_request(&baseline_times),
+        let (median, low, high) = (
             quantile(&mut ratios, 0.5),
             quantile(&mut ratios, 0.25),
             quantile(&mut ratios, 0.75),
         );
+        println!(
+            "paired end_to_end/bearer_auth {:.2} us/request, set_request_header {:.2} us/request, \
+             ratio {median:.3} (quartiles {low:.3}..{high:.3})",
+            per_request(&layer_times),
+            per_request(&baseline_times),
+        );
+        print_ratio("end_to_end", "bearer_auth", median, low, high);
     }
     drop(runtime);
 }

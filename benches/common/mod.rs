@@ -79,6 +79,17 @@ pub(crate) fn benchmarking() -> bool {
     args.iter().any(|arg| arg == "--bench") && !args.iter().any(|arg| arg == "--profile-time")
 }
 
+/// Whether to run short versions of the paired comparisons (`BENCH_QUICK=1`, as
+/// `benches/summary.sh` does).
+pub(crate) fn quick() -> bool {
+    std::env::var_os("BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Prints the machine-readable line `benches/summary.sh` collects: `ratio <bench>/<arm> <value>`.
+pub(crate) fn print_ratio(bench: &str, arm: &str, ratio: f64, low: f64, high: f64) {
+    println!("ratio {bench}/{arm} {ratio:.3} (quartiles {low:.3}..{high:.3})");
+}
+
 /// The `q` quantile (0.5: the median) of `values`, which it sorts.
 pub(crate) fn quantile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -122,6 +133,7 @@ pub(crate) fn report_ratios(
 ) {
     let width = names.iter().map(|name| name.len()).max().unwrap_or(0);
     println!("paired {label} ({what}): {rounds} rounds x {calls} calls per arm");
+    let mut summary = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let mut ratios: Vec<f64> = times[i]
             .iter()
@@ -129,12 +141,20 @@ pub(crate) fn report_ratios(
             .map(|(a, b)| a / b)
             .collect();
         let ns = quantile(&mut times[i].clone(), 0.5) / calls as f64 * 1e9;
-        println!(
-            "paired {label}/{name:<width$} {ns:>8.1} ns/call  ratio to {}: {:.3} (quartiles {:.3}..{:.3})",
-            names[baseline],
+        let (median, low, high) = (
             quantile(&mut ratios, 0.5),
             quantile(&mut ratios, 0.25),
             quantile(&mut ratios, 0.75),
         );
+        println!(
+            "paired {label}/{name:<width$} {ns:>8.1} ns/call  ratio to {}: {median:.3} (quartiles {low:.3}..{high:.3})",
+            names[baseline],
+        );
+        if i != baseline {
+            summary.push((*name, median, low, high));
+        }
+    }
+    for (name, median, low, high) in summary {
+        print_ratio(label, name, median, low, high);
     }
 }
