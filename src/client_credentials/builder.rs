@@ -191,15 +191,7 @@ impl ClientCredentialsBuilder {
     /// refused here.
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let name = name.into();
-        if matches!(
-            name.as_str(),
-            "grant_type"
-                | "scope"
-                | "client_id"
-                | "client_secret"
-                | "client_assertion"
-                | "client_assertion_type"
-        ) {
+        if crate::oauth::token_request::is_set_by_the_crate(&name) {
             self.error.get_or_insert_with(|| {
                 Error::config(format!(
                     "the form parameter `{name}` is set by the crate; use the builder's own method"

@@ -151,17 +151,10 @@ impl CredentialSet {
             }
         }
         for (name, _) in &self.0.params {
-            if matches!(
-                name.as_str(),
-                "grant_type"
-                    | "scope"
-                    | "client_id"
-                    | "client_secret"
-                    | "client_assertion"
-                    | "client_assertion_type"
-                    | "audience"
-                    | "resource"
-            ) {
+            // A set names its audience and resources with their own methods.
+            if crate::oauth::token_request::is_set_by_the_crate(name)
+                || matches!(name.as_str(), "audience" | "resource")
+            {
                 return Err(Error::config(format!(
                     "the form parameter `{name}` cannot be a credential set's `param`; use its \
                      own method (`scopes`, `audience`, `resource`) or let the crate set it"

@@ -10,6 +10,20 @@ use crate::error::Error;
 use crate::http::sanitize::Secrets;
 use crate::oauth::client_auth;
 
+/// Form parameters the token request sets itself (grant, scope, client authentication): a
+/// caller's extra parameters may not name them.
+pub(crate) fn is_set_by_the_crate(name: &str) -> bool {
+    matches!(
+        name,
+        "grant_type"
+            | "scope"
+            | "client_id"
+            | "client_secret"
+            | "client_assertion"
+            | "client_assertion_type"
+    )
+}
+
 /// How one token request authenticates the client, with what it needs for that.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum ClientAuth<'a> {
