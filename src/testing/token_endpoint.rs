@@ -11,25 +11,11 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 
-use super::auth_server::{Client, State};
 use super::behaviour::{misbehave, Behavior};
 use super::lock;
 use super::response::{json, oauth_error, Reply};
+use super::state::{Client, State, TokenRequestSeen};
 use crate::ClientAuthMethod;
-
-/// What the server saw of the last token request (for assertions on the wire format).
-#[derive(Debug, Clone)]
-pub struct TokenRequestSeen {
-    /// The client authentication method used.
-    pub method: Option<ClientAuthMethod>,
-    /// The form fields (the client secret, if sent in the body, replaced by `[redacted]`; a
-    /// `client_assertion` is kept, it is short-lived and signed).
-    pub form: Vec<(String, String)>,
-    /// The `Content-Type` header.
-    pub content_type: Option<String>,
-    /// The `Accept` header.
-    pub accept: Option<String>,
-}
 
 /// The outcome of one step: `Err` ends the request there.
 type Step<T> = Result<T, Refusal>;
