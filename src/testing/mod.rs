@@ -48,6 +48,8 @@
 //! * `router`: where a request to the authorization server goes, and the metadata document;
 //! * `token_endpoint`: the token endpoint, in steps: read the request, authenticate the client,
 //!   check grant and scopes, issue;
+//! * `token_request`: a token request as read, how the client authenticated, and the refusal
+//!   that ends a request early;
 //! * `rotation`: the rules of more than one secret per client, revocation, and per-secret
 //!   counts;
 //! * `dpop` (feature `dpop`): the token endpoint's binding of tokens to a proof's key, and the
@@ -71,6 +73,7 @@ mod rotation;
 mod router;
 mod state;
 mod token_endpoint;
+mod token_request;
 
 pub use self::api_server::{ApiRefusal, ApiServer};
 pub use self::auth_server::{AuthServer, AuthServerBuilder};
