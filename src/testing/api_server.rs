@@ -9,26 +9,27 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio::task::JoinHandle;
 
-use super::auth_server::{AuthServer, State};
+use super::auth_server::AuthServer;
 use super::listener::serve;
 use super::response::{json, Reply};
+use super::state::State;
 
 /// A protected API on loopback: answers `200 {"ok":true}` to requests that carry a valid token
 /// of its [`AuthServer`] and the right `x-api-key`, `401` with a RFC 6750
 /// `WWW-Authenticate: Bearer error="invalid_token"` otherwise. Stops when dropped.
 pub struct ApiServer {
     addr: SocketAddr,
-    pub(super) state: Arc<ApiState>,
+    state: Arc<ApiState>,
     task: JoinHandle<()>,
 }
 
-pub(super) struct ApiState {
-    pub(super) auth: Arc<State>,
+struct ApiState {
+    auth: Arc<State>,
     api_key: String,
-    pub(super) accepted: AtomicUsize,
-    pub(super) rejected: AtomicUsize,
+    accepted: AtomicUsize,
+    rejected: AtomicUsize,
     #[cfg(feature = "dpop")]
-    pub(super) dpop: crate::dpop::verify::DpopServer,
+    dpop: crate::dpop::verify::DpopServer,
 }
 
 impl ApiServer {
@@ -62,6 +63,14 @@ impl ApiServer {
     /// Requests answered 401.
     pub fn rejected(&self) -> usize {
         self.state.rejected.load(Ordering::SeqCst)
+    }
+
+    /// Requires `nonce` in the DPoP proofs of API requests from now on (`None`: no nonce). A
+    /// proof without it gets RFC 9449 §9's `401` with `WWW-Authenticate: DPoP
+    /// error="use_dpop_nonce"` and a `DPoP-Nonce` header.
+    #[cfg(feature = "dpop")]
+    pub fn require_dpop_nonce(&self, nonce: Option<&str>) {
+        self.state.dpop.set_nonce(nonce);
     }
 }
 
@@ -103,11 +112,11 @@ impl ApiServer {
 #[derive(Debug, Clone)]
 pub struct ApiRefusal {
     /// `Bearer` (RFC 6750) or `DPoP` (RFC 9449).
-    pub(super) scheme: &'static str,
-    pub(super) error: &'static str,
-    pub(super) description: &'static str,
+    scheme: &'static str,
+    error: &'static str,
+    description: &'static str,
     /// The `DPoP-Nonce` the answer carries.
-    pub(super) dpop_nonce: Option<String>,
+    dpop_nonce: Option<String>,
 }
 
 impl ApiRefusal {
@@ -189,8 +198,20 @@ impl ApiState {
             .get("x-api-key")
             .is_some_and(|k| k.as_bytes() == self.api_key.as_bytes());
         #[cfg(feature = "dpop")]
-        if let Some(verdict) = self.dpop_verdict(headers, method.as_str(), uri, key_ok) {
-            return verdict;
+        if let Some(verdict) = super::dpop::api_verdict(
+            &self.auth,
+            &self.dpop,
+            headers,
+            method.as_str(),
+            uri,
+            key_ok,
+        ) {
+            return verdict.map_err(|(error, description)| ApiRefusal {
+                scheme: "DPoP",
+                error,
+                description,
+                dpop_nonce: self.dpop.nonce(),
+            });
         }
         #[cfg(not(feature = "dpop"))]
         let _ = (method, uri);

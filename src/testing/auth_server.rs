@@ -1,78 +1,27 @@
-//! [`AuthServer`]: its builder, the state its endpoints share, routing, and the metadata
-//! document.
+//! [`AuthServer`]: its builder and the methods tests drive it with (scripts, counters, secret
+//! rotation, DPoP nonces).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::{Request, StatusCode};
-use http_body::Body;
 use tokio::task::JoinHandle;
 
-use super::behaviour::{misbehave, Behavior};
+use super::behaviour::Behavior;
 use super::in_process::InProcessClient;
 use super::listener::serve;
 use super::lock;
-use super::response::{json, Reply};
-use super::token_endpoint::TokenRequestSeen;
+use super::router::route;
+use super::state::{Client, MetadataLocation, State, TokenRequestSeen};
 use crate::ClientAuthMethod;
-
-/// Which well-known metadata locations the server answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MetadataLocation {
-    /// `/.well-known/oauth-authorization-server{issuer path}` (RFC 8414 §3.1).
-    Rfc8414,
-    /// `{issuer}/.well-known/oauth-authorization-server` (Okta).
-    Okta,
-    /// `{issuer}/.well-known/openid-configuration` (OpenID Connect Discovery).
-    OpenId,
-    /// `/.well-known/openid-configuration{issuer path}` (the RFC 8414 §5 compatibility form).
-    OpenIdInserted,
-}
-
-/// A registered client.
-pub(super) struct Client {
-    pub(super) secret: String,
-    /// The only auth method it may use; `None`: any.
-    pub(super) method: Option<ClientAuthMethod>,
-    /// The scopes it may request; `None`: any.
-    pub(super) scopes: Option<Vec<String>>,
-}
-
-/// What the endpoints of one server share: its configuration, scripts, counters and the
-/// tokens it issued.
-pub(super) struct State {
-    pub(super) issuer_path: String,
-    pub(super) lifetime: Mutex<Duration>,
-    pub(super) clients: HashMap<String, Client>,
-    pub(super) script: Mutex<VecDeque<Behavior>>,
-    pub(super) default_behavior: Mutex<Option<Behavior>>,
-    discovery_script: Mutex<VecDeque<Behavior>>,
-    locations: Vec<MetadataLocation>,
-    wrong_issuer: bool,
-    advertised_methods: Option<Vec<String>>,
-    pub(super) token_requests: AtomicUsize,
-    discovery_requests: AtomicUsize,
-    request_paths: Mutex<Vec<String>>,
-    /// Every token issued, with the moment it expires.
-    pub(super) issued: Mutex<HashMap<String, SystemTime>>,
-    pub(super) last_request: Mutex<Option<TokenRequestSeen>>,
-    /// Extra and revoked client secrets, and the requests that presented each.
-    pub(super) rotation: Mutex<super::rotation::Rotation>,
-    /// Known once the listener is bound; the issuer URL and the tokens name it.
-    addr: Mutex<Option<SocketAddr>>,
-    #[cfg(feature = "dpop")]
-    pub(super) dpop: super::dpop::AuthDpop,
-}
 
 /// The loopback authorization server. Stops when dropped.
 pub struct AuthServer {
     addr: SocketAddr,
-    pub(super) state: Arc<State>,
+    state: Arc<State>,
     task: JoinHandle<()>,
 }
 
@@ -196,6 +145,50 @@ impl AuthServer {
         lock(&self.state.issued).clear();
     }
 
+    /// Accepts `secret` for `client_id` as well as the secrets it already has, as an
+    /// authorization server does during a rotation.
+    ///
+    /// ```
+    /// use tower_client_credentials::testing::AuthServer;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let server = AuthServer::start().await?;
+    /// server.add_client_secret(AuthServer::CLIENT_ID, "the-next-secret");
+    /// server.revoke_client_secret(AuthServer::CLIENT_ID, AuthServer::CLIENT_SECRET);
+    /// assert_eq!(server.token_requests_with_secret("the-next-secret"), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn add_client_secret(&self, client_id: &str, secret: &str) {
+        lock(&self.state.rotation).add(client_id, secret);
+    }
+
+    /// Stops accepting `secret` for `client_id` (tokens already issued stay valid; see
+    /// [`revoke_all`](Self::revoke_all)). See [`add_client_secret`](Self::add_client_secret).
+    pub fn revoke_client_secret(&self, client_id: &str, secret: &str) {
+        lock(&self.state.rotation).revoke(client_id, secret);
+    }
+
+    /// How many token requests presented `secret` (in a Basic header or the form body),
+    /// whether it was accepted or not. See [`add_client_secret`](Self::add_client_secret).
+    pub fn token_requests_with_secret(&self, secret: &str) -> usize {
+        lock(&self.state.rotation).presented(secret)
+    }
+
+    /// Requires `nonce` in the DPoP proofs of token requests from now on (`None`: no nonce).
+    /// A proof without it gets RFC 9449 §8's `400 use_dpop_nonce` with a `DPoP-Nonce` header.
+    #[cfg(feature = "dpop")]
+    pub fn require_dpop_nonce(&self, nonce: Option<&str>) {
+        self.state.dpop.server.set_nonce(nonce);
+    }
+
+    /// The thumbprint (`cnf.jkt`) of the key `access_token` is bound to, if it is a DPoP token
+    /// this server issued.
+    #[cfg(feature = "dpop")]
+    pub fn dpop_jkt(&self, access_token: &str) -> Option<String> {
+        self.state.dpop_bound_to(access_token)
+    }
+
     /// The shared state, for an [`ApiServer`](super::ApiServer) that trusts this server's tokens.
     pub(super) fn handle(&self) -> Arc<State> {
         self.state.clone()
@@ -285,85 +278,11 @@ impl AuthServerBuilder {
             dpop: Default::default(),
         });
         let (addr, task) = serve(state.clone(), |state, request| {
-            Box::pin(async move { state.route(request).await })
+            Box::pin(route(state, request))
         })
         .await?;
         *lock(&state.addr) = Some(addr);
         Ok(AuthServer { addr, state, task })
-    }
-}
-
-impl State {
-    /// Records the path and hands the request to the token endpoint, the metadata endpoint, or
-    /// answers 404.
-    pub(super) async fn route<B>(self: Arc<Self>, request: Request<B>) -> Reply
-    where
-        B: Body + Send,
-        B::Data: Send,
-        B::Error: Into<crate::BoxError>,
-    {
-        let path = request.uri().path().to_string();
-        lock(&self.request_paths).push(path.clone());
-        let issuer = &self.issuer_path;
-        if path == format!("{issuer}/v1/token") {
-            return self.token(request).await;
-        }
-        // With an empty issuer path two forms name the same URL: serve it if either is served.
-        let served = self.locations.iter().any(|location| {
-            let served_path = match location {
-                MetadataLocation::Rfc8414 => {
-                    format!("/.well-known/oauth-authorization-server{issuer}")
-                }
-                MetadataLocation::Okta => {
-                    format!("{issuer}/.well-known/oauth-authorization-server")
-                }
-                MetadataLocation::OpenId => format!("{issuer}/.well-known/openid-configuration"),
-                MetadataLocation::OpenIdInserted => {
-                    format!("/.well-known/openid-configuration{issuer}")
-                }
-            };
-            served_path == path
-        });
-        if served {
-            self.metadata().await
-        } else {
-            json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found"}),
-            )
-        }
-    }
-
-    /// The issuer URL, from the bound address.
-    pub(super) fn issuer_url(&self) -> String {
-        let addr = lock(&self.addr).map(|a| a.to_string()).unwrap_or_default();
-        format!("http://{addr}{}", self.issuer_path)
-    }
-
-    async fn metadata(&self) -> Reply {
-        self.discovery_requests.fetch_add(1, Ordering::SeqCst);
-        let behavior = lock(&self.discovery_script).pop_front();
-        if let Some(response) = misbehave(behavior.as_ref(), "").await {
-            return response;
-        }
-        let issuer = self.issuer_url();
-        let mut document = serde_json::json!({
-            "issuer": if self.wrong_issuer { "https://attacker.example/oauth2/default".to_string() } else { issuer.clone() },
-            "token_endpoint": format!("{issuer}/v1/token"),
-            "grant_types_supported": ["client_credentials"],
-            "response_types_supported": ["token"],
-        });
-        if let Some(methods) = &self.advertised_methods {
-            document["token_endpoint_auth_methods_supported"] = serde_json::json!(methods);
-        }
-        json(StatusCode::OK, document)
-    }
-
-    /// Whether this server issued `token` and it has not expired.
-    pub(super) fn is_valid(&self, token: &str) -> bool {
-        lock(&self.issued)
-            .get(token)
-            .is_some_and(|expires| *expires > SystemTime::now())
     }
 }
 
@@ -378,15 +297,6 @@ impl fmt::Debug for AuthServer {
         f.debug_struct("AuthServer")
             .field("addr", &self.addr)
             .field("token_requests", &self.token_requests())
-            .finish()
-    }
-}
-
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("secret", &"[redacted]")
-            .field("method", &self.method)
             .finish()
     }
 }

@@ -3,49 +3,17 @@
 //! token (signature, `htm`, `htu`, `ath`, `iat` window, `jti` not replayed, the key the token
 //! is bound to), and either can require a server nonce.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use super::api_server::{ApiRefusal, ApiServer, ApiState};
-use super::auth_server::{AuthServer, State};
 use super::lock;
 use super::response::oauth_error;
+use super::state::State;
 use crate::dpop::verify::{DpopServer, Rejection};
 
-/// The token endpoint's DPoP state.
-#[derive(Debug, Default)]
-pub(super) struct AuthDpop {
-    server: DpopServer,
-    /// Access token → the thumbprint of the key it is bound to.
-    bound: Mutex<HashMap<String, String>>,
-}
-
-impl AuthServer {
-    /// Requires `nonce` in the DPoP proofs of token requests from now on (`None`: no nonce).
-    /// A proof without it gets RFC 9449 §8's `400 use_dpop_nonce` with a `DPoP-Nonce` header.
-    pub fn require_dpop_nonce(&self, nonce: Option<&str>) {
-        self.state.dpop.server.set_nonce(nonce);
-    }
-
-    /// The thumbprint (`cnf.jkt`) of the key `access_token` is bound to, if it is a DPoP token
-    /// this server issued.
-    pub fn dpop_jkt(&self, access_token: &str) -> Option<String> {
-        lock(&self.state.dpop.bound).get(access_token).cloned()
-    }
-}
-
-impl ApiServer {
-    /// Requires `nonce` in the DPoP proofs of API requests from now on (`None`: no nonce). A
-    /// proof without it gets RFC 9449 §9's `401` with `WWW-Authenticate: DPoP
-    /// error="use_dpop_nonce"` and a `DPoP-Nonce` header.
-    pub fn require_dpop_nonce(&self, nonce: Option<&str>) {
-        self.state.dpop.set_nonce(nonce);
-    }
-}
+/// Why the API refuses a request on DPoP grounds: the error code and what check failed.
+pub(super) type DpopRefusal = (&'static str, &'static str);
 
 impl State {
     /// The token request's proof: `Ok(Some(jkt))` to bind the token, `Ok(None)` without a
@@ -79,7 +47,8 @@ impl State {
         lock(&self.dpop.bound).insert(access_token.to_string(), jkt);
     }
 
-    fn dpop_bound_to(&self, access_token: &str) -> Option<String> {
+    /// The thumbprint of the key `access_token` is bound to, if it is a DPoP token.
+    pub(super) fn dpop_bound_to(&self, access_token: &str) -> Option<String> {
         lock(&self.dpop.bound).get(access_token).cloned()
     }
 
@@ -89,56 +58,46 @@ impl State {
     }
 }
 
-impl ApiState {
-    /// The verdict on a request whose `Authorization` is `DPoP <token>`, or one that presents a
-    /// bound token as a bearer token (refused: RFC 9449 §7.2). `None`: not a DPoP matter.
-    pub(super) fn dpop_verdict(
-        &self,
-        headers: &HeaderMap,
-        method: &str,
-        uri: &http::Uri,
-        key_ok: bool,
-    ) -> Option<Result<(), ApiRefusal>> {
-        let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, token) = authorization.split_once(' ')?;
-        let bound = self.auth.dpop_bound_to(token);
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return bound
-                .map(|_| Err(self.refusal("invalid_token", "a DPoP-bound token sent as Bearer")));
-        }
-        if !scheme.eq_ignore_ascii_case("dpop") {
-            return None;
-        }
-        // As a server behind its own name would: the authority the client addressed (HTTP/2
-        // `:authority`, else `Host`), on plain http.
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-            .unwrap_or_default();
-        let htu = format!("http://{authority}{}", uri.path());
-        let refused = match self.dpop.check(headers, method, &htu, Some(token)) {
-            Ok(Some(jkt)) if bound.as_deref() == Some(jkt.as_str()) => None,
-            Ok(Some(_)) => Some(("invalid_token", "the token is not bound to the proof's key")),
-            Ok(None) => Some(("invalid_dpop_proof", "no DPoP proof")),
-            Err(Rejection::Nonce) => Some(("use_dpop_nonce", "a nonce is required")),
-            Err(Rejection::Invalid(reason)) => Some(("invalid_dpop_proof", reason)),
-        };
-        Some(match refused {
-            None if key_ok && self.auth.is_valid(token) => Ok(()),
-            None => Err(self.refusal("invalid_token", "the token or API key is not valid")),
-            Some((error, description)) => Err(self.refusal(error, description)),
-        })
+/// The API's verdict on a request whose `Authorization` is `DPoP <token>`, or one that presents
+/// a bound token as a bearer token (refused: RFC 9449 §7.2). `None`: not a DPoP matter. `auth`
+/// issued the tokens; `api` holds the API's own nonce and replay memory.
+pub(super) fn api_verdict(
+    auth: &State,
+    api: &DpopServer,
+    headers: &HeaderMap,
+    method: &str,
+    uri: &http::Uri,
+    key_ok: bool,
+) -> Option<Result<(), DpopRefusal>> {
+    let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = authorization.split_once(' ')?;
+    let bound = auth.dpop_bound_to(token);
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return bound.map(|_| Err(("invalid_token", "a DPoP-bound token sent as Bearer")));
     }
-
-    fn refusal(&self, error: &'static str, description: &'static str) -> ApiRefusal {
-        ApiRefusal {
-            scheme: "DPoP",
-            error,
-            description,
-            dpop_nonce: self.dpop.nonce(),
-        }
+    if !scheme.eq_ignore_ascii_case("dpop") {
+        return None;
     }
+    // As a server behind its own name would: the authority the client addressed (HTTP/2
+    // `:authority`, else `Host`), on plain http.
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or_default();
+    let htu = format!("http://{authority}{}", uri.path());
+    let refused = match api.check(headers, method, &htu, Some(token)) {
+        Ok(Some(jkt)) if bound.as_deref() == Some(jkt.as_str()) => None,
+        Ok(Some(_)) => Some(("invalid_token", "the token is not bound to the proof's key")),
+        Ok(None) => Some(("invalid_dpop_proof", "no DPoP proof")),
+        Err(Rejection::Nonce) => Some(("use_dpop_nonce", "a nonce is required")),
+        Err(Rejection::Invalid(reason)) => Some(("invalid_dpop_proof", reason)),
+    };
+    Some(match refused {
+        None if key_ok && auth.is_valid(token) => Ok(()),
+        None => Err(("invalid_token", "the token or API key is not valid")),
+        Some(refusal) => Err(refusal),
+    })
 }
 
 fn add_nonce(server: &DpopServer, headers: &mut HeaderMap) {

@@ -8,8 +8,9 @@ use std::task::{Context, Poll};
 use http::Request;
 use http_body::Body;
 
-use super::auth_server::State;
 use super::response::Reply;
+use super::router::route;
+use super::state::State;
 
 /// A tower service that hands requests to an [`AuthServer`](super::AuthServer) in-process; see
 /// [`AuthServer::in_process_client`](super::AuthServer::in_process_client).
@@ -34,7 +35,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let state = self.state.clone();
-        Box::pin(async move { Ok(state.route(request).await) })
+        Box::pin(async move { Ok(route(state, request).await) })
     }
 }
 

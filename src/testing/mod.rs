@@ -40,18 +40,26 @@
 //!
 //! # Layout
 //!
-//! * `auth_server`: [`AuthServer`], its builder, the shared state, routing and the metadata
-//!   document;
+//! Imports point one way, from the servers down to the data they share:
+//!
+//! * `auth_server` and `api_server`: [`AuthServer`] with its builder and every method tests
+//!   drive it with, and [`ApiServer`];
+//! * `in_process`: [`InProcessClient`];
+//! * `router`: where a request to the authorization server goes, and the metadata document;
 //! * `token_endpoint`: the token endpoint, in steps: read the request, authenticate the client,
 //!   check grant and scopes, issue;
-//! * `behaviour`: [`Behavior`], the scripted answers;
-//! * `api_server`: [`ApiServer`];
-//! * `in_process`: [`InProcessClient`];
-//! * `rotation`: more than one secret per client, revocation, and per-secret counts;
-//! * `listener` and `response`: the loopback accept loop both servers use, and their JSON
-//!   answers;
+//! * `token_request`: a token request as read, how the client authenticated, and the refusal
+//!   that ends a request early;
+//! * `rotation`: the rules of more than one secret per client, revocation, and per-secret
+//!   counts;
 //! * `dpop` (feature `dpop`): the token endpoint's binding of tokens to a proof's key, and the
-//!   API's proof checks.
+//!   API's proof checks;
+//! * `state`: what the endpoints of one authorization server share (configuration, clients,
+//!   scripts, counters, issued tokens, rotation and DPoP data), [`MetadataLocation`] and
+//!   [`TokenRequestSeen`];
+//! * `behaviour`: [`Behavior`], the scripted answers;
+//! * `listener` and `response`: the loopback accept loop both servers use, and their JSON
+//!   answers.
 
 mod api_server;
 mod auth_server;
@@ -62,13 +70,16 @@ mod in_process;
 mod listener;
 mod response;
 mod rotation;
+mod router;
+mod state;
 mod token_endpoint;
+mod token_request;
 
 pub use self::api_server::{ApiRefusal, ApiServer};
-pub use self::auth_server::{AuthServer, AuthServerBuilder, MetadataLocation};
+pub use self::auth_server::{AuthServer, AuthServerBuilder};
 pub use self::behaviour::Behavior;
 pub use self::in_process::InProcessClient;
-pub use self::token_endpoint::TokenRequestSeen;
+pub use self::state::{MetadataLocation, TokenRequestSeen};
 
 use std::sync::{Mutex, MutexGuard};
 
