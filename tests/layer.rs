@@ -595,8 +595,8 @@ impl TokenSource for OneTokenThenHang {
 async fn with_the_real_clocks_a_token_is_never_sent_at_or_after_its_expiry() {
     // Real time, so the per-request check runs on the coarse clock while the token is fresh and
     // on the precise clock near its refresh point and expiry; requests are sent as fast as the
-    // service allows across both, and across expiry. The inner service timestamps each request
-    // when it receives it, after the layer's check: every timestamp must be before expiry.
+    // service allows across both, and across expiry. Each request that reaches the inner service
+    // records when its `call` began, before the layer's check: every one must be before expiry.
     let lifetime = Duration::from_secs(3);
     let cache = tower_client_credentials::TokenCache::builder(OneTokenThenHang {
         lifetime,
@@ -608,10 +608,16 @@ async fn with_the_real_clocks_a_token_is_never_sent_at_or_after_its_expiry() {
     let token = cache.token().await.unwrap();
     let expires_at = token.expires_at().unwrap();
     let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // When the test called `call`: the layer's check comes after it, so a request whose call
+    // began at or after expiry and still reached the inner service is a real violation. (The
+    // inner service's own timestamp comes after the check: a thread preempted in between can
+    // stamp a request checked before expiry a little after it.)
+    let call_began = std::sync::Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
     let inner = {
         let sent = sent.clone();
+        let call_began = call_began.clone();
         tower::service_fn(move |_request: Request<()>| {
-            sent.lock().unwrap().push(tokio::time::Instant::now());
+            sent.lock().unwrap().push(*call_began.lock().unwrap());
             std::future::ready(Ok::<_, std::convert::Infallible>(()))
         })
     };
@@ -622,7 +628,9 @@ async fn with_the_real_clocks_a_token_is_never_sent_at_or_after_its_expiry() {
             // Past expiry: the refresh hangs, `poll_ready` waits.
             Err(_elapsed) => continue,
             Ok(ready) => {
-                if let Err(error) = ready.unwrap().call(unit_request()).await {
+                let ready = ready.unwrap();
+                *call_began.lock().unwrap() = tokio::time::Instant::now();
+                if let Err(error) = ready.call(unit_request()).await {
                     assert_eq!(crate_error(error).kind(), ErrorKind::NoValidTokenAtCall);
                     failed_at_call += 1;
                 }
