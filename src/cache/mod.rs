@@ -48,6 +48,7 @@ mod read;
 mod refresh;
 mod schedule;
 mod status;
+mod task;
 #[cfg(test)]
 mod tests;
 

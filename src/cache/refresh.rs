@@ -2,15 +2,14 @@
 //! its own; callers with no usable token wait for it (or fail fast while the cache backs off);
 //! the outcome updates the backoff state and the current token.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, MutexGuard, TryLockError, Weak};
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::read::Current;
+use super::task::RefreshTask;
 use super::{metrics, schedule, Shared, TokenCache};
 use crate::error::{Error, ErrorKind};
 #[cfg(feature = "store")]
@@ -25,7 +24,7 @@ const REFRESH_GRACE: Duration = Duration::from_secs(1);
 /// its own runtime be going away too, each restart would end at once, forever.
 const MAX_RESTARTS: u32 = 3;
 
-type Outcome = Result<Arc<Token>, Error>;
+pub(super) type Outcome = Result<Arc<Token>, Error>;
 
 /// Everything about refreshing that is not the current token: the running refresh, the backoff,
 /// the invalidation rate limit. Behind the cache's one mutex, never touched by the hot path.
@@ -224,7 +223,7 @@ impl Shared {
     /// under the store's lease (see [`crate::store`]). `credentials_changed`: the source's
     /// credentials changed since the failures of the backoff, which (in the store, the fleet's
     /// backoff) they no longer hold up.
-    fn fetch(
+    pub(super) fn fetch(
         &self,
         credentials_changed: bool,
     ) -> crate::source::BoxFuture<'_, Result<Token, Error>> {
@@ -332,15 +331,9 @@ impl Shared {
         // down) must not run `RefreshTask`'s `Drop`, which takes the lock we hold. Its dropped
         // sender marks the refresh as dead instead (see `live_refresh`).
         runtime.spawn(async move {
-            RefreshTask {
-                shared,
-                sender,
-                refresh_id,
-                credentials_changed,
-                finished: false,
-            }
-            .run()
-            .await
+            RefreshTask::new(shared, sender, refresh_id, credentials_changed)
+                .run()
+                .await
         });
         Ok(flight)
     }
@@ -401,7 +394,11 @@ impl Shared {
     /// Records the outcome of refresh `refresh_id`: the new token, or the failure and its
     /// backoff. Only the running refresh's outcome counts: one given up on and superseded
     /// changes nothing (it is still handed to its own waiters, who look again).
-    fn finish(self: &Arc<Self>, refresh_id: u64, result: Result<Token, Error>) -> Outcome {
+    pub(super) fn finish(
+        self: &Arc<Self>,
+        refresh_id: u64,
+        result: Result<Token, Error>,
+    ) -> Outcome {
         // Decided before the lock is taken, so that the state changes below happen in one
         // critical section (no window in which a second refresh could start).
         let result = result.and_then(|token| {
@@ -534,81 +531,8 @@ impl Shared {
     }
 }
 
-/// One refresh, as a task of its own. Dropped without finishing (its runtime shut down, a panic
-/// in the source), it still releases the refresh and tells every waiter.
-struct RefreshTask {
-    shared: Arc<Shared>,
-    sender: watch::Sender<Option<Outcome>>,
-    refresh_id: u64,
-    /// The source's credentials changed since the failures that started the last backoff.
-    credentials_changed: bool,
-    finished: bool,
-}
-
-impl RefreshTask {
-    async fn run(mut self) {
-        tracing::debug!("access token refresh started");
-        let started = Instant::now();
-        let timeout = self.shared.config.refresh_timeout;
-        let result = match tokio::time::timeout(
-            timeout,
-            fetch_catching_panics(&self.shared, self.credentials_changed),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(Error::new(
-                ErrorKind::Transport,
-                format!(
-                    "the token source did not answer within {} s; check that the token endpoint \
-                     is reachable",
-                    timeout.as_secs()
-                ),
-            )),
-        };
-        metrics::token_request(result.is_ok(), started.elapsed());
-        let outcome = self.shared.finish(self.refresh_id, result);
-        self.finished = true;
-        self.sender.send_replace(Some(outcome));
-    }
-}
-
-impl Drop for RefreshTask {
-    fn drop(&mut self) {
-        if !self.finished {
-            let outcome = self.shared.finish(self.refresh_id, Err(aborted()));
-            self.sender.send_replace(Some(outcome));
-        }
-    }
-}
-
-/// Calls the token source, turning a panic into an error. Without this, a panicking source
-/// would end the task like a runtime shutting down does, which is not taken as a failure: it
-/// would be restarted without backoff.
-async fn fetch_catching_panics(shared: &Shared, credentials_changed: bool) -> Result<Token, Error> {
-    let panicked = || {
-        Error::new(
-            ErrorKind::Source,
-            "the token source panicked; see the panic message in the log",
-        )
-    };
-    let Ok(mut fetch) =
-        std::panic::catch_unwind(AssertUnwindSafe(|| shared.fetch(credentials_changed)))
-    else {
-        return Err(panicked());
-    };
-    std::future::poll_fn(|cx| {
-        // Not polled again after a panic: this returns `Ready`.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fetch.as_mut().poll(cx))) {
-            Ok(poll) => poll,
-            Err(_) => Poll::Ready(Err(panicked())),
-        }
-    })
-    .await
-}
-
 /// The outcome of a refresh whose task was dropped before it finished.
-fn aborted() -> Error {
+pub(super) fn aborted() -> Error {
     Error::new(
         ErrorKind::RefreshAborted,
         "the token refresh task was stopped before it finished (its tokio runtime shut down); \
