@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::read::Current;
-use super::task::RefreshTask;
+use super::task::{aborted, Outcome, RefreshTask};
 use super::{metrics, schedule, Shared, TokenCache};
 use crate::error::{Error, ErrorKind};
 #[cfg(feature = "store")]
@@ -23,8 +23,6 @@ const REFRESH_GRACE: Duration = Duration::from_secs(1);
 /// How many refreshes whose runtime went away one caller restarts before it gives up: should
 /// its own runtime be going away too, each restart would end at once, forever.
 const MAX_RESTARTS: u32 = 3;
-
-pub(super) type Outcome = Result<Arc<Token>, Error>;
 
 /// Everything about refreshing that is not the current token: the running refresh, the backoff,
 /// the invalidation rate limit. Behind the cache's one mutex, never touched by the hot path.
@@ -529,15 +527,6 @@ impl Shared {
             }
         });
     }
-}
-
-/// The outcome of a refresh whose task was dropped before it finished.
-pub(super) fn aborted() -> Error {
-    Error::new(
-        ErrorKind::RefreshAborted,
-        "the token refresh task was stopped before it finished (its tokio runtime shut down); \
-         the next request starts a new one",
-    )
 }
 
 fn outside_a_runtime() -> Error {

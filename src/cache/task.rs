@@ -9,10 +9,12 @@ use std::task::Poll;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::refresh::{aborted, Outcome};
 use super::{metrics, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::token::Token;
+
+/// What a refresh gives every waiter: the new token, or the error.
+pub(super) type Outcome = Result<Arc<Token>, Error>;
 
 /// One refresh, as a task of its own. Dropped without finishing (its runtime shut down, a panic
 /// in the source), it still releases the refresh and tells every waiter.
@@ -100,4 +102,13 @@ async fn fetch_catching_panics(shared: &Shared, credentials_changed: bool) -> Re
         }
     })
     .await
+}
+
+/// The outcome of a refresh whose task was dropped before it finished.
+pub(super) fn aborted() -> Error {
+    Error::new(
+        ErrorKind::RefreshAborted,
+        "the token refresh task was stopped before it finished (its tokio runtime shut down); \
+         the next request starts a new one",
+    )
 }
