@@ -55,9 +55,11 @@ impl SetCache {
     /// Whether dropping this set now costs nothing: its token has expired (the next use would
     /// fetch one anyway), or it never got one and is past its first token request.
     fn is_idle(&self) -> bool {
-        match self.cache.get().and_then(TokenCache::cached) {
-            Some(token) => token.remaining_lifetime() == Some(Duration::ZERO),
-            None => self.created.elapsed() >= NEW_SET_GRACE,
+        match self.cache.get() {
+            // Judged by the cache's own expiry (a default or clamped lifetime included), not
+            // the lifetime the server stated.
+            Some(cache) if cache.cached().is_some() => !cache.has_unexpired_token(),
+            _ => self.created.elapsed() >= NEW_SET_GRACE,
         }
     }
 }
@@ -76,6 +78,10 @@ impl Origins {
         } else {
             &self.http
         }
+    }
+
+    fn len(&self) -> usize {
+        self.http.len() + self.https.len()
     }
 
     fn insert(&mut self, origin: NormalOrigin, entry: Arc<SetCache>) {
@@ -283,10 +289,24 @@ impl Registry {
             }
         };
         if let Some(origin) = origin {
-            next.by_origin.insert(origin, entry.clone());
+            // Many origins may map to one set (a rule that returns the same set for every
+            // tenant): the remembered origins are bounded too, or origins from user input would
+            // grow the map (and its copy per insertion) without end. Past the bound, an origin
+            // is resolved through the rule on each request instead of remembered.
+            if next.by_origin.len() >= self.max_origins() {
+                self.sweep(&mut next);
+            }
+            if next.by_origin.len() < self.max_origins() {
+                next.by_origin.insert(origin, entry.clone());
+            }
         }
         self.on_demand.store(Arc::new(next));
         Ok(entry)
+    }
+
+    /// How many origins are remembered: a few per set the bound allows.
+    fn max_origins(&self) -> usize {
+        self.max_sets.saturating_mul(4).max(64)
     }
 
     /// Drops the sets made on demand that are idle, and the origins that led to them.

@@ -127,6 +127,14 @@ impl TokenCache {
     }
 }
 
+impl TokenCache {
+    /// Whether a token that has not expired (by the cache's own reckoning) is cached. No side
+    /// effect.
+    pub(crate) fn has_unexpired_token(&self) -> bool {
+        self.shared.unexpired_token().is_some()
+    }
+}
+
 impl Shared {
     /// The cached token if it has not expired, with no side effect (no refresh ahead).
     pub(super) fn unexpired_token(&self) -> Option<Arc<Token>> {

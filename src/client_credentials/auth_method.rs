@@ -154,6 +154,14 @@ impl Negotiation {
         self.0.store(value, Ordering::Release);
     }
 
+    /// Forgets that every candidate was refused (a method that worked is kept): what the
+    /// refusals of one secret taught says nothing about the next one.
+    fn forget_refusals(&self) {
+        if matches!(self.get(), Learned::AllRefusedTryNext(_)) {
+            self.set(Learned::Nothing);
+        }
+    }
+
     /// The encoding that worked, if one did.
     fn works(&self) -> Option<SecretEncoding> {
         match self.get() {
@@ -268,6 +276,13 @@ impl Authentication {
 }
 
 impl SecretMethod {
+    /// Before a new secret is tried: a negotiation starts over with every candidate.
+    pub(super) fn forget_refusals(&self) {
+        if let SecretMethod::Negotiated(learned) = self {
+            learned.forget_refusals();
+        }
+    }
+
     /// The method in use: the configured one, or the one that worked, or `None` before the
     /// first successful token request when none was configured.
     fn in_use(&self) -> Option<ClientAuthMethod> {
@@ -455,5 +470,24 @@ mod tests {
         let token = fetch(&auth, |_| async { Token::bearer("t", None) }).await;
         assert!(token.is_ok());
         assert_eq!(auth.method(), Some(ClientAuthMethod::ClientSecretPost));
+    }
+
+    #[tokio::test]
+    async fn a_new_secret_is_tried_with_every_method_again() {
+        let auth = negotiated();
+        assert_eq!(
+            fetch_refused(&auth).await,
+            [SecretEncoding::Basic, SecretEncoding::Post]
+        );
+        assert_eq!(fetch_refused(&auth).await.len(), 1, "refusals remembered");
+        let Authentication::Secret { method, .. } = &auth else {
+            unreachable!()
+        };
+        // What the rotation does before it tries a re-read secret.
+        method.forget_refusals();
+        assert_eq!(
+            fetch_refused(&auth).await,
+            [SecretEncoding::Basic, SecretEncoding::Post]
+        );
     }
 }

@@ -68,7 +68,18 @@ impl Authentication {
             Err(error) if rejected_client_auth(&error) => error,
             done => return done,
         };
-        let reloaded = source.reload().await?;
+        let reloaded = match source.reload().await {
+            Ok(reloaded) => reloaded,
+            // The refusal is what the caller (and the backoff) must see, not the re-read's error.
+            Err(reload_error) => {
+                tracing::warn!(
+                    source = ?source,
+                    error = %reload_error,
+                    "the client secret was refused, and reading it again failed"
+                );
+                return Err(error);
+            }
+        };
         if reloaded.expose_secret() == secret.expose_secret() {
             return Err(error);
         }
@@ -77,6 +88,8 @@ impl Authentication {
             source = ?source,
             "the client secret was refused and has changed since it was read; trying the new one"
         );
+        // The old secret's refusals say nothing about the new one: every method is tried again.
+        method.forget_refusals();
         method.fetch(&reloaded, supported, &mut request).await
     }
 }

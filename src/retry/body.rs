@@ -257,7 +257,13 @@ where
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(polled) => polled,
                 };
+                let recording_handle: &Arc<Mutex<Recording>> = recording;
                 let mut recording = recording.lock().unwrap_or_else(PoisonError::into_inner);
+                // The retry's side was dropped (the response was no rejection, or the retry
+                // gave up): nobody will read the recording, so a long stream keeps none of it.
+                if Arc::strong_count(recording_handle) == 1 {
+                    recording.abandon();
+                }
                 match polled {
                     Some(Ok(frame)) => {
                         let frame = frame.map_data(|mut data| data.copy_to_bytes(data.remaining()));
