@@ -69,8 +69,13 @@ if (watchStdin) {
   process.stdin.resume(); // flowing mode so 'end' fires on EOF
 }
 
-// Fresh signing key per run (RS256 is the default JWT access token alg).
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+// The server's signing key (RS256 is the default JWT access token alg): a test-only key kept in
+// this folder. Not generated per run: Node 20's generateKeyPairSync followed by a JWK export can
+// deadlock in a garbage collection (the KeyGenJob destructor takes a mutex the export holds),
+// which hung about one start in twenty here.
+const privateKey = crypto.createPrivateKey(
+  fs.readFileSync(new URL('./test-signing-key.pem', import.meta.url)),
+);
 const signingJwk = {
   ...privateKey.export({ format: 'jwk' }),
   kid: 'test-rs256',
