@@ -14,20 +14,17 @@
 
 #![allow(missing_docs)] // `criterion_group!` generates an undocumented public function.
 
-use std::fmt::Debug;
-use std::future::Future;
-use std::hint::black_box;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::task::Context;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Method, Request, Uri};
-use tower::{Layer, Service};
+use tower::Layer;
 use tower_client_credentials::dpop::{DpopAlgorithm, DpopAuthLayer, DpopKey};
 use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenSource};
 
 mod common;
-use common::{benchmarking, noop_inner, noop_waker, paired, StaticSource};
+use common::{benchmarking, drive, noop_inner, noop_waker, paired, time_calls, StaticSource};
 
 /// A realistic access token: a JWT of ~600 bytes, as in `hot_path`.
 const TOKEN: &str =
@@ -53,24 +50,6 @@ impl TokenSource for DpopSource {
     }
 }
 
-#[inline]
-fn drive<S>(service: &mut S, cx: &mut Context<'_>, request: Request<()>) -> S::Response
-where
-    S: Service<Request<()>>,
-    S::Error: Debug,
-{
-    match service.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        other => panic!("service not ready: {other:?}"),
-    }
-    let future = std::pin::pin!(service.call(request));
-    match future.poll(cx) {
-        Poll::Ready(Ok(response)) => response,
-        Poll::Ready(Err(error)) => panic!("service failed: {error:?}"),
-        Poll::Pending => panic!("response future pending"),
-    }
-}
-
 fn request() -> Request<()> {
     Request::get(URL).body(()).unwrap()
 }
@@ -89,21 +68,6 @@ fn dpop_layer(runtime: &tokio::runtime::Runtime, algorithm: DpopAlgorithm) -> Dp
         .unwrap();
     runtime.block_on(layer.cache().prefetch()).unwrap();
     layer.dpop(DpopKey::generate_with(algorithm).unwrap())
-}
-
-fn time_calls<S>(service: &mut S) -> Duration
-where
-    S: Service<Request<()>>,
-    S::Error: Debug,
-{
-    let waker = noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    let requests: Vec<_> = (0..PAIRED_CALLS).map(|_| request()).collect();
-    let start = Instant::now();
-    for request in requests {
-        black_box(drive(service, &mut cx, request));
-    }
-    start.elapsed()
 }
 
 fn benches(c: &mut Criterion) {
@@ -156,9 +120,15 @@ fn benches(c: &mut Criterion) {
             PAIRED_CALLS as u64,
             0,
             &mut [
-                ("bearer_auth", &mut || time_calls(&mut bearer)),
-                ("dpop_es256", &mut || time_calls(&mut es256)),
-                ("dpop_eddsa", &mut || time_calls(&mut eddsa)),
+                ("bearer_auth", &mut || {
+                    time_calls(&mut bearer, PAIRED_CALLS, request)
+                }),
+                ("dpop_es256", &mut || {
+                    time_calls(&mut es256, PAIRED_CALLS, request)
+                }),
+                ("dpop_eddsa", &mut || {
+                    time_calls(&mut eddsa, PAIRED_CALLS, request)
+                }),
             ],
         );
     }

@@ -25,8 +25,6 @@
 #![allow(missing_docs)] // `criterion_group!` generates an undocumented public function.
 
 use std::convert::Infallible;
-use std::fmt::Debug;
-use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,8 +40,8 @@ use tower_http::set_header::SetRequestHeaderLayer;
 
 mod common;
 use common::{
-    benchmarking, noop_inner, noop_waker, paired, set_request_header_static, NoopService,
-    StaticSource,
+    benchmarking, drive, noop_inner, noop_waker, paired, set_request_header_static, time_calls,
+    NoopService, StaticSource,
 };
 
 /// A realistic access token: a JWT (Okta's are ~900 bytes; length does not change the cost).
@@ -64,32 +62,13 @@ const API_KEY: &str = "3f6c2b1e-9d4a-4c1b-8e2f-7a5d0c9b1e42";
 const PAIRED_CALLS: usize = 2_000;
 const PAIRED_ROUNDS: usize = 300;
 
-/// `poll_ready`, `call` and one poll of the response future, which must all be ready at once.
-#[inline]
-fn drive<S>(service: &mut S, cx: &mut Context<'_>, request: Request<()>) -> S::Response
-where
-    S: Service<Request<()>>,
-    S::Error: Debug,
-{
-    match service.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        other => panic!("service not ready: {other:?}"),
-    }
-    let future = std::pin::pin!(service.call(request));
-    match future.poll(cx) {
-        Poll::Ready(Ok(response)) => response,
-        Poll::Ready(Err(error)) => panic!("service failed: {error:?}"),
-        Poll::Pending => panic!("response future pending"),
-    }
-}
-
 fn request() -> Request<()> {
     Request::get("http://api.example.com/v1/items")
         .body(())
         .unwrap()
 }
 
-/// A replica of `BearerAuth`'s fresh-token path (`TokenCache::valid_header`, then
+/// A replica of `BearerAuth`'s fresh-token path (`TokenCache::usable_header`, then
 /// `BearerAuth::{poll_ready, call}`) whose pieces can be turned off: `CLOCK` is the monotonic
 /// clock read, and the token and extra header are either reference-counted (`from_str` /
 /// `from_bytes`, as the layer's) or static. With every piece on it must time like the layer.
@@ -167,22 +146,6 @@ fn replica<const CLOCK: bool>(
         headers: Arc::from(vec![extra]),
         held: None,
     }
-}
-
-/// Times `PAIRED_CALLS` calls of `service`; the requests are built before the clock starts.
-fn time_calls<S>(service: &mut S) -> Duration
-where
-    S: Service<Request<()>>,
-    S::Error: Debug,
-{
-    let waker = noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    let requests: Vec<_> = (0..PAIRED_CALLS).map(|_| request()).collect();
-    let start = Instant::now();
-    for request in requests {
-        black_box(drive(service, &mut cx, request));
-    }
-    start.elapsed()
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -307,23 +270,29 @@ fn hot_path(c: &mut Criterion) {
             PAIRED_CALLS as u64,
             1,
             &mut [
-                ("bearer_auth", &mut || time_calls(&mut layered)),
+                ("bearer_auth", &mut || {
+                    time_calls(&mut layered, PAIRED_CALLS, request)
+                }),
                 ("set_request_header_static", &mut || {
-                    time_calls(&mut baseline)
+                    time_calls(&mut baseline, PAIRED_CALLS, request)
                 }),
                 ("set_request_header_shared", &mut || {
-                    time_calls(&mut shared_baseline)
+                    time_calls(&mut shared_baseline, PAIRED_CALLS, request)
                 }),
-                ("replica_full", &mut || time_calls(&mut full)),
-                ("replica_no_clock", &mut || time_calls(&mut no_clock)),
+                ("replica_full", &mut || {
+                    time_calls(&mut full, PAIRED_CALLS, request)
+                }),
+                ("replica_no_clock", &mut || {
+                    time_calls(&mut no_clock, PAIRED_CALLS, request)
+                }),
                 ("replica_static_extra_header", &mut || {
-                    time_calls(&mut static_extra)
+                    time_calls(&mut static_extra, PAIRED_CALLS, request)
                 }),
                 ("replica_no_clock_static_extra_header", &mut || {
-                    time_calls(&mut no_clock_static_extra)
+                    time_calls(&mut no_clock_static_extra, PAIRED_CALLS, request)
                 }),
                 ("replica_no_clock_all_static", &mut || {
-                    time_calls(&mut no_clock_all_static)
+                    time_calls(&mut no_clock_all_static, PAIRED_CALLS, request)
                 }),
             ],
         );

@@ -6,14 +6,16 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::task::{Wake, Waker};
-use std::time::Duration;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Request, Response};
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 use tower_client_credentials::{BoxFuture, Error, Token, TokenSource};
 use tower_http::set_header::{SetRequestHeader, SetRequestHeaderLayer};
 
@@ -157,4 +159,40 @@ pub(crate) fn report_ratios(
     for (name, median, low, high) in summary {
         print_ratio(label, name, median, low, high);
     }
+}
+
+/// `poll_ready`, `call` and one poll of the response future, which must all be ready at once.
+#[inline]
+pub(crate) fn drive<S>(service: &mut S, cx: &mut Context<'_>, request: Request<()>) -> S::Response
+where
+    S: Service<Request<()>>,
+    S::Error: Debug,
+{
+    match service.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("service not ready: {other:?}"),
+    }
+    let future = std::pin::pin!(service.call(request));
+    match future.poll(cx) {
+        Poll::Ready(Ok(response)) => response,
+        Poll::Ready(Err(error)) => panic!("service failed: {error:?}"),
+        Poll::Pending => panic!("response future pending"),
+    }
+}
+
+/// Times `calls` calls of `service` through [`drive`]; the requests (from `request`) are built
+/// before the clock starts.
+pub(crate) fn time_calls<S>(service: &mut S, calls: usize, request: fn() -> Request<()>) -> Duration
+where
+    S: Service<Request<()>>,
+    S::Error: Debug,
+{
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let requests: Vec<_> = (0..calls).map(|_| request()).collect();
+    let start = Instant::now();
+    for request in requests {
+        black_box(drive(service, &mut cx, request));
+    }
+    start.elapsed()
 }
