@@ -46,7 +46,7 @@ use crate::error::Error;
 
 /// A client certificate chain and its private key (PEM), with optional extra trust anchors for
 /// the servers (a private CA). Cheap to clone; `Debug` shows the leaf's thumbprint only, and
-/// the key is zeroized on drop.
+/// its own copy of the key is zeroized on drop (copies rustls makes for a connection are rustls').
 #[derive(Clone)]
 pub struct ClientIdentity {
     inner: Arc<Inner>,
@@ -56,6 +56,14 @@ struct Inner {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // What the type's docs promise: the key's bytes do not outlive the identity. (Copies
+        // handed to rustls for a connection are rustls' to wipe.)
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
 }
 
 impl ClientIdentity {
