@@ -6,7 +6,9 @@
 //! nonce challenge. The same against panva's oidc-provider is in `tests/oidc_provider.rs`.
 //!
 //! Needs the feature `jwt-client-auth` (the test server verifies signatures with jsonwebtoken;
-//! `FileAssertion` itself needs no feature).
+//! `FileAssertion` itself needs no feature). Unix only: the platform's file is laid out with
+//! symbolic links, as Kubernetes lays it out.
+#![cfg(unix)]
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
