@@ -212,7 +212,6 @@ async fn an_expired_or_malformed_file_is_a_configuration_error_naming_the_file()
 #[derive(Debug)]
 struct RotatedDuringRequest {
     file: FileAssertion,
-    #[allow(dead_code)] // Debug only shows that it is there.
     then: Arc<Mutex<Option<(PathBuf, String)>>>,
 }
 
