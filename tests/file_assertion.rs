@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
 use tower_client_credentials::client_credentials::{AssertionSource, FileAssertion};
@@ -406,4 +406,117 @@ async fn a_signer_signs_a_new_assertion_for_the_dpop_nonce_retry() {
     credentials.fetch_token().await.unwrap();
     assert_eq!(server.token_requests(), 5);
     assert_eq!(*signatures.lock().unwrap(), 5);
+}
+
+/// An expired file (the platform stopped refreshing it) sends the cache into backoff without a
+/// token request; the platform's next rotation ends the backoff at once.
+#[tokio::test]
+async fn a_rotated_file_ends_the_backoff_after_an_expired_one() {
+    use tower_client_credentials::TokenCache;
+    let server = server().await;
+    let mut platform = Platform::new(&server.token_endpoint());
+    platform.write(&platform.sign(-5));
+    let cache = TokenCache::builder(
+        builder(&server)
+            .client_assertion_source(FileAssertion::new(platform.path()))
+            .build()
+            .unwrap(),
+    )
+    // Long enough that only the change can explain a prompt second attempt.
+    .backoff_base(Duration::from_secs(3600))
+    .max_backoff(Duration::from_secs(3600))
+    .permanent_backoff_base(Duration::from_secs(3600))
+    .max_permanent_backoff(Duration::from_secs(3600))
+    .build();
+    let error = cache.token().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Configuration, "{error}");
+    let error = cache.token().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::BackingOff, "{error}");
+    assert_eq!(server.token_requests(), 0);
+
+    let fresh = platform.rotate();
+    cache.token().await.unwrap();
+    assert_eq!(server.token_requests(), 1);
+    assert_eq!(sent_assertion(&server).as_deref(), Some(fresh.as_str()));
+}
+
+/// Issue 23 × the shared store: two replicas reading the same projected file are one
+/// credential set; the second takes the first's token from Redis, with no token request (the
+/// server would refuse its replayed assertion anyway).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn replicas_reading_the_same_file_share_one_token_through_redis() {
+    use std::process::{Command, Stdio};
+    use tower_client_credentials::store::RedisStore;
+    use tower_client_credentials::TokenCache;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _redis = Killed(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (see .ci/setup)"),
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let server = server().await;
+    let mut platform = Platform::new(&server.token_endpoint());
+    let token = platform.rotate();
+    let replica = || {
+        let store = RedisStore::new(&url)
+            .unwrap()
+            .operation_timeout(Duration::from_secs(2));
+        TokenCache::builder(
+            builder(&server)
+                .client_assertion_source(FileAssertion::new(platform.path()))
+                .build()
+                .unwrap(),
+        )
+        .store(store)
+        .build()
+    };
+    let first = replica().token().await.unwrap();
+    let second = replica().token().await.unwrap();
+    assert_eq!(
+        first.secret().expose_secret(),
+        second.secret().expose_secret()
+    );
+    assert_eq!(server.token_requests(), 1);
+
+    // No key in Redis names the assertion.
+    let mut redis = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    redis.write_all(b"KEYS *\r\n").unwrap();
+    redis
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut reply = vec![0; 4096];
+    let n = redis.read(&mut reply).unwrap();
+    let keys = String::from_utf8_lossy(&reply[..n]);
+    assert!(keys.starts_with('*') && keys != "*0\r\n", "{keys}");
+    assert!(
+        !keys.contains(&token[..20]) && !keys.contains("tcc-platform"),
+        "{keys}"
+    );
 }
