@@ -172,7 +172,8 @@ where
 }
 
 /// RFC 9449 §8: the token endpoint's `use_dpop_nonce` error (the request recorded the nonce
-/// that came with it).
+/// that came with it). A server that asks without sending a nonce (which §8 requires it to)
+/// costs one more request, no more: the retry is made once.
 fn is_dpop_nonce_challenge(error: &Error) -> bool {
     error.kind() == ErrorKind::TokenEndpoint
         && error
