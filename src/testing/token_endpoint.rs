@@ -1,6 +1,7 @@
 //! The token endpoint (RFC 6749 §4.4), in the order it decides: read the request, tell how the
-//! client authenticated, play any scripted behaviour, authenticate the client, check the grant
-//! type and the scopes, issue a token.
+//! client authenticated, play any scripted behaviour, authenticate the client, check the DPoP
+//! proof (after the client, as oidc-provider and Okta do), check the grant type and the scopes,
+//! issue a token.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
