@@ -451,7 +451,8 @@ async fn a_tonic_call_without_a_proof_or_with_a_wrong_one_is_unauthenticated() {
     let addr = grpc_server(api.clone()).await;
     let key = DpopKey::generate().unwrap();
 
-    // The bearer layer alone: `Authorization: DPoP <token>` and no proof.
+    // The bearer layer alone over DPoP credentials cannot prove their tokens: refused before
+    // the wire (it used to send `Authorization: DPoP <token>` with no proof), naming the fix.
     let mut no_proof = HealthClient::new(
         ServiceBuilder::new()
             .layer(
@@ -462,8 +463,11 @@ async fn a_tonic_call_without_a_proof_or_with_a_wrong_one_is_unauthenticated() {
             .service(channel(addr)),
     );
     let status = no_proof.check(health_check()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(status.message(), "invalid_dpop_proof: no DPoP proof");
+    assert!(
+        status.message().contains("no DPoP proof stage") && status.message().contains(".dpop(key)"),
+        "{status:?}"
+    );
+    assert_eq!(auth.token_requests(), 0, "refused before anything was fetched");
 
     // A proof for another origin: `htu` does not match the request.
     let mut wrong_origin = HealthClient::new(
@@ -493,7 +497,7 @@ async fn a_tonic_call_without_a_proof_or_with_a_wrong_one_is_unauthenticated() {
         status.message().contains("DpopAuthLayer::origin"),
         "{status:?}"
     );
-    assert_eq!((api.accepted(), api.rejected()), (0, 2));
+    assert_eq!((api.accepted(), api.rejected()), (0, 1));
 }
 
 /// tonic bodies are not `Clone`, so a tonic client has no retry layer: a nonce challenge
@@ -625,7 +629,9 @@ async fn axum_handlers_call_the_api_through_one_dpop_client_in_state() {
 
 #[tokio::test]
 async fn an_axum_handler_whose_client_sends_no_proof_is_refused() {
-    // Guards the test above: the same app with the bearer layer alone gets the API's 401.
+    // Guards the test above: the same app with the bearer layer alone fails. Its layer cannot
+    // prove the DPoP credentials' tokens, so it refuses in `poll_ready` (a configuration
+    // error, the handler's 503) and the API never sees a proof-less bound token.
     let auth = AuthServer::start().await.unwrap();
     let api = ApiServer::start(&auth, API_KEY).await.unwrap();
     let key = DpopKey::generate().unwrap();
@@ -639,6 +645,7 @@ async fn an_axum_handler_whose_client_sends_no_proof_is_refused() {
         api_url: api.url().into(),
     })
     .await;
-    assert_eq!(call_downstream(addr).await.0, StatusCode::BAD_GATEWAY);
-    assert_eq!((api.accepted(), api.rejected()), (0, 1));
+    assert_eq!(call_downstream(addr).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!((api.accepted(), api.rejected()), (0, 0));
+    assert_eq!(auth.token_requests(), 0);
 }
