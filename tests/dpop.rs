@@ -843,3 +843,33 @@ fn a_multi_audience_layer_that_cannot_prove_its_tokens_is_refused_at_build() {
         .build()
         .unwrap();
 }
+
+/// Where the layer cannot see the credentials (`from_cache`), the token's own binding decides:
+/// a token bound to another key than the layer's is refused before the wire, by its thumbprint.
+#[tokio::test]
+async fn a_token_bound_to_another_key_is_not_sent() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let (key, other) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+    let cache = tower_client_credentials::TokenCache::new(credentials(&auth, &key));
+    let mut client = ServiceBuilder::new()
+        .layer(BearerAuthLayer::from_cache(cache.clone()).dpop(other))
+        .service(hyper_client());
+    let error = get(&mut client, &api.url()).await.unwrap_err();
+    let error = error.downcast::<Error>().unwrap();
+    assert_eq!(error.kind(), tower_client_credentials::ErrorKind::Configuration);
+    assert!(error.to_string().contains("another DPoP key"), "{error}");
+    assert_eq!((api.accepted(), api.rejected()), (0, 0));
+    // The same cache through a layer with the right key works.
+    let mut client = ServiceBuilder::new()
+        .layer(
+            BearerAuthLayer::from_cache(cache)
+                .dpop(key)
+                .with_header("x-api-key", API_KEY)
+                .unwrap(),
+        )
+        .service(hyper_client());
+    let response = get(&mut client, &api.url()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.headers());
+    assert_eq!(auth.token_requests(), 1);
+}
