@@ -164,6 +164,7 @@ mod tests {
         }
     }
 
+    #[cfg_attr(not(feature = "dpop"), allow(dead_code))]
     fn challenge(nonce: Option<&str>) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
