@@ -399,6 +399,7 @@ impl Authentication {
 
     /// Whether the token requests present a certificate the crate cannot see (the caller's
     /// HTTP client's): its tokens may be bound to it, so they cannot be shared by store key.
+    #[cfg(feature = "store")]
     pub(super) fn certificate_unknown(&self) -> bool {
         matches!(
             self,

@@ -86,7 +86,13 @@ return 0";
 ///
 /// Every key of one credential set, `tcc:{<key>}:token`, `tcc:{<key>}:failure` and
 /// `tcc:{<key>}:lease`, carries the same hash tag, so a Cluster keeps them in one slot (the lease
-/// and compare-and-delete scripts need that).
+/// and compare-and-delete scripts need that). Every operation is one Lua script; those that
+/// write stamp the value with the server's `TIME`, and those that read return the server's
+/// `TIME` beside the values, so ages are measured by Redis' clock alone. Saves, removals and
+/// releases are published on the channel `tcc:{<key>}:changed`, to which
+/// [`changed`](TokenStore::changed) subscribes (one extra connection per store, made on the
+/// first wait); on a Cluster, and while that connection cannot be made, waiters poll. Redis 5
+/// or later (scripts that call `TIME` before writing).
 ///
 /// **Tokens at rest are credentials**: whoever reads the store can use them until they expire.
 /// Restrict access to Redis (ACLs, TLS) and set an [`encryption_key`](Self::encryption_key).
