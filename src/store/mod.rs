@@ -408,6 +408,20 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     ///
     /// Default: sleeps `timeout` (polling). [`RedisStore`] subscribes to a per-key channel that
     /// its writes publish on.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "redis")] {
+    /// use std::time::Duration;
+    /// use tower_client_credentials::store::{RedisStore, StoreKey, TokenStore};
+    ///
+    /// # async fn wait() -> Result<(), tower_client_credentials::BoxError> {
+    /// let store = RedisStore::new("redis://127.0.0.1:6379")?;
+    /// let key = StoreKey::builder("https://idp.example/token", "my-client").build();
+    /// // Back as soon as any process writes one of the key's entries, or after 200 ms.
+    /// store.changed(&key, Duration::from_millis(200)).await?;
+    /// # Ok(()) }
+    /// # }
+    /// ```
     fn changed<'a>(
         &'a self,
         key: &'a StoreKey,
