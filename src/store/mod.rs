@@ -151,8 +151,9 @@ impl Record {
     }
 
     /// How long ago the store saved this entry, by the store's clock; `None` on a record not
-    /// read from a store. A record read back without an age is treated as saved just now by
-    /// nobody: a token is not adopted from it, a failure not obeyed.
+    /// read from a store. A record a store returns without an age cannot be judged (how much
+    /// of its life is left is unknown): the cache ignores it, adopting no token from it and
+    /// obeying no failure in it.
     pub fn age(&self) -> Option<Duration> {
         self.age
     }
