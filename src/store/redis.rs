@@ -526,7 +526,7 @@ impl TokenStore for RedisStore {
 
     /// Waits for a message on the key's channel (a save, a compare-and-delete or a release by
     /// any process), or `timeout`. The subscription is made once per key, on a connection of
-    /// its own, and kept; making it is bounded by the operation limit and comes before the
+    /// its own, and kept; making it is bounded by one operation limit and comes before the
     /// wait (so the first wait for a key may last that much longer: cutting the subscription
     /// short instead would make a slow link start it again at every short wait). While it
     /// cannot be made (or on a Cluster, whose pub/sub this store does not use), this polls: it
@@ -543,7 +543,9 @@ impl TokenStore for RedisStore {
             tokio::pin!(notified);
             // Registered before subscribing: a message that arrives meanwhile is not missed.
             notified.as_mut().enable();
-            if self.subscribe(&channel).await {
+            let limit = self.inner.operation_timeout;
+            let subscribed = tokio::time::timeout(limit, self.subscribe(&channel)).await;
+            if subscribed == Ok(true) {
                 let _ = tokio::time::timeout(timeout, notified).await;
             } else {
                 tokio::time::sleep(timeout).await;
