@@ -12,7 +12,8 @@ use super::MultiAudience;
 use crate::cache::{TokenCache, TokenCacheBuilder};
 use crate::client_credentials::{ClientCredentials, CredentialSet};
 use crate::error::Error;
-use crate::layer::ExtraHeaders;
+use crate::layer::{check_keys, Binding, ExtraHeaders};
+use crate::retry::RetryUnauthorizedLayer;
 
 /// The default bound on credential sets made on demand; see
 /// [`MultiAudienceLayerBuilder::max_sets`].
@@ -27,6 +28,7 @@ pub const DEFAULT_MAX_SETS: usize = 256;
 pub struct MultiAudienceLayer {
     pub(super) registry: Arc<Registry>,
     pub(super) headers: ExtraHeaders,
+    pub(super) binding: Binding,
 }
 
 impl MultiAudienceLayer {
@@ -41,8 +43,42 @@ impl MultiAudienceLayer {
             max_sets: DEFAULT_MAX_SETS,
             settings: Arc::new(|builder| builder),
             headers: ExtraHeaders::default(),
+            binding: Binding::default(),
             error: None,
         }
+    }
+
+    /// Retries a request once with a fresh token of its set when the API rejects the one sent
+    /// (HTTP 401 by default), or once with the new nonce when the API answers a DPoP nonce
+    /// challenge that carries one; see [`RetryUnauthorizedLayer`] for the body rules,
+    /// [`retry_if`](RetryUnauthorizedLayer::retry_if) and
+    /// [`replay_limit`](RetryUnauthorizedLayer::replay_limit).
+    ///
+    /// ```
+    /// use tower_client_credentials::audience::MultiAudienceLayer;
+    /// use tower_client_credentials::retry::is_invalid_token;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/v1/token")?
+    ///     .client_id("my-client")
+    ///     .client_secret("my-secret")
+    ///     .build()?;
+    /// let layer = MultiAudienceLayer::builder(credentials)
+    ///     .per_origin(|origin| {
+    ///         tower_client_credentials::CredentialSet::new().resource(origin)
+    ///     })
+    ///     .build()?
+    ///     .retry_on_unauthorized()
+    ///     .retry_if(is_invalid_token)
+    ///     .replay_limit(16 * 1024);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retry_on_unauthorized(self) -> RetryUnauthorizedLayer<MultiAudienceLayer> {
+        RetryUnauthorizedLayer::over(self)
     }
 
     /// How many credential sets have a token cache now (made on first use).
@@ -98,6 +134,7 @@ impl fmt::Debug for MultiAudienceLayer {
         f.debug_struct("MultiAudienceLayer")
             .field("registry", &self.registry)
             .field("headers", &self.headers)
+            .field("binding", &self.binding)
             .finish()
     }
 }
@@ -145,6 +182,7 @@ pub struct MultiAudienceLayerBuilder {
     max_sets: usize,
     settings: CacheSettings,
     headers: ExtraHeaders,
+    binding: Binding,
     error: Option<Error>,
 }
 
@@ -236,12 +274,55 @@ impl MultiAudienceLayerBuilder {
         Ok(self)
     }
 
-    /// Checks the table and the sets and builds the layer. Fetches nothing: each set's cache is
-    /// made, and its first token fetched, when a request first needs it.
+    /// Sends every set's tokens as DPoP-bound tokens (RFC 9449) with a proof signed by `key`
+    /// on every request: for its own method and URL (`htu` is that request's origin and path),
+    /// with the nonce that origin last gave. The `DPoP-Nonce` of every response is kept per
+    /// origin. Needs the cargo feature `dpop`.
+    ///
+    /// `key` must be the key given to
+    /// [`ClientCredentialsBuilder::dpop`](crate::ClientCredentialsBuilder::dpop):
+    /// [`build`](Self::build) refuses another key, DPoP credentials without this call, and this
+    /// call over credentials without a key.
+    ///
+    /// ```
+    /// use tower_client_credentials::audience::MultiAudienceLayer;
+    /// use tower_client_credentials::dpop::DpopKey;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// let key = DpopKey::generate()?;
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/v1/token")?
+    ///     .client_id("my-client")
+    ///     .client_secret("my-secret")
+    ///     .dpop(key.clone())
+    ///     .build()?;
+    /// let layer = MultiAudienceLayer::builder(credentials.clone()).dpop(key).build()?;
+    /// # let _ = layer;
+    /// // Another key than the credentials' is refused here, not on the wire.
+    /// let other = DpopKey::generate()?;
+    /// let refused = MultiAudienceLayer::builder(credentials).dpop(other).build().unwrap_err();
+    /// assert_eq!(refused.kind(), tower_client_credentials::ErrorKind::Configuration);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "dpop")]
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.binding.dpop = Some(crate::dpop::ProofStage::new(key));
+        self
+    }
+
+    /// Checks the table, the sets and the DPoP keys, and builds the layer. Fetches nothing:
+    /// each set's cache is made, and its first token fetched, when a request first needs it.
     pub fn build(self) -> Result<MultiAudienceLayer, Error> {
         if let Some(error) = self.error {
             return Err(error);
         }
+        check_keys(
+            "MultiAudienceLayer",
+            self.credentials.dpop_thumbprint(),
+            self.binding.dpop_thumbprint(),
+        )?;
         let registry = Registry::new(RegistryConfig {
             base: self.credentials,
             settings: self.settings,
@@ -253,6 +334,7 @@ impl MultiAudienceLayerBuilder {
         Ok(MultiAudienceLayer {
             registry: Arc::new(registry),
             headers: self.headers,
+            binding: self.binding,
         })
     }
 }
