@@ -213,10 +213,13 @@ struct World {
     redis: Option<RedisServer>,
 }
 
+/// Reads a replica's cached token of each API.
+type Tokens = Box<dyn Fn() -> Vec<Option<Token>> + Send + Sync>;
+
 /// One replica: its layered client and a way to read its cached token per API.
 struct Replica {
     api: Api,
-    tokens: Box<dyn Fn() -> Vec<Option<Token>> + Send + Sync>,
+    tokens: Tokens,
     /// Its DPoP key and certificate (used or not, as the cell says).
     key: DpopKey,
     identity: ClientIdentity,
@@ -418,9 +421,7 @@ impl World {
             Binding::Bearer | Binding::Dpop => https_client(None),
         };
 
-        let (api, tokens): (Api, Box<dyn Fn() -> Vec<Option<Token>> + Send + Sync>) = match cell
-            .apis
-        {
+        let (api, tokens): (Api, Tokens) = match cell.apis {
             Apis::One => {
                 let mut cache = TokenCache::builder(credentials);
                 if let Some(store) = store {

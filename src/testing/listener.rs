@@ -128,7 +128,7 @@ impl std::fmt::Debug for Tls {
 
 /// Without the feature `mtls` no server speaks TLS.
 #[cfg(not(feature = "mtls"))]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) enum Tls {}
 
 /// RFC 8705 §3.1: base64url (no padding) of the SHA-256 of the certificate's DER.
