@@ -127,21 +127,23 @@ struct Remembered {
     entry: Arc<SetCache>,
 }
 
-/// The origins the rule has seen: groups of [`WAYS`] slots, an origin's group chosen by its
-/// hash. A lookup loads at most `WAYS` slots (no lock, no allocation); remembering an origin
-/// swaps one slot. The hash has fixed keys, so that the table behaves the same in every run:
-/// origins chosen to collide only make each other be derived by the rule again.
+/// The origins the rule has seen: groups of [`WAYS`] slots, and two groups per origin chosen
+/// by its hash ("two choices": an origin goes to the emptier one, so that groups overflow only
+/// when the table is nearly full). A lookup loads at most `2 × WAYS` slots (no lock, no
+/// allocation); remembering an origin swaps one slot. The hash has fixed keys, so that the
+/// table behaves the same in every run: origins chosen to collide only make each other be
+/// derived by the rule again.
 struct RememberedOrigins {
     slots: Box<[ArcSwapOption<Remembered>]>,
     /// `groups - 1`; the number of groups is a power of two.
     mask: usize,
 }
 
-/// Slots per group: an origin has this many places, so that a few origins whose hashes meet
-/// do not push each other out.
+/// Slots per group.
 const WAYS: usize = 4;
 
 impl RememberedOrigins {
+    /// A table with room for at least `origins` (`WAYS` slots per origin, in groups).
     fn new(origins: usize) -> Self {
         let groups = origins.max(1).next_power_of_two();
         RememberedOrigins {
@@ -150,10 +152,13 @@ impl RememberedOrigins {
         }
     }
 
+    /// The first slots of the origin's two groups, and its hash.
     #[inline]
-    fn group(&self, secure: bool, authority: &str) -> (usize, u64) {
+    fn groups(&self, secure: bool, authority: &str) -> ([usize; 2], u64) {
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((secure, authority));
-        ((hash as usize & self.mask) * WAYS, hash)
+        let first = (hash as usize & self.mask) * WAYS;
+        let second = ((hash >> 32) as usize & self.mask) * WAYS;
+        ([first, second], hash)
     }
 
     /// Calls `f` with the set remembered for the origin, or with `None`.
@@ -164,33 +169,41 @@ impl RememberedOrigins {
         authority: &str,
         f: impl FnOnce(Option<&Arc<SetCache>>) -> R,
     ) -> R {
-        let (start, _) = self.group(secure, authority);
-        for slot in &self.slots[start..start + WAYS] {
-            let guard = slot.load();
-            if let Some(remembered) = &*guard {
-                if remembered.secure == secure
-                    && &*remembered.authority == authority
-                    && !remembered.entry.retired.load(Ordering::Relaxed)
-                {
-                    return f(Some(&remembered.entry));
+        let (starts, _) = self.groups(secure, authority);
+        for start in starts {
+            for slot in &self.slots[start..start + WAYS] {
+                let guard = slot.load();
+                if let Some(remembered) = &*guard {
+                    if remembered.secure == secure
+                        && &*remembered.authority == authority
+                        && !remembered.entry.retired.load(Ordering::Relaxed)
+                    {
+                        return f(Some(&remembered.entry));
+                    }
                 }
             }
         }
         f(None)
     }
 
-    /// Remembers `origin` → `entry`, in an empty or stale slot of its group, else in place of
-    /// one of the group's origins.
+    /// Remembers `origin` → `entry`: in its own stale slot, else an empty or stale slot of its
+    /// emptier group, else in place of one of its groups' origins.
     fn remember(&self, origin: &NormalOrigin, entry: &Arc<SetCache>) {
-        let (start, hash) = self.group(origin.secure, &origin.authority);
-        let group = &self.slots[start..start + WAYS];
-        let free = group.iter().find(|slot| {
+        let (starts, hash) = self.groups(origin.secure, &origin.authority);
+        let group = |start: usize| &self.slots[start..start + WAYS];
+        let is_free = |slot: &ArcSwapOption<Remembered>| {
             slot.load().as_ref().is_none_or(|r| {
                 r.entry.retired.load(Ordering::Relaxed)
                     || (r.secure == origin.secure && r.authority == origin.authority)
             })
-        });
-        let slot = free.unwrap_or(&group[(hash >> 60) as usize % WAYS]);
+        };
+        let free = |start: usize| group(start).iter().filter(|slot| is_free(slot)).count();
+        let [first, second] = starts;
+        let emptier = if free(second) > free(first) { second } else { first };
+        let slot = group(emptier)
+            .iter()
+            .find(|slot| is_free(slot))
+            .unwrap_or(&group(emptier)[(hash >> 62) as usize % WAYS]);
         slot.store(Some(Arc::new(Remembered {
             secure: origin.secure,
             authority: origin.authority.clone(),
