@@ -98,7 +98,7 @@ impl ApiServer {
         Ok(ApiServer { addr, state, task })
     }
 
-    /// The base URL, e.g. `http://127.0.0.1:41235` (`https` with [`start_tls`](Self::start_tls)).
+    /// The base URL, e.g. `http://127.0.0.1:41235` (`https` with `start_tls`).
     pub fn url(&self) -> String {
         let scheme = if self.state.https { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
@@ -110,15 +110,32 @@ impl ApiServer {
     ///
     /// ```
     /// use http::{HeaderMap, Method, Uri};
+    /// use secrecy::ExposeSecret;
     /// use tower_client_credentials::testing::{ApiServer, AuthServer};
+    /// use tower_client_credentials::{ClientCredentials, TokenSource};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// let auth = AuthServer::start().await?;
     /// let api = ApiServer::start(&auth, "my-api-key").await?;
-    /// api.require_audience(Some("https://api-a.example"));
+    /// let token = ClientCredentials::builder()
+    ///     .token_endpoint(auth.token_endpoint())?
+    ///     .client_id(AuthServer::CLIENT_ID)
+    ///     .client_secret(AuthServer::CLIENT_SECRET)
+    ///     .audience("https://api-a.example")
+    ///     .build()?
+    ///     .fetch_token()
+    ///     .await?;
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("x-api-key", "my-api-key".parse()?);
+    /// headers.insert("authorization", format!("Bearer {}", token.secret().expose_secret()).parse()?);
     /// let uri: Uri = api.url().parse()?;
-    /// assert!(api.check_request(&Method::GET, &uri, &HeaderMap::new()).is_err());
+    ///
+    /// api.require_audience(Some("https://api-a.example"));
+    /// assert!(api.check_request(&Method::GET, &uri, &headers).is_ok());
+    /// api.require_audience(Some("https://api-b.example"));
+    /// let refusal = api.check_request(&Method::GET, &uri, &headers).unwrap_err();
+    /// assert_eq!(refusal.error(), "invalid_token");
     /// # Ok(())
     /// # }
     /// ```
@@ -149,6 +166,7 @@ impl ApiServer {
     /// Checks a request exactly as this API checks the requests it serves (token, API key and,
     /// with the feature `dpop`, the DPoP proof: `htu` is `http://` + the request's authority +
     /// path), and counts it in [`accepted`](Self::accepted) or [`rejected`](Self::rejected).
+    /// No connection comes with the request, so a certificate-bound token is refused.
     /// For a test server of another protocol that wants the same checks: a tonic server's
     /// layer, for instance, answers a refusal with `Status::unauthenticated`.
     ///

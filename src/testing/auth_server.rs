@@ -67,7 +67,7 @@ impl AuthServer {
     }
 
     /// The issuer URL, e.g. `http://127.0.0.1:41234/oauth2/default` (`https` with
-    /// [`AuthServerBuilder::tls`]).
+    /// `AuthServerBuilder::tls`).
     pub fn issuer(&self) -> String {
         self.state.issuer_url()
     }
@@ -194,7 +194,7 @@ impl AuthServer {
 
     /// The `x5t#S256` of the client certificate `access_token` is bound to (RFC 8705 §3), if
     /// this server issued it to a token request that presented a certificate (see
-    /// [`AuthServerBuilder::tls`]).
+    /// `AuthServerBuilder::tls`).
     pub fn certificate_bound(&self, access_token: &str) -> Option<String> {
         self.state.certificate_bound_to(access_token)
     }
@@ -227,6 +227,42 @@ impl AuthServerBuilder {
     /// [`ClientIdentity::thumbprint`](crate::mtls::ClientIdentity::thumbprint)), presented on a
     /// connection to a server started with [`tls`](Self::tls), and sends no secret. Called
     /// again with the same `id`, adds a certificate the client may also use.
+    ///
+    /// ```
+    /// use tower_client_credentials::mtls::ClientIdentity;
+    /// use tower_client_credentials::testing::{AuthServer, ServerTls};
+    /// use tower_client_credentials::{ClientCredentials, TokenSource};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let ca = include_bytes!("../../tests/mtls/ca.pem");
+    /// let tls = ServerTls::from_pem(
+    ///     include_bytes!("../../tests/mtls/server.pem"),
+    ///     include_bytes!("../../tests/mtls/server-key.pem"),
+    ///     ca,
+    /// )?;
+    /// let identity = ClientIdentity::from_pem(
+    ///     include_bytes!("../../tests/mtls/client.pem"),
+    ///     include_bytes!("../../tests/mtls/client-key.pem"),
+    /// )?
+    /// .with_root_certificates_pem(ca)?;
+    /// let server = AuthServer::builder()
+    ///     .tls_client("mtls-client", &identity.thumbprint())
+    ///     .tls(tls)
+    ///     .start()
+    ///     .await?;
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint(server.token_endpoint())?
+    ///     .client_id("mtls-client")
+    ///     .tls_client_auth(identity.clone())
+    ///     .build()?;
+    /// let token = credentials.fetch_token().await?;
+    /// let token = secrecy::ExposeSecret::expose_secret(token.secret());
+    /// // Bound to the certificate the token request presented (RFC 8705 §3).
+    /// assert_eq!(server.certificate_bound(token), Some(identity.thumbprint()));
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "mtls")]
     pub fn tls_client(mut self, id: &str, certificate_thumbprint: &str) -> Self {
         let client = self

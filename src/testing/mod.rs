@@ -58,7 +58,7 @@
 //!   scripts, counters, issued tokens, rotation and DPoP data), [`MetadataLocation`] and
 //!   [`TokenRequestSeen`];
 //! * `behaviour`: [`Behavior`], the scripted answers;
-//! * `tls` (feature `mtls`): [`ServerTls`], TLS with optional client certificates for both
+//! * `tls` (feature `mtls`): `ServerTls`, TLS with optional client certificates for both
 //!   servers: the token endpoint authenticates `tls_client_auth` clients and binds tokens to
 //!   the certificate (`cnf.x5t#S256`, RFC 8705 §3), the API refuses a certificate-bound token
 //!   from a connection without that certificate;
