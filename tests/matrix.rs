@@ -16,7 +16,8 @@
 //! * the store cells: two replicas, each with its own credentials (the DPoP key and the
 //!   certificate loaded from the same PEM, as two processes would), its own cache and its own
 //!   `RedisStore` connection to one `redis-server` started on a free loopback port, make one
-//!   token request per credential set between them, after the start and after the revocation;
+//!   token request per credential set between them, when they all start at once and after the
+//!   revocation;
 //!   in the DPoP and certificate cells a third replica of the same client with a key (or a
 //!   certificate) of its own shares the store too, and must get tokens bound to its own key,
 //!   never the others' (one more token request per set).
@@ -254,10 +255,16 @@ async fn run(cell: Cell) {
     let sets = world.apis.len();
     let groups = 1 + replicas.iter().map(|r| r.group).max().unwrap_or(0);
 
-    // Every replica calls every API; the first token of each set is fetched once for all.
-    for (r, replica) in replicas.iter().enumerate() {
-        for (i, api) in world.apis.iter().enumerate() {
-            let status = call(&replica.api, api).await;
+    // Every replica calls every API, all replicas at once: the first token of each set (and
+    // binding) is fetched once for all, the others wait for it (the store's lease).
+    for (i, api) in world.apis.iter().enumerate() {
+        let mut calls = tokio::task::JoinSet::new();
+        for (r, replica) in replicas.iter().enumerate() {
+            let (client, url) = (replica.api.clone(), api.url());
+            calls.spawn(async move { (r, call_url(client, url).await) });
+        }
+        while let Some(joined) = calls.join_next().await {
+            let (r, status) = joined.expect("a call panicked");
             assert_eq!(status, StatusCode::OK, "{cell}: replica {r}, API {i}");
         }
     }
@@ -313,10 +320,15 @@ async fn run(cell: Cell) {
 
 /// `GET {api}/v1/items` through `client`: its status.
 async fn call(client: &Api, api: &ApiServer) -> StatusCode {
-    let request = Request::get(format!("{}/v1/items", api.url()))
+    call_url(client.clone(), api.url()).await
+}
+
+/// `GET {base}/v1/items` through `client`: its status.
+async fn call_url(client: Api, base: String) -> StatusCode {
+    let request = Request::get(format!("{base}/v1/items"))
         .body(Body::default())
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(20), client.clone().oneshot(request))
+    let response = tokio::time::timeout(Duration::from_secs(20), client.oneshot(request))
         .await
         .expect("the request did not finish in 20 s")
         .unwrap_or_else(|error| panic!("the request failed: {error}"));
