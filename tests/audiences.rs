@@ -317,7 +317,11 @@ fn many_origins_of_one_set_are_remembered_without_allocation() {
         }
     });
     assert_eq!(responses.len(), ORIGINS);
-    assert_eq!(rule_calls.load(Ordering::SeqCst), ORIGINS, "no origin derived twice");
+    assert_eq!(
+        rule_calls.load(Ordering::SeqCst),
+        ORIGINS,
+        "no origin derived twice"
+    );
     assert_eq!(info.count_total, 0, "{info:?}");
 }
 

@@ -467,7 +467,11 @@ async fn a_tonic_call_without_a_proof_or_with_a_wrong_one_is_unauthenticated() {
         status.message().contains("no DPoP proof stage") && status.message().contains(".dpop(key)"),
         "{status:?}"
     );
-    assert_eq!(auth.token_requests(), 0, "refused before anything was fetched");
+    assert_eq!(
+        auth.token_requests(),
+        0,
+        "refused before anything was fetched"
+    );
 
     // A proof for another origin: `htu` does not match the request.
     let mut wrong_origin = HealthClient::new(
@@ -645,7 +649,10 @@ async fn an_axum_handler_whose_client_sends_no_proof_is_refused() {
         api_url: api.url().into(),
     })
     .await;
-    assert_eq!(call_downstream(addr).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        call_downstream(addr).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!((api.accepted(), api.rejected()), (0, 0));
     assert_eq!(auth.token_requests(), 0);
 }
@@ -667,7 +674,11 @@ async fn a_nonce_challenge_without_a_nonce_is_not_retried() {
     let counted = calls.clone();
     let key = DpopKey::generate().unwrap();
     let mut client = ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(Bound).dpop(key).retry_on_unauthorized())
+        .layer(
+            BearerAuthLayer::new(Bound)
+                .dpop(key)
+                .retry_on_unauthorized(),
+        )
         .service(tower::service_fn(move |request: Request<Full<Bytes>>| {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             assert!(request.headers().contains_key("dpop"));
@@ -696,12 +707,13 @@ async fn a_uri_with_user_info_gets_a_proof_without_it() {
     let auth = AuthServer::start().await.unwrap();
     let key = DpopKey::generate().unwrap();
     let layer = BearerAuthLayer::new(credentials(&auth, &key)).dpop(key);
-    let mut client = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(|request: Request<Full<Bytes>>| async move {
-            let proof = request.headers()["dpop"].to_str().unwrap().to_string();
-            Ok::<_, BoxError>(Response::new(claims(&proof)))
-        });
+    let mut client =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|request: Request<Full<Bytes>>| async move {
+                let proof = request.headers()["dpop"].to_str().unwrap().to_string();
+                Ok::<_, BoxError>(Response::new(claims(&proof)))
+            });
     let request = Request::get("https://user:pa55word@api.example:8443/v1/items?page=2")
         .body(Full::default())
         .unwrap();
@@ -731,7 +743,10 @@ async fn a_layer_key_other_than_the_credentials_key_is_refused() {
             BearerAuthLayer::new(credentials(&auth, &key)).dpop(other.clone()),
             "thumbprints differ",
         ),
-        (BearerAuthLayer::new(plain).dpop(other), "credentials have none"),
+        (
+            BearerAuthLayer::new(plain).dpop(other),
+            "credentials have none",
+        ),
     ];
     for (layer, why) in cases {
         let mut client = ServiceBuilder::new()
@@ -739,7 +754,10 @@ async fn a_layer_key_other_than_the_credentials_key_is_refused() {
             .service(hyper_client());
         let error = get(&mut client, &api.url()).await.unwrap_err();
         let error = error.downcast::<Error>().unwrap();
-        assert_eq!(error.kind(), tower_client_credentials::ErrorKind::Configuration);
+        assert_eq!(
+            error.kind(),
+            tower_client_credentials::ErrorKind::Configuration
+        );
         assert!(error.to_string().contains(why), "{error}");
     }
     assert_eq!(auth.token_requests(), 0);
@@ -796,7 +814,11 @@ async fn several_apis_get_proofs_for_their_own_origin_and_retry() {
         assert_eq!(response.unwrap().status(), StatusCode::OK);
     }
     assert_eq!((api.accepted(), api.rejected()), (4, 2));
-    assert_eq!(auth.token_requests(), 2, "a nonce challenge keeps the token");
+    assert_eq!(
+        auth.token_requests(),
+        2,
+        "a nonce challenge keeps the token"
+    );
 
     // A revoked token: one 401, one new token for that set, then success.
     auth.revoke_all();
@@ -825,16 +847,25 @@ fn a_multi_audience_layer_that_cannot_prove_its_tokens_is_refused_at_build() {
         }
     };
     let refused = [
-        (MultiAudienceLayer::builder(with_key(Some(&key))), "no DPoP proof stage"),
+        (
+            MultiAudienceLayer::builder(with_key(Some(&key))),
+            "no DPoP proof stage",
+        ),
         (
             MultiAudienceLayer::builder(with_key(Some(&key))).dpop(DpopKey::generate().unwrap()),
             "thumbprints differ",
         ),
-        (MultiAudienceLayer::builder(with_key(None)).dpop(key.clone()), "credentials have none"),
+        (
+            MultiAudienceLayer::builder(with_key(None)).dpop(key.clone()),
+            "credentials have none",
+        ),
     ];
     for (builder, why) in refused {
         let error = builder.build().unwrap_err();
-        assert_eq!(error.kind(), tower_client_credentials::ErrorKind::Configuration);
+        assert_eq!(
+            error.kind(),
+            tower_client_credentials::ErrorKind::Configuration
+        );
         assert!(error.to_string().contains(why), "{error}");
         assert!(error.to_string().contains("MultiAudienceLayer"), "{error}");
     }
@@ -842,4 +873,42 @@ fn a_multi_audience_layer_that_cannot_prove_its_tokens_is_refused_at_build() {
         .dpop(key)
         .build()
         .unwrap();
+}
+
+/// Where the layer cannot see the credentials (`from_cache`), the token's own binding decides:
+/// a token bound to another key than the layer's is refused before the wire, by its thumbprint.
+#[tokio::test]
+async fn a_token_bound_to_another_key_is_not_sent() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let (key, other) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+    let cache = tower_client_credentials::TokenCache::new(credentials(&auth, &key));
+    let mut client = ServiceBuilder::new()
+        .layer(BearerAuthLayer::from_cache(cache.clone()).dpop(other))
+        .service(hyper_client());
+    let error = get(&mut client, &api.url()).await.unwrap_err();
+    let error = error.downcast::<Error>().unwrap();
+    assert_eq!(
+        error.kind(),
+        tower_client_credentials::ErrorKind::Configuration
+    );
+    assert!(error.to_string().contains("another DPoP key"), "{error}");
+    assert_eq!((api.accepted(), api.rejected()), (0, 0));
+    // The same cache through a layer with the right key works.
+    let mut client = ServiceBuilder::new()
+        .layer(
+            BearerAuthLayer::from_cache(cache)
+                .dpop(key)
+                .with_header("x-api-key", API_KEY)
+                .unwrap(),
+        )
+        .service(hyper_client());
+    let response = get(&mut client, &api.url()).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.headers()
+    );
+    assert_eq!(auth.token_requests(), 1);
 }

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::header::{HeaderName, AUTHORIZATION};
 use tower_layer::Layer;
 
 use super::origin::NormalOrigin;
@@ -250,27 +249,10 @@ impl MultiAudienceLayerBuilder {
 
     /// Adds a header sent with every request, marked sensitive: typically `x-api-key`. Fails,
     /// without echoing the value, if the name or value is not valid HTTP or the name is
-    /// `authorization`.
+    /// `authorization` or `dpop`.
     pub fn header(mut self, name: &str, value: &str) -> Result<Self, Error> {
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-            Error::config(format!(
-                "the header name given to `header` ({} characters) is not a valid HTTP header \
-                 name; check that the name comes first and the value second",
-                name.chars().count()
-            ))
-        })?;
-        if name == AUTHORIZATION {
-            return Err(Error::config(
-                "the `authorization` header is set by the layer from the token; add other headers",
-            ));
-        }
-        // Kept zeroizing and marked sensitive, as `BearerAuthLayer::with_header` keeps it.
-        self.headers = self.headers.with(&name, value.as_bytes()).map_err(|_| {
-            Error::config(format!(
-                "the value for the `{name}` header is not a valid HTTP header value; check it \
-                 for line breaks or other control characters"
-            ))
-        })?;
+        // Checked and kept as `BearerAuthLayer::with_header` does: one implementation.
+        self.headers = self.headers.with_text("header", name, value)?;
         Ok(self)
     }
 

@@ -199,7 +199,11 @@ impl RememberedOrigins {
         };
         let free = |start: usize| group(start).iter().filter(|slot| is_free(slot)).count();
         let [first, second] = starts;
-        let emptier = if free(second) > free(first) { second } else { first };
+        let emptier = if free(second) > free(first) {
+            second
+        } else {
+            first
+        };
         let slot = group(emptier)
             .iter()
             .find(|slot| is_free(slot))
@@ -329,7 +333,8 @@ impl Registry {
                         // A URI not spelled in normal form (upper case, default port).
                         None => {
                             let normal = origin.normalized();
-                            self.remembered.with(normal.secure, &normal.authority, found)
+                            self.remembered
+                                .with(normal.secure, &normal.authority, found)
                         }
                     };
                 }

@@ -71,7 +71,11 @@ impl<S> MultiAudience<S> {
 /// Makes `last` the reader of `entry`'s cache (an `Arc` bump and a load when the set differs
 /// from the last request's: no allocation).
 #[inline]
-fn point_at(last: &mut Option<(Arc<SetCache>, Reader)>, entry: &Arc<SetCache>, registry: &Registry) {
+fn point_at(
+    last: &mut Option<(Arc<SetCache>, Reader)>,
+    entry: &Arc<SetCache>,
+    registry: &Registry,
+) {
     let same = matches!(last, Some((previous, _)) if Arc::ptr_eq(previous, entry));
     if !same {
         *last = Some((entry.clone(), entry.cache(&registry.settings).reader()));
@@ -126,7 +130,7 @@ impl<S> MultiAudience<S> {
     where
         S: Service<Request<B>> + Clone + Send + 'static,
         S::Response: ResponseHeaders,
-    S::Error: Into<BoxError>,
+        S::Error: Into<BoxError>,
         S::Future: Send,
         B: Send + 'static,
     {
@@ -201,7 +205,7 @@ impl<S> MultiAudience<S> {
     where
         S: Service<Request<B>> + Clone + Send + 'static,
         S::Response: ResponseHeaders,
-    S::Error: Into<BoxError>,
+        S::Error: Into<BoxError>,
         S::Future: Send,
         B: Send + 'static,
     {

@@ -59,8 +59,8 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
 pub use self::key::{DpopAlgorithm, DpopKey};
-pub use self::service::{DpopAuthLayer, DpopProof, DpopResponseFuture, DpopRetryLayer};
 pub(crate) use self::nonce::valid_nonce;
+pub use self::service::{DpopAuthLayer, DpopProof, DpopResponseFuture, DpopRetryLayer};
 pub(crate) use self::service::{NonceWatch, ProofStage};
 
 use crate::error::Error;

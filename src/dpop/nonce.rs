@@ -93,7 +93,9 @@ impl Entry {
 /// `authority` without its user info: an origin is its scheme, host and port, and the nonces of
 /// `https://user@api.example` are those of `https://api.example`.
 pub(crate) fn host_port(authority: &str) -> &str {
-    authority.rsplit_once('@').map_or(authority, |(_, rest)| rest)
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest)
 }
 
 /// The response's `DPoP-Nonce`, if it carries a valid one: what a retry after a nonce

@@ -249,7 +249,9 @@ impl ProofStage {
             .authority(super::nonce::host_port(authority))
             .path_and_query(if path.is_empty() { "/" } else { path })
             .build()
-            .map_err(|_| Error::config("a DPoP proof needs a URL with a host; the request was not sent"))?;
+            .map_err(|_| {
+                Error::config("a DPoP proof needs a URL with a host; the request was not sent")
+            })?;
         self.prove(token, method, &uri, headers)
     }
 }

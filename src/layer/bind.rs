@@ -163,6 +163,14 @@ pub(crate) fn check_keys(
 /// Refuses a DPoP-bound token bound to another key than `jkt` (the layer's): the API would
 /// refuse every proof for it.
 pub(crate) fn check_token_binding(token: &Token, jkt: &str) -> Result<(), Error> {
-    let _ = (token, jkt);
-    Ok(())
+    match token.dpop_thumbprint() {
+        Some(bound) if bound != jkt => Err(Error::config(
+            "the token is bound to another DPoP key than the layer's (RFC 7638 thumbprints \
+             differ), so the API would refuse every proof for it; give the layer's `.dpop(key)` \
+             the key given to `ClientCredentialsBuilder::dpop` (one `DpopKey`, or one PEM); the \
+             request was not sent",
+        )),
+        // Bound to this key, or a token whose source did not say (a custom `TokenSource`).
+        _ => Ok(()),
+    }
 }

@@ -49,7 +49,8 @@ impl ResponseHeaders for () {
 
 /// The cold start of a request whose token was not cached yet: waits for it, binds it, and
 /// calls the inner service, giving its future (and the proof's watch) back.
-pub(crate) type Waiting<F> = Pin<Box<dyn Future<Output = Result<(F, Option<Watch>), Error>> + Send>>;
+pub(crate) type Waiting<F> =
+    Pin<Box<dyn Future<Output = Result<(F, Option<Watch>), Error>> + Send>>;
 
 pin_project! {
     /// Response future of every service of the pipeline ([`BearerAuth`](super::BearerAuth),

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderName, HeaderValue};
 use tower_layer::Layer;
 
 use super::bind::{check_keys, Binding};
@@ -70,50 +70,19 @@ impl BearerAuthLayer {
     /// tables): typically `x-api-key`. Replaces a header of the same name on the request.
     ///
     /// Fails, without echoing the value, if the name or value is not valid HTTP or the name is
-    /// `authorization` (the layer sets that one).
+    /// `authorization` or `dpop` (the layer sets those).
     pub fn with_header(self, name: impl AsRef<str>, value: impl AsRef<str>) -> Result<Self, Error> {
-        let name_str = name.as_ref();
-        let name = HeaderName::from_bytes(name_str.trim().as_bytes()).map_err(|_| {
-            // The name is not echoed: with the arguments swapped it would be the API key.
-            Error::config(format!(
-                "the header name given to `with_header` ({} characters) is not a valid HTTP \
-                 header name; check that the name comes first and the value second",
-                name_str.chars().count()
-            ))
-        })?;
-        let value = value.as_ref();
-        // What `HeaderValue::from_str` accepts (visible ASCII and tabs), without its copy.
-        if !value
-            .bytes()
-            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-        {
-            return Err(Error::config(format!(
-                "the value for the `{name}` header is not a valid HTTP header value; check it for \
-                 line breaks or other control characters"
-            )));
-        }
-        self.with_secret_header(name, value.as_bytes())
+        let headers = self
+            .headers
+            .with_text("with_header", name.as_ref(), value.as_ref())?;
+        Ok(BearerAuthLayer { headers, ..self })
     }
 
     /// Like [`with_header`](Self::with_header), with a typed name and value. The layer keeps its
     /// own copy of the value, marked sensitive and zeroized when the layer, its services and the
     /// last request carrying it are dropped (`value` itself is the caller's to drop).
     pub fn with_header_value(self, name: HeaderName, value: HeaderValue) -> Result<Self, Error> {
-        self.with_secret_header(name, value.as_bytes())
-    }
-
-    fn with_secret_header(self, name: HeaderName, value: &[u8]) -> Result<Self, Error> {
-        if name == AUTHORIZATION {
-            return Err(Error::config(
-                "the `authorization` header is set by the layer from the token; add other headers",
-            ));
-        }
-        let headers = self.headers.with(&name, value).map_err(|_| {
-            Error::config(format!(
-                "the value for the `{name}` header is not a valid HTTP header value; check it for \
-                 line breaks or other control characters"
-            ))
-        })?;
+        let headers = self.headers.with_checked(name, value.as_bytes())?;
         Ok(BearerAuthLayer { headers, ..self })
     }
 

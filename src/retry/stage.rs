@@ -55,7 +55,9 @@ impl Report {
 impl std::fmt::Debug for Sent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The token is not shown.
-        f.debug_struct("Sent").field("proof", &self.proof).finish_non_exhaustive()
+        f.debug_struct("Sent")
+            .field("proof", &self.proof)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,8 +96,7 @@ pub(crate) fn judge(
     // RFC 9449 §9: a DPoP nonce challenge. The token is fine; the proof lacked the nonce the
     // response carries. Without a proof sent, or without a nonce given, a second attempt would
     // be refused the same way: the body is not sent again for it.
-    if cfg!(feature = "dpop") && crate::http::challenge::is_dpop_nonce_challenge(status, headers)
-    {
+    if cfg!(feature = "dpop") && crate::http::challenge::is_dpop_nonce_challenge(status, headers) {
         return if sent.proof && carries_nonce(headers) {
             Verdict::Resend
         } else {

@@ -168,7 +168,8 @@ fn htu_has_no_user_info_query_or_fragment() {
     let key = DpopKey::generate().unwrap();
     let mut headers = http::HeaderMap::new();
     headers.insert("dpop-nonce", "n-1".parse().unwrap());
-    key.nonces().update_from("https", "api.example:8443", &headers);
+    key.nonces()
+        .update_from("https", "api.example:8443", &headers);
     let uri: Uri = "https://user:s3cr3t@api.example:8443/v1/items?page=2#frag"
         .parse()
         .unwrap();
@@ -199,7 +200,9 @@ fn jti_is_128_random_bits() {
 /// as for `ClientIdentity`); here: a key of the wrong algorithm still fails cleanly.
 #[test]
 fn from_pem_refuses_a_key_of_another_algorithm() {
-    let error = DpopKey::from_pem(DpopAlgorithm::ES256, RSA_PEM).err().unwrap();
+    let error = DpopKey::from_pem(DpopAlgorithm::ES256, RSA_PEM)
+        .err()
+        .unwrap();
     assert!(error.to_string().contains("ES256"), "{error}");
     assert!(!error.to_string().contains("PRIVATE"));
 }
