@@ -49,10 +49,11 @@ pub(super) enum Authentication {
 pub(super) struct ClientSecret {
     /// Read at every token request (and once more after `invalid_client`).
     pub(super) source: Arc<dyn SecretSource>,
-    /// The HMAC key of the store key (see `store_identity`), fixed when the credentials are
-    /// built so that the key stays the same while the secret rotates: the secret itself for
-    /// `client_secret("..")` (it never changes), the source's name (its `Debug`, which a
-    /// `SecretSource` must keep free of the secret) for a source.
+    /// The HMAC key of the store key before the secret is read (see `store_identity`): the
+    /// secret itself for `client_secret("..")` (it never changes), the source's name (its
+    /// `Debug`, which a `SecretSource` must keep free of the secret) for a source. The cache
+    /// keys the store by the value the source gives now instead
+    /// (`ClientCredentials::current_store_key`); this one only says that a store may be used.
     #[cfg(feature = "store")]
     store_hmac_key: SecretString,
 }
@@ -237,10 +238,10 @@ impl Authentication {
     ///
     /// With a secret, the hash is keyed by what was fixed at build (see
     /// [`ClientSecret::store_hmac_key`]): the secret itself for `client_secret("..")`, the
-    /// source's name for a [`SecretSource`]. Never the value a source gives: the key would
-    /// change at every rotation (and caches with the old and the new secret, which are one
-    /// credential set, would stop sharing), and it is not known without reading the source,
-    /// which is asynchronous and may fail.
+    /// source's name for a [`SecretSource`]. That is the key known without reading the source
+    /// (which is asynchronous and may fail); before each use of the store the cache asks for
+    /// the key keyed by the secret the source gives now (`current_store_key`), so a rotated
+    /// secret gets a new key and its predecessor's failures do not hold it up.
     #[cfg(feature = "store")]
     pub(super) fn store_identity(&self) -> (&'static str, Option<&SecretString>) {
         match self {
@@ -399,6 +400,7 @@ impl Authentication {
 
     /// Whether the token requests present a certificate the crate cannot see (the caller's
     /// HTTP client's): its tokens may be bound to it, so they cannot be shared by store key.
+    #[cfg(feature = "store")]
     pub(super) fn certificate_unknown(&self) -> bool {
         matches!(
             self,
