@@ -37,6 +37,9 @@ pub(super) enum Authentication {
     /// `private_key_jwt`: a JWT client assertion signed by the user's signer (a KMS, an HSM).
     #[cfg(feature = "jwt-client-auth")]
     Signer(Arc<dyn super::signer::JwtSigner>),
+    /// A client assertion signed by someone else (a platform's workload identity token), read
+    /// from its source at every token request.
+    AssertionSource(super::assertion_source::ClientAssertion),
     /// The TLS client certificate (RFC 8705 §2): it authenticates the connection; the form
     /// only names the client.
     Certificate {
@@ -228,6 +231,7 @@ impl Authentication {
                     ClientAuthMethod::PrivateKeyJwt
                 }
             }),
+            Authentication::AssertionSource(_) => Some(ClientAuthMethod::PrivateKeyJwt),
             Authentication::Certificate { kind, .. } => Some(kind.method()),
         }
     }
@@ -265,6 +269,11 @@ impl Authentication {
             },
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Signer(_) => (ClientAuthMethod::PrivateKeyJwt.as_str(), None),
+            // Keyed by the source's name: the assertion changes at every rotation.
+            Authentication::AssertionSource(assertion) => (
+                ClientAuthMethod::PrivateKeyJwt.as_str(),
+                Some(&assertion.store_hmac_key),
+            ),
             Authentication::Certificate { kind, .. } => (kind.method().as_str(), None),
         }
     }
@@ -472,7 +481,8 @@ mod tests {
                 ClientAuth::Basic(_) => SecretEncoding::Basic,
                 ClientAuth::Post(_) => SecretEncoding::Post,
                 #[cfg(feature = "jwt-client-auth")]
-                ClientAuth::Assertion(_) | ClientAuth::SignedAssertion(_) => unreachable!(),
+                ClientAuth::Assertion(_) => unreachable!(),
+                ClientAuth::SignedAssertion(_) => unreachable!(),
                 ClientAuth::Certificate => unreachable!(),
             });
             async { Err(refused()) }

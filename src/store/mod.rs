@@ -151,8 +151,9 @@ impl Record {
     }
 
     /// How long ago the store saved this entry, by the store's clock; `None` on a record not
-    /// read from a store. A record read back without an age is treated as saved just now by
-    /// nobody: a token is not adopted from it, a failure not obeyed.
+    /// read from a store. A record a store returns without an age cannot be judged (how much
+    /// of its life is left is unknown): the cache ignores it, adopting no token from it and
+    /// obeying no failure in it.
     pub fn age(&self) -> Option<Duration> {
         self.age
     }
@@ -408,6 +409,20 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     ///
     /// Default: sleeps `timeout` (polling). [`RedisStore`] subscribes to a per-key channel that
     /// its writes publish on.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "redis")] {
+    /// use std::time::Duration;
+    /// use tower_client_credentials::store::{RedisStore, StoreKey, TokenStore};
+    ///
+    /// # async fn wait() -> Result<(), tower_client_credentials::BoxError> {
+    /// let store = RedisStore::new("redis://127.0.0.1:6379")?;
+    /// let key = StoreKey::builder("https://idp.example/token", "my-client").build();
+    /// // Back as soon as any process writes one of the key's entries, or after 200 ms.
+    /// store.changed(&key, Duration::from_millis(200)).await?;
+    /// # Ok(()) }
+    /// # }
+    /// ```
     fn changed<'a>(
         &'a self,
         key: &'a StoreKey,
