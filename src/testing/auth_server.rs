@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::behaviour::Behavior;
 use super::in_process::InProcessClient;
-use super::listener::serve;
+use super::listener::{serve, Tls};
 use super::lock;
 use super::router::route;
 use super::state::{Client, MetadataLocation, State, TokenRequestSeen};
@@ -34,6 +34,7 @@ pub struct AuthServerBuilder {
     locations: Vec<MetadataLocation>,
     wrong_issuer: bool,
     advertised_methods: Option<Vec<String>>,
+    tls: Option<Tls>,
     refuse_replayed_assertions: bool,
 }
 
@@ -63,12 +64,14 @@ impl AuthServer {
                 "client_secret_basic".to_string(),
                 "client_secret_post".to_string(),
             ]),
+            tls: None,
         }
     }
 
-    /// The issuer URL, e.g. `http://127.0.0.1:41234/oauth2/default`.
+    /// The issuer URL, e.g. `http://127.0.0.1:41234/oauth2/default` (`https` with
+    /// `AuthServerBuilder::tls`).
     pub fn issuer(&self) -> String {
-        format!("http://{}{}", self.addr, self.state.issuer_path)
+        self.state.issuer_url()
     }
 
     /// The token endpoint URL, `{issuer}/v1/token`.
@@ -191,6 +194,13 @@ impl AuthServer {
         self.state.dpop_bound_to(access_token)
     }
 
+    /// The `x5t#S256` of the client certificate `access_token` is bound to (RFC 8705 §3), if
+    /// this server issued it to a token request that presented a certificate (see
+    /// `AuthServerBuilder::tls`).
+    pub fn certificate_bound(&self, access_token: &str) -> Option<String> {
+        self.state.certificate_bound_to(access_token)
+    }
+
     /// The shared state, for an [`ApiServer`](super::ApiServer) that trusts this server's tokens.
     pub(super) fn handle(&self) -> Arc<State> {
         self.state.clone()
@@ -208,9 +218,76 @@ impl AuthServerBuilder {
                 secret: secret.to_string(),
                 method,
                 scopes: None,
+                certificates: Vec::new(),
                 public_key: None,
             },
         );
+        self
+    }
+
+    /// Registers a `tls_client_auth` client (RFC 8705 §2.1): it authenticates with the client
+    /// certificate whose `x5t#S256` is `certificate_thumbprint` (see
+    /// [`ClientIdentity::thumbprint`](crate::mtls::ClientIdentity::thumbprint)), presented on a
+    /// connection to a server started with [`tls`](Self::tls), and sends no secret. Called
+    /// again with the same `id`, adds a certificate the client may also use.
+    ///
+    /// ```
+    /// use tower_client_credentials::mtls::ClientIdentity;
+    /// use tower_client_credentials::testing::{AuthServer, ServerTls};
+    /// use tower_client_credentials::{ClientCredentials, TokenSource};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let ca = include_bytes!("../../tests/mtls/ca.pem");
+    /// let tls = ServerTls::from_pem(
+    ///     include_bytes!("../../tests/mtls/server.pem"),
+    ///     include_bytes!("../../tests/mtls/server-key.pem"),
+    ///     ca,
+    /// )?;
+    /// let identity = ClientIdentity::from_pem(
+    ///     include_bytes!("../../tests/mtls/client.pem"),
+    ///     include_bytes!("../../tests/mtls/client-key.pem"),
+    /// )?
+    /// .with_root_certificates_pem(ca)?;
+    /// let server = AuthServer::builder()
+    ///     .tls_client("mtls-client", &identity.thumbprint())
+    ///     .tls(tls)
+    ///     .start()
+    ///     .await?;
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint(server.token_endpoint())?
+    ///     .client_id("mtls-client")
+    ///     .tls_client_auth(identity.clone())
+    ///     .build()?;
+    /// let token = credentials.fetch_token().await?;
+    /// let token = secrecy::ExposeSecret::expose_secret(token.secret());
+    /// // Bound to the certificate the token request presented (RFC 8705 §3).
+    /// assert_eq!(server.certificate_bound(token), Some(identity.thumbprint()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "mtls")]
+    pub fn tls_client(mut self, id: &str, certificate_thumbprint: &str) -> Self {
+        let client = self
+            .clients
+            .entry(id.to_string())
+            .or_insert_with(|| Client {
+                secret: String::new(),
+                method: Some(ClientAuthMethod::TlsClientAuth),
+                scopes: None,
+                certificates: Vec::new(),
+                public_key: None,
+            });
+        client.certificates.push(certificate_thumbprint.to_string());
+        self
+    }
+
+    /// Serves over TLS (`https` URLs) with `tls`'s certificate, accepting client certificates
+    /// of its CA: a token request that presents one gets a token bound to it (`cnf.x5t#S256`,
+    /// RFC 8705 §3), whatever the client authentication.
+    #[cfg(feature = "mtls")]
+    pub fn tls(mut self, tls: super::ServerTls) -> Self {
+        self.tls = Some(tls.acceptor);
         self
     }
 
@@ -241,6 +318,7 @@ impl AuthServerBuilder {
                 secret: String::new(),
                 method: Some(ClientAuthMethod::PrivateKeyJwt),
                 scopes: None,
+                certificates: Vec::new(),
                 public_key: Some(public_key_pem.to_vec()),
             },
         );
@@ -322,12 +400,16 @@ impl AuthServerBuilder {
                 .then(|| Mutex::new(HashSet::new())),
             rotation: Mutex::default(),
             addr: Mutex::new(None),
+            https: self.tls.is_some(),
+            certificate_bound: Mutex::new(HashMap::new()),
             #[cfg(feature = "dpop")]
             dpop: Default::default(),
         });
-        let (addr, task) = serve(state.clone(), |state, request| {
-            Box::pin(route(state, request))
-        })
+        let (addr, task) = serve(
+            state.clone(),
+            |state, request| Box::pin(route(state, request)),
+            self.tls,
+        )
         .await?;
         *lock(&state.addr) = Some(addr);
         Ok(AuthServer { addr, state, task })

@@ -66,6 +66,7 @@ pub(super) fn api_verdict(
     api: &DpopServer,
     headers: &HeaderMap,
     method: &str,
+    url_scheme: &str,
     uri: &http::Uri,
     key_ok: bool,
 ) -> Option<Result<(), DpopRefusal>> {
@@ -79,13 +80,13 @@ pub(super) fn api_verdict(
         return None;
     }
     // As a server behind its own name would: the authority the client addressed (HTTP/2
-    // `:authority`, else `Host`), on plain http.
+    // `:authority`, else `Host`), with the scheme of the connection.
     let authority = uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
-    let htu = format!("http://{authority}{}", uri.path());
+    let htu = format!("{url_scheme}://{authority}{}", uri.path());
     let refused = match api.check(headers, method, &htu, Some(token)) {
         Ok(Some(jkt)) if bound.as_deref() == Some(jkt.as_str()) => None,
         Ok(Some(_)) => Some(("invalid_token", "the token is not bound to the proof's key")),

@@ -58,8 +58,12 @@
 //!   scripts, counters, issued tokens, rotation and DPoP data), [`MetadataLocation`] and
 //!   [`TokenRequestSeen`];
 //! * `behaviour`: [`Behavior`], the scripted answers;
-//! * `listener` and `response`: the loopback accept loop both servers use, and their JSON
-//!   answers.
+//! * `tls` (feature `mtls`): `ServerTls`, TLS with optional client certificates for both
+//!   servers: the token endpoint authenticates `tls_client_auth` clients and binds tokens to
+//!   the certificate (`cnf.x5t#S256`, RFC 8705 §3), the API refuses a certificate-bound token
+//!   from a connection without that certificate;
+//! * `listener` and `response`: the loopback accept loop both servers use (plain or TLS; it
+//!   tells the endpoints the client certificate of the connection), and their JSON answers.
 
 mod api_server;
 mod auth_server;
@@ -72,6 +76,8 @@ mod response;
 mod rotation;
 mod router;
 mod state;
+#[cfg(feature = "mtls")]
+mod tls;
 mod token_endpoint;
 mod token_request;
 
@@ -80,6 +86,8 @@ pub use self::auth_server::{AuthServer, AuthServerBuilder};
 pub use self::behaviour::Behavior;
 pub use self::in_process::InProcessClient;
 pub use self::state::{MetadataLocation, TokenRequestSeen};
+#[cfg(feature = "mtls")]
+pub use self::tls::ServerTls;
 
 use std::sync::{Mutex, MutexGuard};
 

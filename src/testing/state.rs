@@ -49,6 +49,10 @@ pub(super) struct Client {
     pub(super) method: Option<ClientAuthMethod>,
     /// The scopes it may request; `None`: any.
     pub(super) scopes: Option<Vec<String>>,
+    /// For a `tls_client_auth` client: the thumbprints of the certificates it authenticates
+    /// with (this server's stand-in for RFC 8705 §2.1's registered subject; more than one
+    /// during a certificate rotation, or for replicas holding certificates of their own).
+    pub(super) certificates: Vec<String>,
     /// The public key (PEM) its `private_key_jwt` assertions are verified with; `None`: that
     /// method is refused.
     #[cfg_attr(not(feature = "jwt-client-auth"), allow(dead_code))]
@@ -101,6 +105,10 @@ pub(super) struct State {
     pub(super) rotation: Mutex<Rotation>,
     /// Known once the listener is bound; the issuer URL and the tokens name it.
     pub(super) addr: Mutex<Option<SocketAddr>>,
+    /// Whether the server speaks TLS (its URLs are `https`).
+    pub(super) https: bool,
+    /// Access token → the `x5t#S256` of the client certificate it is bound to (RFC 8705 §3).
+    pub(super) certificate_bound: Mutex<HashMap<String, String>>,
     #[cfg(feature = "dpop")]
     pub(super) dpop: AuthDpop,
 }
@@ -109,7 +117,13 @@ impl State {
     /// The issuer URL, from the bound address.
     pub(super) fn issuer_url(&self) -> String {
         let addr = lock(&self.addr).map(|a| a.to_string()).unwrap_or_default();
-        format!("http://{addr}{}", self.issuer_path)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{addr}{}", self.issuer_path)
+    }
+
+    /// The thumbprint of the client certificate `token` is bound to, if it is.
+    pub(super) fn certificate_bound_to(&self, token: &str) -> Option<String> {
+        lock(&self.certificate_bound).get(token).cloned()
     }
 
     /// Whether this server issued `token` and it has not expired.
@@ -125,6 +139,7 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("secret", &"[redacted]")
             .field("method", &self.method)
+            .field("certificates", &self.certificates)
             .finish()
     }
 }

@@ -11,6 +11,7 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body::Body;
 
 use super::behaviour::{misbehave, Behavior};
+use super::listener::Connection;
 use super::lock;
 use super::response::{json, oauth_error, Reply};
 use super::state::{Client, State};
@@ -56,8 +57,9 @@ impl State {
         }
         #[cfg(feature = "dpop")]
         let headers = request.headers().clone();
+        let certificate = Connection::certificate_of(&request);
         let request = TokenRequest::read(request).await?;
-        let authentication = request.client_authentication()?;
+        let authentication = request.client_authentication(certificate.clone())?;
         *lock(&self.last_request) = Some(request.seen(authentication.method));
         if let Some(response) = misbehave(behavior.as_ref(), &request.credentials()).await {
             return Ok(response);
@@ -89,7 +91,10 @@ impl State {
             &scope,
             &audiences,
             behavior,
-            dpop_jkt.as_deref(),
+            Binding {
+                dpop_jkt: dpop_jkt.as_deref(),
+                certificate: certificate.as_deref(),
+            },
         ))
     }
 
@@ -112,6 +117,7 @@ impl State {
         let authenticated = match credential {
             Credential::Secret(secret) => self.secret_accepted(client_id, client, secret),
             Credential::Assertion(jwt) => self.verify_assertion(jwt, client_id, client, *method),
+            Credential::Certificate(thumbprint) => client.certificates.contains(thumbprint),
         };
         if !authenticated || client.method.is_some_and(|m| m != *method) {
             return Err(failed());
@@ -177,18 +183,19 @@ impl State {
     }
 
     /// The successful answer: a new token for `client_id` and `scope`, with the `expires_in`
-    /// that `behavior` may override; bound to the DPoP key `dpop_jkt` when there is one.
+    /// that `behavior` may override; bound as `binding` says.
     fn issue_response(
         &self,
         client_id: &str,
         scope: &str,
         audiences: &[String],
         behavior: Option<Behavior>,
-        dpop_jkt: Option<&str>,
+        binding: Binding<'_>,
     ) -> Reply {
         let lifetime = *lock(&self.lifetime);
         let now = SystemTime::now();
-        let token = self.issue(client_id, scope, audiences, now, lifetime, dpop_jkt);
+        let dpop_jkt = binding.dpop_jkt;
+        let token = self.issue(client_id, scope, audiences, now, lifetime, binding);
         let expires_in = match behavior {
             Some(Behavior::ExpiresIn(value)) => value,
             _ => serde_json::json!(lifetime.as_secs()),
@@ -211,8 +218,8 @@ impl State {
     }
 
     /// Mints a JWT-shaped token (Okta's claims, `aud` the audiences and resources asked for, a
-    /// random signature nobody checks) and records it as valid until `now + lifetime`; with
-    /// `dpop_jkt`, bound to that key (`cnf.jkt`).
+    /// random signature nobody checks) and records it as valid until `now + lifetime`; bound
+    /// to the DPoP key (`cnf.jkt`) and the client certificate (`cnf.x5t#S256`) of `binding`.
     fn issue(
         &self,
         client_id: &str,
@@ -220,8 +227,12 @@ impl State {
         audiences: &[String],
         now: SystemTime,
         lifetime: Duration,
-        dpop_jkt: Option<&str>,
+        binding: Binding<'_>,
     ) -> String {
+        let Binding {
+            dpop_jkt,
+            certificate,
+        } = binding;
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = engine.encode(r#"{"alg":"RS256","typ":"JWT","kid":"test"}"#);
@@ -240,18 +251,34 @@ impl State {
             several => claims["aud"] = serde_json::json!(several),
         }
         if let Some(jkt) = dpop_jkt {
-            claims["cnf"] = serde_json::json!({ "jkt": jkt });
+            claims["cnf"]["jkt"] = serde_json::json!(jkt);
+        }
+        if let Some(thumbprint) = certificate {
+            claims["cnf"]["x5t#S256"] = serde_json::json!(thumbprint);
         }
         let payload = engine.encode(claims.to_string());
         let signature = engine.encode((0..32).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
         let token = format!("{header}.{payload}.{signature}");
         lock(&self.issued).insert(token.clone(), now + lifetime);
+        if let Some(thumbprint) = certificate {
+            // RFC 8705 §3: a token requested over mutual TLS is bound to that certificate,
+            // whatever the client authentication (`certificate_bound_access_tokens`).
+            lock(&self.certificate_bound).insert(token.clone(), thumbprint.to_string());
+        }
         #[cfg(feature = "dpop")]
         if let Some(jkt) = dpop_jkt {
             self.bind_dpop(&token, jkt.to_string());
         }
         token
     }
+}
+
+/// What an issued token is bound to: the DPoP proof's key and the client certificate of the
+/// token request's connection.
+#[derive(Clone, Copy, Default)]
+struct Binding<'a> {
+    dpop_jkt: Option<&'a str>,
+    certificate: Option<&'a str>,
 }
 
 /// Every space-separated scope in `scope` must be one `client` may request.

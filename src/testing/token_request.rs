@@ -56,6 +56,9 @@ pub(super) enum Credential {
     Secret(String),
     /// A JWT client assertion (RFC 7523).
     Assertion(String),
+    /// `tls_client_auth` (RFC 8705 §2.1): the thumbprint of the certificate the TLS handshake
+    /// presented, no secret in the request.
+    Certificate(String),
 }
 
 impl TokenRequest {
@@ -107,8 +110,13 @@ impl TokenRequest {
             .map(|(_, v)| v.clone())
     }
 
-    /// Client authentication (RFC 6749 §2.3.1, RFC 7523 §2.2): exactly one method.
-    pub(super) fn client_authentication(&self) -> Step<ClientAuthentication> {
+    /// Client authentication (RFC 6749 §2.3.1, RFC 7523 §2.2): exactly one method. A request
+    /// with none of them, a `client_id` and a client certificate on its connection
+    /// (`certificate`, its thumbprint) authenticates with `tls_client_auth` (RFC 8705 §2).
+    pub(super) fn client_authentication(
+        &self,
+        certificate: Option<String>,
+    ) -> Step<ClientAuthentication> {
         let basic = self.authorization.as_deref().and_then(basic_credentials);
         let post = self
             .field("client_secret")
@@ -128,11 +136,18 @@ impl TokenRequest {
             (Some(basic), None, None) => Ok(secret(ClientAuthMethod::ClientSecretBasic, basic)),
             (None, Some(post), None) => Ok(secret(ClientAuthMethod::ClientSecretPost, post)),
             (None, None, Some(assertion)) => self.assertion_authentication(assertion),
-            (None, None, None) => Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "no client authentication",
-            )),
+            (None, None, None) => match (self.field("client_id"), certificate) {
+                (Some(client_id), Some(thumbprint)) => Ok(ClientAuthentication {
+                    method: ClientAuthMethod::TlsClientAuth,
+                    client_id,
+                    credential: Credential::Certificate(thumbprint),
+                }),
+                _ => Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "no client authentication",
+                )),
+            },
         }
     }
 
