@@ -59,6 +59,7 @@ macro_rules! cases_on {
 }
 
 cases_on!("redis", redis, StoreKind::Redis);
+cases_on!("postgres", postgres, StoreKind::Postgres);
 
 #[cfg(feature = "redis")]
 mod redis_cluster {

@@ -65,15 +65,19 @@ use crate::error::BoxError;
 use crate::source::BoxFuture;
 
 mod coordinator;
-#[cfg(feature = "redis")] // its only user so far; a store of your own encrypts as it likes
+#[cfg(any(feature = "redis", feature = "postgres"))] // the built-in stores encrypt with it
 mod crypto;
 pub(crate) mod key;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub(crate) use self::coordinator::{Coordinator, FleetBackoff};
 pub use self::key::{StoreKey, StoreKeyBuilder};
+#[cfg(feature = "postgres")]
+pub use self::postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 

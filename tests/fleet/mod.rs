@@ -121,7 +121,7 @@ fn with_store(
             }
             cache.store(store)
         }
-        #[cfg(any())] // PostgresStore: next commit
+        #[cfg(feature = "postgres")]
         "postgres" => {
             use tower_client_credentials::store::PostgresStore;
             let mut store = PostgresStore::new(&url)
