@@ -31,7 +31,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::crypto::Cipher;
 use super::{
-    Record, Slot, StoreKey, Stored, TokenStore, DEFAULT_LEASE_TTL, DEFAULT_OPERATION_TIMEOUT,
+    LeaseAttempt, Record, Slot, StoreKey, Stored, TokenStore, DEFAULT_LEASE_TTL,
+    DEFAULT_OPERATION_TIMEOUT,
 };
 use crate::error::{BoxError, Error};
 use crate::source::BoxFuture;
@@ -365,10 +366,7 @@ impl PostgresStore {
     /// The stored form of a payload: sealed when a key is set.
     fn seal(&self, key: &StoreKey, slot: Slot, record: &Record) -> Option<Vec<u8>> {
         match &self.inner.cipher {
-            Some(cipher) => cipher.seal(
-                &associated(key, slot, record.fingerprint()),
-                record.payload(),
-            ),
+            Some(cipher) => cipher.seal_record(key, slot, record),
             None => Some(record.payload().to_vec()),
         }
     }
@@ -388,7 +386,7 @@ impl PostgresStore {
             return Ok(None);
         };
         let payload = match &self.inner.cipher {
-            Some(cipher) => match cipher.open(&associated(key, slot, &fingerprint), &payload) {
+            Some(cipher) => match cipher.open_record(key, slot, &fingerprint, &payload) {
                 Some(plain) => plain,
                 None => {
                     tracing::debug!(
@@ -401,8 +399,8 @@ impl PostgresStore {
             None => payload,
         };
         // The database's clock measured the age: a replica's wall clock plays no part.
-        let _age = Duration::from_millis(age_ms.unwrap_or(0).max(0).unsigned_abs());
-        Ok(Some(Record::new(fingerprint, payload)))
+        let age = Duration::from_millis(age_ms.unwrap_or(0).max(0).unsigned_abs());
+        Ok(Some(Record::new(fingerprint, payload).with_age(age)))
     }
 
     /// Both entries from a row whose columns are [`ENTRY_COLUMNS`], starting at `first`.
@@ -422,7 +420,7 @@ impl PostgresStore {
         key: &StoreKey,
         owner: &str,
         ttl: Duration,
-    ) -> Result<(bool, Stored), BoxError> {
+    ) -> Result<LeaseAttempt, BoxError> {
         self.start_listener();
         self.inner.listener.read(key.as_str());
         let mut connection = self.connection().await?;
@@ -451,7 +449,10 @@ impl PostgresStore {
             .await
             .map_err(|e| self.failed(e))?;
         let acquired: bool = row.try_get(0).map_err(|e| self.failed(e))?;
-        Ok((acquired, self.stored(key, Some(&row), 1)?))
+        Ok(LeaseAttempt::new(
+            acquired,
+            self.stored(key, Some(&row), 1)?,
+        ))
     }
 
     /// Starts the task that `LISTEN`s for the fleet's changes, once.
@@ -509,12 +510,6 @@ fn create_sql(table: &str) -> String {
            failure_saved_at timestamptz, failure_expires_at timestamptz, \
            lease_owner text, lease_expires_at timestamptz)"
     )
-}
-
-/// What the AEAD binds a sealed payload to: the store key, the entry and its fingerprint, so
-/// that a value copied to another row or entry, or given another fingerprint, does not open.
-fn associated(key: &StoreKey, slot: Slot, fingerprint: &str) -> Vec<u8> {
-    format!("{}:{}:{fingerprint}", key.as_str(), slot_name(slot)).into_bytes()
 }
 
 fn slot_name(slot: Slot) -> &'static str {
@@ -631,8 +626,8 @@ impl TokenStore for PostgresStore {
         key: &'a StoreKey,
         owner: &'a str,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BoxError>> {
-        Box::pin(async move { Ok(self.attempt_lease(key, owner, ttl).await?.0) })
+    ) -> BoxFuture<'a, Result<LeaseAttempt, BoxError>> {
+        Box::pin(self.attempt_lease(key, owner, ttl))
     }
 
     fn renew_lease<'a>(
@@ -690,6 +685,21 @@ impl TokenStore for PostgresStore {
                 )
                 .await
                 .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    /// Waits for a `NOTIFY` about `key` (a token or failure written, the lease released, by any
+    /// process) heard since `key` was last read by this store, or `timeout`. Changes are heard
+    /// on a connection of its own that `LISTEN`s (opened on first use, reopened after a
+    /// failure); while it is not listening, this polls (returns within 50 ms).
+    fn changed<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move {
+            self.wait_changed(key, timeout).await;
             Ok(())
         })
     }
