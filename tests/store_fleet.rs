@@ -42,7 +42,17 @@ macro_rules! cases_on {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_store_stopped_mid_run_fails_no_request_and_sharing_resumes_after_restart()
             {
-                store_stopped_mid_run($kind).await;
+                outage($kind, Outage::Stopped).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_stalled_store_fails_no_request_and_sharing_resumes() {
+                outage($kind, Outage::Stalled).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn replicas_with_skewed_wall_clocks_share_one_token() {
+                skewed_clocks($kind).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +219,16 @@ async fn lease_holder_killed(kind: StoreKind) {
     );
 }
 
-async fn store_stopped_mid_run(kind: StoreKind) {
+/// How the store fails mid-run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// The server stops (its connections close) and later starts again.
+    Stopped,
+    /// The server stalls (SIGSTOP: connections open, nothing answers) and later resumes.
+    Stalled,
+}
+
+async fn outage(kind: StoreKind, outage: Outage) {
     let mut store = StoreServer::start(kind);
     let auth = AuthServer::builder()
         .token_lifetime(Duration::from_secs(2))
@@ -218,13 +237,23 @@ async fn store_stopped_mid_run(kind: StoreKind) {
         .unwrap();
     let mut v = vars(&auth, Some(&store), "steady");
     v.push(("TCC_MILLIS", "9000".to_string()));
+    if outage == Outage::Stalled {
+        // A stall is felt only through the time limit: the default's order of magnitude.
+        v.push(("TCC_OP_TIMEOUT_MS", "300".to_string()));
+    }
     let replicas: Vec<_> = (0..3).map(|_| Replica::start(&v)).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    store.stop();
+    match outage {
+        Outage::Stopped => store.stop(),
+        Outage::Stalled => store.pause(),
+    }
     let before_outage = auth.token_requests();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during_outage = auth.token_requests() - before_outage;
-    store.restart();
+    match outage {
+        Outage::Stopped => store.restart(),
+        Outage::Stalled => store.resume(),
+    }
     // Sharing resumes: a token is stored again (after the restart: PostgreSQL kept the rows
     // of before the outage, so wait for one written since), and a new process makes at most
     // the one refresh for everyone.
@@ -260,7 +289,7 @@ async fn store_stopped_mid_run(kind: StoreKind) {
         total.failed += outcome.failed;
     }
     println!(
-        "{kind:?}: 3 processes, the store down for 3 s: {} requests, {} failed; {during_outage} \
+        "{kind:?}: 3 processes, the store {outage:?} for 3 s: {} requests, {} failed; {during_outage} \
          token requests during the outage, {late_requests} for a process started after the \
          restart",
         total.ok + total.failed,
@@ -348,4 +377,38 @@ async fn encrypted_at_rest(kind: StoreKind) {
             .iter()
             .all(|e| !e.name.contains(AuthServer::CLIENT_ID)));
     }
+}
+
+/// Stored times are the store's, never a replica's wall clock: a replica whose clock is two
+/// hours behind writes a token the others use, and one two hours ahead reads it, so the fleet
+/// still makes one token request. (With wall-clock expiry times in the record, the first
+/// replica's one-hour token would have expired an hour ago by everyone else's clock: each of
+/// them would make a token request of its own.)
+async fn skewed_clocks(kind: StoreKind) {
+    let store = StoreServer::start(kind);
+    let auth = AuthServer::start().await.unwrap();
+    auth.set_default_behavior(Some(Behavior::Delay(Duration::from_millis(200))));
+    let v = vars(&auth, Some(&store), "burst");
+    let (behind, _) = Replica::start_skewed(&v, Some("-2h")).finish().await;
+    assert_eq!(behind, Outcome { ok: 50, failed: 0 });
+    assert_eq!(auth.token_requests(), 1);
+    let on_time = fleet(K, v.clone()).await;
+    let (ahead, _) = Replica::start_skewed(&v, Some("+2h")).finish().await;
+    assert_eq!(
+        on_time,
+        Outcome {
+            ok: K * 50,
+            failed: 0
+        }
+    );
+    assert_eq!(ahead, Outcome { ok: 50, failed: 0 });
+    println!(
+        "{kind:?}: one replica 2 h behind, {K} on time, one 2 h ahead: {} token request(s)",
+        auth.token_requests()
+    );
+    assert_eq!(
+        auth.token_requests(),
+        1,
+        "every replica used the stored token"
+    );
 }

@@ -451,6 +451,36 @@ impl StoreServer {
         }
     }
 
+    /// Stalls the server(s) (SIGSTOP to every server process): connections stay open, the
+    /// kernel still accepts new ones, nothing answers. [`resume`](Self::resume) undoes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets stalled server(s) answer again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let mut pids = Vec::new();
+        match &self.servers {
+            Servers::Redis(nodes) => pids.extend(nodes.iter().filter_map(RedisServer::pid)),
+            Servers::Postgres(server) => {
+                if let Some(pid) = server.pid() {
+                    // The postmaster and its backends (one process per connection).
+                    pids.push(pid);
+                    pids.extend(children(pid));
+                }
+            }
+        }
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
     /// Every live entry in the store.
     pub async fn entries(&self) -> Vec<Entry> {
         match &self.servers {
@@ -545,6 +575,10 @@ impl RedisServer {
             let _ = process.kill();
             let _ = process.wait();
         }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
     }
 
     /// One command, its first reply line (`None`: no answer).
@@ -683,6 +717,28 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The processes whose parent is `pid` (from /proc).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // `pid (comm) state ppid ...`: the command may hold spaces, so split after `)`.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
 /// `nobody`'s ids: PostgreSQL's user when the tests run as root (as CI does).
 const NOBODY: u32 = 65534;
 
@@ -787,6 +843,10 @@ impl PostgresServer {
             assert!(Instant::now() < deadline, "postgres did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
     }
 
     /// Immediate shutdown (SIGQUIT): the server ends every connection and exits at once, as a
