@@ -35,7 +35,6 @@ use tower_client_credentials::testing::AuthServer;
 use tower_client_credentials::{ClientAuthMethod, ClientCredentials, TokenCache};
 
 // The PostgreSQL server of the fleet tests (initdb, start, stop; as `nobody` under root).
-#[allow(dead_code, unreachable_pub, missing_docs)]
 #[path = "../tests/fleet/mod.rs"]
 mod fleet;
 

@@ -1,5 +1,6 @@
 //! A second cache level shared by processes: one token, one token request per expiry and one
-//! backoff for a whole fleet of replicas (cargo feature `store`; [`RedisStore`] with `redis`).
+//! backoff for a whole fleet of replicas (cargo feature `store`; [`RedisStore`] with `redis`,
+//! [`PostgresStore`] with `postgres`).
 //!
 //! The in-process [`TokenCache`](crate::TokenCache) stays the first level: the per-request hot
 //! path never touches the store, and neither does a request while a valid token is cached. Only

@@ -844,8 +844,8 @@ async fn connect(
 // ---------------------------------------------------------------------------------------------
 // Waiters: LISTEN/NOTIFY.
 
-/// What the listening connection has heard: a count of notifications per store key, and the
-/// count each key had when it was last read.
+/// What the listening connection has heard: a count of notifications per store key, and for
+/// each key read, the count and the connection (epoch) at the time of the read.
 #[derive(Default)]
 struct Listener {
     state: Mutex<ListenState>,
@@ -856,8 +856,11 @@ struct Listener {
 #[derive(Default)]
 struct ListenState {
     listening: bool,
+    /// Counts the listening connections made: a read made before the current one may have
+    /// missed a change while none was listening.
+    epoch: u64,
     heard: HashMap<String, u64>,
-    read_at: HashMap<String, u64>,
+    read_at: HashMap<String, (u64, u64)>,
 }
 
 impl Listener {
@@ -865,17 +868,23 @@ impl Listener {
     fn read(&self, key: &str) {
         let mut state = lock(&self.state);
         let heard = state.heard.get(key).copied().unwrap_or(0);
-        state.read_at.insert(key.to_owned(), heard);
+        let epoch = state.epoch;
+        state.read_at.insert(key.to_owned(), (epoch, heard));
     }
 
-    /// Whether `key` changed since it was last read; `None` while not listening.
+    /// Whether `key` may have changed since it was last read; `None` while not listening.
     fn changed_since_read(&self, key: &str) -> Option<bool> {
         let state = lock(&self.state);
         if !state.listening {
             return None;
         }
         let heard = state.heard.get(key).copied().unwrap_or(0);
-        Some(state.read_at.get(key).is_some_and(|read| heard != *read))
+        Some(
+            state
+                .read_at
+                .get(key)
+                .is_none_or(|read| *read != (state.epoch, heard)),
+        )
     }
 
     fn heard(&self, key: &str) {
@@ -888,11 +897,12 @@ impl Listener {
     fn set_listening(&self, listening: bool) {
         let mut state = lock(&self.state);
         state.listening = listening;
-        if !listening {
-            // Changes are no longer heard: every waiter polls from now on.
-            state.read_at.clear();
+        if listening {
+            state.epoch += 1;
         }
         drop(state);
+        // Waiters re-check: polling while not listening, and after a reconnection anything
+        // may have changed.
         self.notify.notify_waiters();
     }
 }
@@ -905,41 +915,27 @@ async fn listen_forever(
     limit: Duration,
     listen: String,
 ) {
+    let limit = limit.max(Duration::from_secs(1));
     loop {
-        let connected = tokio::time::timeout(
-            limit.max(Duration::from_secs(1)),
-            config.connect(tls.clone()),
-        )
-        .await;
-        if let Ok(Ok((client, mut connection))) = connected {
-            let (sender, mut heard) = tokio::sync::mpsc::unbounded_channel();
-            // Drives the socket, passing notifications on.
-            let driver = tokio::spawn(async move {
-                while let Some(message) =
+        if let Ok(Ok((client, mut connection))) =
+            tokio::time::timeout(limit, config.connect(tls.clone())).await
+        {
+            // Drives the socket (the LISTEN below needs it), counting notifications.
+            let heard = listener.clone();
+            let mut driver = tokio::spawn(async move {
+                while let Some(Ok(message)) =
                     std::future::poll_fn(|cx| connection.poll_message(cx)).await
                 {
-                    match message {
-                        Ok(AsyncMessage::Notification(n)) => {
-                            if sender.send(n.payload().to_owned()).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => return,
+                    if let AsyncMessage::Notification(n) = message {
+                        heard.heard(n.payload());
                     }
                 }
             });
-            if tokio::time::timeout(
-                limit.max(Duration::from_secs(1)),
-                client.batch_execute(&listen),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok())
-            {
+            let listening = tokio::time::timeout(limit, client.batch_execute(&listen)).await;
+            if matches!(listening, Ok(Ok(()))) {
                 listener.set_listening(true);
-                while let Some(key) = heard.recv().await {
-                    listener.heard(&key);
-                }
+                // Until the connection ends (the server went away, or it was cut).
+                let _ = (&mut driver).await;
                 listener.set_listening(false);
             }
             driver.abort();

@@ -72,7 +72,8 @@ pub fn replica_main() {
     // no password).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            env("TCC_LOG").unwrap_or_else(|| "warn".to_string()),
+            // The store's own warnings, not every refused refresh.
+            env("TCC_LOG").unwrap_or_else(|| "tower_client_credentials::store=warn".to_string()),
         ))
         .with_writer(std::io::stderr)
         .try_init();
