@@ -268,3 +268,30 @@ async fn the_pool_is_bounded() {
     let open = backends().await;
     assert!((1..=3).contains(&open), "{open} connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_connections_fails_the_operation_with_its_cause() {
+    let server = PostgresServer::start();
+    store(&server).load(&key("setup")).await.unwrap(); // creates the table
+    sql(
+        &server,
+        "CREATE ROLE limited LOGIN PASSWORD 'limited-pass-3a9' CONNECTION LIMIT 0; \
+         GRANT SELECT, INSERT, UPDATE ON tcc_token_store TO limited",
+    )
+    .await;
+    let url = server.url().replace(
+        &format!("tcc:{}", PostgresServer::PASSWORD),
+        "limited:limited-pass-3a9",
+    );
+    let limited = PostgresStore::new(&url)
+        .unwrap()
+        .operation_timeout(Duration::from_secs(5));
+    let started = Instant::now();
+    let error = limited.load(&key("a")).await.unwrap_err().to_string();
+    assert!(
+        error.contains("53300"),
+        "too many connections is named: {error}"
+    );
+    assert!(!error.contains("limited-pass-3a9"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -449,9 +449,9 @@ impl PostgresStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<LeaseAttempt, BoxError> {
-        self.start_listener();
         self.inner.listener.read(key.as_str());
         let mut connection = self.connection().await?;
+        self.start_listener();
         let table = &self.inner.table.quoted;
         let sql = format!(
             "INSERT INTO {table} AS s (store_key, lease_owner, lease_expires_at) \
@@ -556,9 +556,10 @@ fn millis(duration: Duration) -> i64 {
 impl TokenStore for PostgresStore {
     fn load<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Stored, BoxError>> {
         Box::pin(async move {
-            self.start_listener();
             self.inner.listener.read(key.as_str());
             let mut connection = self.connection().await?;
+            // After the first connection is made, so that the two logins do not compete.
+            self.start_listener();
             let sql = format!(
                 "SELECT {ENTRY_COLUMNS} FROM {} AS s WHERE s.store_key = $1",
                 self.inner.table.quoted
