@@ -295,3 +295,61 @@ async fn out_of_connections_fails_the_operation_with_its_cause() {
     assert!(!error.contains("limited-pass-3a9"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A connection whose operation was cut short by the time limit may sit on a stalled socket: it
+/// is closed, and the next operation gets a new one (a pool that took it back would hand it
+/// out again, behind the stalled exchange).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_short_by_the_time_limit_is_not_reused() {
+    let server = fleet::StoreServer::start(fleet::StoreKind::Postgres);
+    let store = PostgresStore::new(&server.url())
+        .unwrap()
+        .max_connections(1);
+    let k = key("stall");
+    store.load(&k).await.unwrap();
+    // The pool's backend: the store's connection whose last statement is not the LISTEN.
+    let pool_backends = || async {
+        let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(connection);
+        let rows = client
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE application_name = 'tower-client-credentials' \
+                   AND query NOT LIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
+    };
+    let before = pool_backends().await;
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    server.pause();
+    let stalled = tokio::time::timeout(Duration::from_millis(300), store.load(&k)).await;
+    server.resume();
+    assert!(
+        stalled.is_err(),
+        "the stalled operation ran into the time limit"
+    );
+
+    let started = Instant::now();
+    store.load(&k).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The old backend saw its client go; give it a moment to exit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = pool_backends().await;
+    while after.contains(&before[0]) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = pool_backends().await;
+    }
+    assert!(
+        !after.contains(&before[0]),
+        "reused: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.len(), 1, "{after:?}");
+}

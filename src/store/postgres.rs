@@ -822,8 +822,9 @@ impl Pooled<'_> {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<Row>, tokio_postgres::Error> {
+        // Not reusable unless the exchange completes (even with an error from the database).
+        self.finished = false;
         let rows = self.client().query_typed(sql, params).await;
-        // The exchange completed (even with an error from the database): reusable.
         self.finished = true;
         Ok(rows?.pop())
     }
@@ -833,6 +834,7 @@ impl Pooled<'_> {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Row, tokio_postgres::Error> {
+        self.finished = false;
         let row = self.client().query_typed_one(sql, params).await;
         self.finished = true;
         row
