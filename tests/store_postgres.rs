@@ -353,3 +353,25 @@ async fn a_connection_cut_short_by_the_time_limit_is_not_reused() {
     );
     assert_eq!(after.len(), 1, "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_while_the_fleet_runs_is_created_again() {
+    let server = PostgresServer::start();
+    let store = store(&server);
+    let k = key("dropped");
+    let ttl = Duration::from_secs(60);
+    store
+        .save(&k, Slot::Token, Record::new("fp", b"t".to_vec()), ttl)
+        .await
+        .unwrap();
+    sql(&server, "DROP TABLE tcc_token_store").await;
+    let error = store.load(&k).await.unwrap_err().to_string();
+    assert!(error.contains("42P01"), "{error}");
+    // The next operation creates it again (this one's fallback already happened).
+    assert!(store.load(&k).await.unwrap().token.is_none());
+    store
+        .save(&k, Slot::Token, Record::new("fp", b"t".to_vec()), ttl)
+        .await
+        .unwrap();
+    assert!(store.load(&k).await.unwrap().token.is_some());
+}

@@ -21,10 +21,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OnceCell, Semaphore};
+use tokio::sync::{Notify, Semaphore};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, Config, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -129,7 +131,9 @@ struct Inner {
     tls: MakeRustlsConnect,
     table: Table,
     create_table: bool,
-    table_ready: OnceCell<()>,
+    /// Whether the table was seen (or created); cleared when a statement finds it missing
+    /// (dropped while the fleet runs), so that it is created again.
+    table_ready: AtomicBool,
     cipher: Option<Cipher>,
     lease_ttl: Duration,
     operation_timeout: Duration,
@@ -213,7 +217,7 @@ impl PostgresStore {
                 tls: MakeRustlsConnect::new(tls_config),
                 table: Table::parse(DEFAULT_TABLE).expect("the default table name is valid"),
                 create_table: true,
-                table_ready: OnceCell::new(),
+                table_ready: AtomicBool::new(false),
                 cipher: None,
                 lease_ttl: DEFAULT_LEASE_TTL,
                 operation_timeout: DEFAULT_OPERATION_TIMEOUT,
@@ -294,8 +298,8 @@ impl PostgresStore {
         self.configure(|inner| inner.tls = MakeRustlsConnect::new(config))
     }
 
-    /// Encrypts stored tokens and failures with AES-256-GCM under `key`, with the store key and
-    /// entry as associated data. Every process of the fleet needs the same key; a value that
+    /// Encrypts stored tokens and failures with AES-256-GCM under `key`, with the store key, the
+    /// entry and its fingerprint as associated data. Every process of the fleet needs the same key; a value that
     /// does not decrypt (another key, tampered, moved to another row, written unencrypted) is
     /// ignored, as if absent.
     pub fn encryption_key(self, key: [u8; 32]) -> Self {
@@ -325,7 +329,7 @@ impl PostgresStore {
                 tls: inner.tls.clone(),
                 table: inner.table.clone(),
                 create_table: inner.create_table,
-                table_ready: OnceCell::new(),
+                table_ready: AtomicBool::new(false),
                 cipher: inner.cipher.clone(),
                 lease_ttl: inner.lease_ttl,
                 operation_timeout: inner.operation_timeout,
@@ -341,11 +345,12 @@ impl PostgresStore {
     /// A pooled connection, the table checked (and created) once.
     async fn connection(&self) -> Result<Pooled<'_>, BoxError> {
         let mut connection = self.inner.pool.get(&self.inner).await?;
-        self.inner
-            .table_ready
-            .get_or_try_init(|| self.ensure_table(&connection.client))
-            .await?;
-        // Either way the statements completed; the caller's statement decides.
+        if !self.inner.table_ready.load(Ordering::Acquire) {
+            // Concurrent first uses may each check: creating is idempotent and serialised.
+            self.ensure_table(&connection.client).await?;
+            self.inner.table_ready.store(true, Ordering::Release);
+        }
+        // Reusable so far; each statement marks it unfinished while it runs.
         connection.finished = true;
         Ok(connection)
     }
@@ -388,6 +393,9 @@ impl PostgresStore {
     }
 
     fn failed(&self, error: tokio_postgres::Error) -> BoxError {
+        if error.code() == Some(&SqlState::UNDEFINED_TABLE) {
+            self.inner.table_ready.store(false, Ordering::Release);
+        }
         describe(&self.inner.shown, &error).into()
     }
 
