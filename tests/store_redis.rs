@@ -181,4 +181,38 @@ mod store_operations {
         replica(capped).token().await.unwrap();
         assert_eq!(auth.token_requests(), 2);
     }
+
+    /// A Redis user whose ACL allows no channel: writes still work (their announcements are
+    /// best effort), and waiters poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_channel_permission_writes_work_and_waiters_poll() {
+        let redis = RedisServer::start();
+        let created = redis.command(&[
+            "ACL",
+            "SETUSER",
+            "limited",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ]);
+        assert_eq!(created.as_deref(), Some("+OK"));
+        let url = redis.url().replace("redis://", "redis://limited:pw@");
+        let store = RedisStore::new(&url).unwrap();
+        let key = StoreKey::builder("https://idp.example/token", "acl").build();
+        let record = Record::new("fp", b"payload".to_vec());
+        store
+            .save(&key, Slot::Token, record, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(store.load(&key).await.unwrap().token.is_some());
+        let started = Instant::now();
+        store
+            .changed(&key, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(290));
+        assert!(store.remove_if(&key, Slot::Token, "fp").await.unwrap());
+    }
 }
