@@ -130,17 +130,23 @@ async fn run_replica() {
                 match client.request(request).await {
                     Ok(response) if response.status() == 200 => true,
                     Ok(response) => {
-                        eprintln!("replica {}: the API answered {}", std::process::id(), response.status());
+                        if failed < 3 {
+eprintln!("replica {}: the API answered {}", std::process::id(), response.status());
+}
                         false
                     }
                     Err(e) => {
-                        eprintln!("replica {}: the API did not answer: {e}", std::process::id());
+                        if failed < 3 {
+eprintln!("replica {}: the API did not answer: {e}", std::process::id());
+}
                         false
                     }
                 }
             }
             Err(e) => {
-                eprintln!("replica {}: no token: {e}", std::process::id());
+                if failed < 3 {
+eprintln!("replica {}: no token: {e}", std::process::id());
+}
                 false
             }
         };
@@ -148,6 +154,9 @@ async fn run_replica() {
             ok += 1;
         } else {
             failed += 1;
+            if failed == 3 {
+                eprintln!("replica {}: (further failures counted, not shown)", std::process::id());
+            }
         }
         if last_report.elapsed() >= Duration::from_millis(100) {
             last_report = Instant::now();
@@ -721,7 +730,8 @@ async fn connections_reset_mid_command() {
     cutter.await.unwrap();
     let (alone, _) = baseline.await.unwrap();
     let resets = proxy.control.reset_done.load(Ordering::SeqCst);
-    assert!(resets >= 10, "only {resets} connections were reset");
+    // Redis sees commands only around refresh points (every ~1.5 s): not every cut finds one.
+    assert!(resets >= 3, "only {resets} connections were reset");
     // A command cut mid-way fails that operation: its replica fetches alone, once at most.
     Report {
         case: "a connection reset mid-command every 500 ms",
