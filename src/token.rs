@@ -39,6 +39,10 @@ pub struct Token {
     lifetime: Option<Duration>,
     scope: Option<String>,
     extra: serde_json::Map<String, serde_json::Value>,
+    /// RFC 7638 thumbprint (`jkt`) of the DPoP key the token was requested with.
+    dpop_thumbprint: Option<String>,
+    /// `x5t#S256` of the client certificate the token was requested over.
+    certificate_thumbprint: Option<String>,
 }
 
 impl Token {
@@ -82,6 +86,8 @@ impl Token {
             lifetime,
             scope: None,
             extra: serde_json::Map::new(),
+            dpop_thumbprint: None,
+            certificate_thumbprint: None,
         })
     }
 
@@ -101,6 +107,53 @@ impl Token {
     pub(crate) fn with_extra(mut self, extra: serde_json::Map<String, serde_json::Value>) -> Self {
         self.extra = extra;
         self
+    }
+
+    /// Records the DPoP key the token was requested with (its RFC 7638 thumbprint).
+    #[cfg_attr(not(any(feature = "dpop", feature = "store")), allow(dead_code))]
+    pub(crate) fn with_dpop_thumbprint(mut self, thumbprint: String) -> Self {
+        self.dpop_thumbprint = Some(thumbprint);
+        self
+    }
+
+    /// Records the client certificate the token was requested over (its `x5t#S256`).
+    #[cfg_attr(not(any(feature = "dpop", feature = "store")), allow(dead_code))]
+    pub(crate) fn with_certificate_thumbprint(mut self, thumbprint: String) -> Self {
+        self.certificate_thumbprint = Some(thumbprint);
+        self
+    }
+
+    /// The RFC 7638 JWK SHA-256 thumbprint (base64url) of the DPoP key this token was requested
+    /// with: the `jkt` a DPoP-bound token's `cnf` claim names. `None` for a token fetched without
+    /// a DPoP key (or made by hand with [`Token::bearer`] / [`Token::dpop`]).
+    ///
+    /// A token read from a shared store is only used by a cache whose source has the same key
+    /// (replicas that load one PEM share one token).
+    ///
+    /// ```
+    /// use tower_client_credentials::Token;
+    ///
+    /// let token = Token::dpop("abc", None)?;
+    /// assert_eq!(token.dpop_thumbprint(), None);
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
+    pub fn dpop_thumbprint(&self) -> Option<&str> {
+        self.dpop_thumbprint.as_deref()
+    }
+
+    /// The `x5t#S256` (base64url SHA-256 of the DER) of the client certificate this token was
+    /// requested over (RFC 8705 §3.1): what a certificate-bound token's `cnf` claim names.
+    /// `None` when no certificate of the crate's own presented it.
+    ///
+    /// ```
+    /// use tower_client_credentials::Token;
+    ///
+    /// let token = Token::bearer("abc", None)?;
+    /// assert_eq!(token.certificate_thumbprint(), None);
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
+    pub fn certificate_thumbprint(&self) -> Option<&str> {
+        self.certificate_thumbprint.as_deref()
     }
 
     /// The access token itself. Handle with care: never log it.
@@ -292,6 +345,8 @@ impl fmt::Debug for Token {
             .field("lifetime", &self.lifetime)
             .field("remaining_lifetime", &self.remaining_lifetime())
             .field("scope", &self.scope)
+            .field("dpop_thumbprint", &self.dpop_thumbprint)
+            .field("certificate_thumbprint", &self.certificate_thumbprint)
             .finish()
     }
 }

@@ -383,6 +383,20 @@ pub(super) fn rejected_client_auth(error: &Error) -> bool {
 }
 
 impl Authentication {
+    /// The `x5t#S256` of the certificate the crate's own client presents, which a
+    /// certificate-bound token is bound to; `None` without one (no certificate, or one the
+    /// caller's HTTP client presents, which the crate cannot see).
+    pub(super) fn certificate_thumbprint(&self) -> Option<String> {
+        match self {
+            #[cfg(feature = "mtls")]
+            Authentication::Certificate {
+                presented_by: CertificateHolder::Identity(identity),
+                ..
+            } => Some(identity.thumbprint()),
+            _ => None,
+        }
+    }
+
     /// What presents the client certificate, for `Debug`.
     pub(super) fn certificate_holder(&self) -> Option<&CertificateHolder> {
         match self {

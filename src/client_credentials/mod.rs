@@ -168,7 +168,21 @@ impl ClientCredentials {
                      tokens",
                 ));
             }
-            Ok(token.with_received_at(sent_at))
+            Ok(self.stamp_binding(token.with_received_at(sent_at)))
+        }
+    }
+
+    /// Records what the token may be bound to (RFC 9449 `jkt`, RFC 8705 `x5t#S256`): the
+    /// cache and a shared store then use it only with the same key and certificate.
+    fn stamp_binding(&self, token: Token) -> Token {
+        #[cfg(feature = "dpop")]
+        let token = match &self.inner.dpop {
+            Some(key) => token.with_dpop_thumbprint(key.thumbprint().to_owned()),
+            None => token,
+        };
+        match self.inner.authentication.certificate_thumbprint() {
+            Some(thumbprint) => token.with_certificate_thumbprint(thumbprint),
+            None => token,
         }
     }
 

@@ -157,6 +157,7 @@ impl Coordinator {
             if self
                 .op(self.store.acquire_lease(&self.key, &self.owner, ttl))
                 .await?
+                .acquired
             {
                 // New credentials start a clean count: the failures were the old ones'.
                 break failure

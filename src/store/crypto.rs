@@ -1,11 +1,16 @@
-//! Encryption of stored values at rest: AES-256-GCM (ring), a random 96-bit nonce per value,
-//! and the store key name as associated data, so that a value copied to another credential
-//! set's key does not decrypt.
+//! Encryption of stored values at rest, for every store implementation: AES-256-GCM (ring), a
+//! random 96-bit nonce per value, and as associated data the store key, the slot and the
+//! record's fingerprint. A value copied to another credential set's key or slot does not
+//! decrypt, and neither does an old ciphertext put behind a new fingerprint (the fingerprint
+//! is what compare-and-delete and the "rejected token" check go by: a rejected token must not
+//! come back under the fingerprint of another one).
 
 use std::fmt;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
+
+use super::{Record, Slot, StoreKey};
 
 /// Marks an encrypted value, so that a plain value (written before a key was configured) is
 /// recognised and ignored rather than "decrypted".
@@ -65,6 +70,48 @@ impl Cipher {
     }
 }
 
+impl Cipher {
+    /// Seals `record`'s payload for `key`'s `slot`, bound to its fingerprint.
+    pub(crate) fn seal_record(
+        &self,
+        key: &StoreKey,
+        slot: Slot,
+        record: &Record,
+    ) -> Option<Vec<u8>> {
+        self.seal(
+            &associated_data(key, slot, record.fingerprint()),
+            record.payload(),
+        )
+    }
+
+    /// The plain payload of a value stored for `key`'s `slot` under `fingerprint`, or `None`
+    /// (another key, another slot, another fingerprint, tampered, not encrypted).
+    pub(crate) fn open_record(
+        &self,
+        key: &StoreKey,
+        slot: Slot,
+        fingerprint: &str,
+        sealed: &[u8],
+    ) -> Option<Vec<u8>> {
+        self.open(&associated_data(key, slot, fingerprint), sealed)
+    }
+}
+
+/// `tcc-v2 || key || slot || fingerprint`, each part length-prefixed so that no two differ
+/// only in where one part ends.
+fn associated_data(key: &StoreKey, slot: Slot, fingerprint: &str) -> Vec<u8> {
+    let slot = match slot {
+        Slot::Token => "token",
+        Slot::Failure => "failure",
+    };
+    let mut out = Vec::with_capacity(64 + fingerprint.len());
+    for part in ["tcc-v2", key.as_str(), slot, fingerprint] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part.as_bytes());
+    }
+    out
+}
+
 impl fmt::Debug for Cipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Cipher(AES-256-GCM, [redacted])")
@@ -99,5 +146,31 @@ mod tests {
         assert!(cipher.open(b"key-a", b"{\"plain\":true}").is_none());
         assert!(cipher.open(b"key-a", b"enc1short").is_none());
         assert!(!format!("{cipher:?}").contains('7'));
+    }
+
+    /// Issue 20 defect 8: the fingerprint is inside the AEAD. A ciphertext sealed under one
+    /// fingerprint (an old, rejected token) does not open behind another (a new token's).
+    #[test]
+    fn a_record_opens_only_under_its_own_key_slot_and_fingerprint() {
+        let cipher = Cipher::new([9; 32]);
+        let key = StoreKey::builder("https://idp.example/token", "c").build();
+        let other = StoreKey::builder("https://idp.example/token", "d").build();
+        let record = Record::new("fp-old", b"old token".to_vec());
+        let sealed = cipher.seal_record(&key, Slot::Token, &record).unwrap();
+        assert_eq!(
+            cipher
+                .open_record(&key, Slot::Token, "fp-old", &sealed)
+                .unwrap(),
+            b"old token"
+        );
+        assert!(cipher
+            .open_record(&key, Slot::Token, "fp-new", &sealed)
+            .is_none());
+        assert!(cipher
+            .open_record(&key, Slot::Failure, "fp-old", &sealed)
+            .is_none());
+        assert!(cipher
+            .open_record(&other, Slot::Token, "fp-old", &sealed)
+            .is_none());
     }
 }

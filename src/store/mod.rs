@@ -65,8 +65,9 @@ use crate::error::BoxError;
 use crate::source::BoxFuture;
 
 mod coordinator;
-#[cfg(feature = "redis")] // its only user so far; a store of your own encrypts as it likes
-mod crypto;
+// Shared by the stores of the crate (a store of your own encrypts as it likes).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) mod crypto;
 pub(crate) mod key;
 mod record;
 #[cfg(feature = "redis")]
@@ -96,22 +97,29 @@ pub enum Slot {
     Failure,
 }
 
-/// One stored entry: a fingerprint that identifies it (for compare-and-delete) and an opaque
-/// payload (the serialised token or failure, which a store may encrypt).
+/// One stored entry: a fingerprint that identifies it (for compare-and-delete), an opaque
+/// payload (the serialised token or failure, which a store may encrypt) and, on records a store
+/// returns, its age by the store's own clock.
 ///
 /// # Example
 ///
 /// ```
+/// use std::time::Duration;
 /// use tower_client_credentials::store::Record;
 ///
 /// let record = Record::new("3f2a…", b"{...}".to_vec());
 /// assert_eq!(record.fingerprint(), "3f2a…");
+/// assert_eq!(record.age(), None);
 /// assert!(!format!("{record:?}").contains("{...}"));
+/// // What a store's `load` returns: the same record, saved 1.5 s ago by the store's clock.
+/// let loaded = record.with_age(Duration::from_millis(1500));
+/// assert_eq!(loaded.age(), Some(Duration::from_millis(1500)));
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     fingerprint: String,
     payload: Vec<u8>,
+    age: Option<Duration>,
 }
 
 impl Record {
@@ -121,7 +129,25 @@ impl Record {
         Record {
             fingerprint: fingerprint.into(),
             payload,
+            age: None,
         }
+    }
+
+    /// The record as read back: saved `age` ago, measured by the store's own clock (Redis
+    /// `TIME` at save and at load, a database's `now() - saved_at`), never by a writer's wall
+    /// clock. [`TokenStore::load`] and [`TokenStore::acquire_lease`] set it on every record
+    /// they return; the payload's durations (a token's remaining lifetime, a backoff) count
+    /// from the save, so a reader subtracts this age from them.
+    pub fn with_age(mut self, age: Duration) -> Self {
+        self.age = Some(age);
+        self
+    }
+
+    /// How long ago the store saved this entry, by the store's clock; `None` on a record not
+    /// read from a store. A record read back without an age is treated as saved just now by
+    /// nobody: a token is not adopted from it, a failure not obeyed.
+    pub fn age(&self) -> Option<Duration> {
+        self.age
     }
 
     /// Identifies the entry without revealing it.
@@ -148,6 +174,7 @@ impl fmt::Debug for Record {
                 "payload",
                 &format_args!("[{} bytes, redacted]", self.payload.len()),
             )
+            .field("age", &self.age)
             .finish()
     }
 }
@@ -178,81 +205,125 @@ impl Stored {
     }
 }
 
+/// What an attempt to take the lease found: whether it was taken, and both entries, read in the
+/// same atomic step (so that a token or failure written just before cannot be missed).
+///
+/// The cache uses the entries first: a usable token or a failure still backing off wins, and a
+/// lease taken anyway is released at once.
+///
+/// # Example
+///
+/// ```
+/// use tower_client_credentials::store::{LeaseAttempt, Stored};
+///
+/// let attempt = LeaseAttempt::new(true, Stored::default());
+/// assert!(attempt.acquired && attempt.stored.token.is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseAttempt {
+    /// Whether the lease was taken (it was free).
+    pub acquired: bool,
+    /// Both entries, with their ages, as they were when the lease was (or was not) taken.
+    pub stored: Stored,
+}
+
+impl LeaseAttempt {
+    /// What one attempt found.
+    pub fn new(acquired: bool, stored: Stored) -> Self {
+        LeaseAttempt { acquired, stored }
+    }
+}
+
 /// A store shared by the processes of a fleet: what
 /// [`TokenCacheBuilder::store`](crate::TokenCacheBuilder::store) needs to share one token and
 /// one backoff between them.
 ///
 /// [`RedisStore`] (feature `redis`) is the implementation for Redis. Implement it for another
-/// shared store (a SQL table, etcd, ...): seven small operations on a credential set's
-/// [`StoreKey`], each of which must be atomic. The coordination (read first, lease, wait,
-/// fleet backoff, fallback when the store fails) is the cache's, not the store's.
+/// shared store (a SQL table, etcd, ...): six small operations on a credential set's
+/// [`StoreKey`], each of which must be atomic, and optionally [`changed`](Self::changed) to
+/// wake waiters. The coordination (read first, lease, wait, fleet backoff, fallback when the
+/// store fails) is the cache's, not the store's.
 ///
-/// Entries expire by themselves after the time-to-live given when they are written; a lease
-/// likewise. Errors are logged (once per outage) and make the cache fetch on its own: they must
+/// **Time is the store's.** Replicas' wall clocks disagree, so nothing stored is a wall-clock
+/// instant: records carry durations counted from their save, and every record a store returns
+/// carries its age measured by the store's own clock ([`Record::with_age`]). Entries expire by
+/// themselves after the time-to-live given when they are written; a lease likewise. Errors are logged (once per outage) and make the cache fetch on its own: they must
 /// not contain secrets.
 ///
 /// # Example
 ///
-/// An in-memory store, for one process (a test double):
+/// An in-memory store, for one process (a test double). Its clock is the process's monotonic
+/// clock; entries carry the instant they were saved, from which `load` gives their age:
 ///
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
 /// use std::time::Duration;
 /// use tokio::time::Instant;
-/// use tower_client_credentials::store::{Record, Slot, StoreKey, Stored, TokenStore};
+/// use tower_client_credentials::store::{LeaseAttempt, Record, Slot, StoreKey, Stored, TokenStore};
 /// use tower_client_credentials::{BoxError, BoxFuture};
 ///
+/// /// (key, entry) -> (record, saved at, expires at)
 /// #[derive(Debug, Default)]
-/// struct InMemory(Mutex<HashMap<(String, &'static str), (Record, Instant)>>);
+/// struct InMemory(Mutex<HashMap<(String, &'static str), (Record, Instant, Instant)>>);
 ///
 /// fn slot_name(slot: Slot) -> &'static str {
 ///     if slot == Slot::Token { "token" } else { "failure" }
 /// }
 ///
-/// impl InMemory {
-///     fn get(&self, key: &StoreKey, name: &'static str) -> Option<Record> {
-///         let map = self.0.lock().unwrap();
-///         let (record, until) = map.get(&(key.to_string(), name))?;
-///         (Instant::now() < *until).then(|| record.clone())
-///     }
+/// type Entries = HashMap<(String, &'static str), (Record, Instant, Instant)>;
+///
+/// fn get(map: &Entries, key: &StoreKey, name: &'static str) -> Option<Record> {
+///     let (record, saved, until) = map.get(&(key.to_string(), name))?;
+///     let now = Instant::now();
+///     (now < *until).then(|| record.clone().with_age(now - *saved))
+/// }
+///
+/// fn both(map: &Entries, key: &StoreKey) -> Stored {
+///     Stored::new(get(map, key, "token"), get(map, key, "failure"))
 /// }
 ///
 /// impl TokenStore for InMemory {
 ///     fn load<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Stored, BoxError>> {
-///         Box::pin(async move {
-///             Ok(Stored::new(self.get(key, "token"), self.get(key, "failure")))
-///         })
+///         let stored = both(&self.0.lock().unwrap(), key);
+///         Box::pin(async move { Ok(stored) })
 ///     }
 ///     fn save<'a>(&'a self, key: &'a StoreKey, slot: Slot, record: Record, ttl: Duration)
 ///         -> BoxFuture<'a, Result<(), BoxError>> {
-///         let entry = ((key.to_string(), slot_name(slot)), (record, Instant::now() + ttl));
-///         self.0.lock().unwrap().insert(entry.0, entry.1);
+///         let now = Instant::now();
+///         let id = (key.to_string(), slot_name(slot));
+///         self.0.lock().unwrap().insert(id, (record, now, now + ttl));
 ///         Box::pin(async { Ok(()) })
 ///     }
 ///     fn remove_if<'a>(&'a self, key: &'a StoreKey, slot: Slot, fingerprint: &'a str)
 ///         -> BoxFuture<'a, Result<bool, BoxError>> {
 ///         let mut map = self.0.lock().unwrap();
-///         let id = (key.to_string(), slot_name(slot));
-///         let matches = map.get(&id).is_some_and(|(r, _)| r.fingerprint() == fingerprint);
-///         if matches { map.remove(&id); }
+///         let matches = get(&map, key, slot_name(slot))
+///             .is_some_and(|r| r.fingerprint() == fingerprint);
+///         if matches { map.remove(&(key.to_string(), slot_name(slot))); }
 ///         Box::pin(async move { Ok(matches) })
 ///     }
+///     // One critical section: both entries are read and the lease taken atomically.
 ///     fn acquire_lease<'a>(&'a self, key: &'a StoreKey, owner: &'a str, ttl: Duration)
-///         -> BoxFuture<'a, Result<bool, BoxError>> {
-///         let free = self.get(key, "lease").is_none();
+///         -> BoxFuture<'a, Result<LeaseAttempt, BoxError>> {
+///         let mut map = self.0.lock().unwrap();
+///         let stored = both(&map, key);
+///         let free = get(&map, key, "lease").is_none();
 ///         if free {
-///             let entry = (Record::new(owner, Vec::new()), Instant::now() + ttl);
-///             self.0.lock().unwrap().insert((key.to_string(), "lease"), entry);
+///             let now = Instant::now();
+///             let lease = (Record::new(owner, Vec::new()), now, now + ttl);
+///             map.insert((key.to_string(), "lease"), lease);
 ///         }
-///         Box::pin(async move { Ok(free) })
+///         Box::pin(async move { Ok(LeaseAttempt::new(free, stored)) })
 ///     }
 ///     fn renew_lease<'a>(&'a self, key: &'a StoreKey, owner: &'a str, ttl: Duration)
 ///         -> BoxFuture<'a, Result<bool, BoxError>> {
 ///         let mut map = self.0.lock().unwrap();
+///         let now = Instant::now();
 ///         let held = match map.get_mut(&(key.to_string(), "lease")) {
-///             Some((lease, until)) if lease.fingerprint() == owner && Instant::now() < *until => {
-///                 *until = Instant::now() + ttl;
+///             Some((lease, _, until)) if lease.fingerprint() == owner && now < *until => {
+///                 *until = now + ttl;
 ///                 true
 ///             }
 ///             _ => false,
@@ -263,11 +334,12 @@ impl Stored {
 ///         -> BoxFuture<'a, Result<(), BoxError>> {
 ///         let mut map = self.0.lock().unwrap();
 ///         let id = (key.to_string(), "lease");
-///         if map.get(&id).is_some_and(|(lease, _)| lease.fingerprint() == owner) {
+///         if map.get(&id).is_some_and(|(lease, _, _)| lease.fingerprint() == owner) {
 ///             map.remove(&id);
 ///         }
 ///         Box::pin(async { Ok(()) })
 ///     }
+///     // `changed` keeps its default: waiters poll.
 /// }
 /// ```
 pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
@@ -293,14 +365,17 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
         fingerprint: &'a str,
     ) -> BoxFuture<'a, Result<bool, BoxError>>;
 
-    /// Takes the lease of `key` for `owner` for `ttl` if nobody holds it (`SET NX PX`).
-    /// Returns whether it was taken.
+    /// In one atomic step: reads both entries of `key` (with their ages, as
+    /// [`load`](Self::load)) and takes the lease for `owner` for `ttl` if nobody holds it
+    /// (Redis: one Lua script; SQL: one transaction). Returns whether it was taken, and the
+    /// entries: the cache prefers a usable stored token or a running failure to the lease, so a
+    /// waiter that read just before the holder wrote never fetches a second time.
     fn acquire_lease<'a>(
         &'a self,
         key: &'a StoreKey,
         owner: &'a str,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BoxError>>;
+    ) -> BoxFuture<'a, Result<LeaseAttempt, BoxError>>;
 
     /// Extends the lease to `ttl` from now if `owner` still holds it (compare and set).
     /// Returns whether it did.
@@ -317,6 +392,26 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
         key: &'a StoreKey,
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Resolves when an entry of `key` may have changed (a token or failure written or
+    /// removed, the lease released), or after `timeout`, whichever comes first: how a process
+    /// waiting for another one's token hears of it. A spurious wake-up is harmless (the waiter
+    /// reads again); the cache bounds `timeout` so that changes no one announces (a dead
+    /// holder's lease running out) are still seen.
+    ///
+    /// Default: sleeps `timeout` (polling). [`RedisStore`] subscribes to a per-key channel that
+    /// its writes publish on.
+    fn changed<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        let _ = key;
+        Box::pin(async move {
+            tokio::time::sleep(timeout).await;
+            Ok(())
+        })
+    }
 
     /// How long a lease lasts unless renewed: how long the fleet waits for a holder that died.
     /// Default [`DEFAULT_LEASE_TTL`].
@@ -357,7 +452,7 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
         key: &'a StoreKey,
         owner: &'a str,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+    ) -> BoxFuture<'a, Result<LeaseAttempt, BoxError>> {
         (**self).acquire_lease(key, owner, ttl)
     }
     fn renew_lease<'a>(
@@ -374,6 +469,13 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         (**self).release_lease(key, owner)
+    }
+    fn changed<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).changed(key, timeout)
     }
     fn lease_ttl(&self) -> Duration {
         (**self).lease_ttl()

@@ -1,5 +1,6 @@
 //! [`RedisStore`]: the [`TokenStore`] on Redis or a Redis Cluster (redis-rs).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,20 +14,54 @@ use redis::{
     AsyncConnectionConfig, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
     RedisFuture, Script, ServerErrorKind, Value,
 };
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 use super::crypto::Cipher;
 use super::{
-    Record, Slot, StoreKey, Stored, TokenStore, DEFAULT_LEASE_TTL, DEFAULT_OPERATION_TIMEOUT,
+    LeaseAttempt, Record, Slot, StoreKey, Stored, TokenStore, DEFAULT_LEASE_TTL,
+    DEFAULT_OPERATION_TIMEOUT,
 };
 use crate::error::{BoxError, Error};
 use crate::source::BoxFuture;
 
-/// Compare-and-delete on the fingerprint that starts the value (`<fingerprint>:<payload>`).
+// Values are `<fingerprint>:<saved at, ms by the server's TIME>:<payload>`. The save time is
+// the server's, and so is the "now" every read returns beside the values: a reader computes an
+// entry's age from two readings of one clock, never from a replica's wall clock.
+
+/// Writes an entry stamped with the server's time, and announces it on the key's channel.
+/// KEYS: the entry. ARGV: fingerprint, payload, time-to-live (ms), channel.
+const SAVE: &str = r"
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. now .. ':' .. ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], 'saved')
+return 1";
+
+/// Both entries and the server's time. KEYS: token, failure.
+const LOAD: &str = r"
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), now}";
+
+/// Takes the lease if free and reads both entries, atomically. KEYS: token, failure, lease.
+/// ARGV: owner, time-to-live (ms).
+const ACQUIRE_LEASE: &str = r"
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local taken = 0
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  taken = 1
+end
+return {taken, redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), now}";
+
+/// Compare-and-delete on the fingerprint that starts the value, announced on the key's
+/// channel. ARGV: `<fingerprint>:`, channel.
 const REMOVE_IF: &str = r"
 local value = redis.call('GET', KEYS[1])
 if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], 'removed')
+  return 1
 end
 return 0";
 
@@ -37,9 +72,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// ARGV: owner, channel.
 const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], 'released')
+  return 1
 end
 return 0";
 
@@ -87,11 +125,35 @@ struct Inner {
     cipher: Option<Cipher>,
     lease_ttl: Duration,
     operation_timeout: Duration,
+    scripts: Scripts,
+    /// Wakes this process's waiters when another process writes (see `TokenStore::changed`).
+    notifier: Notifier,
+    /// For `Debug` and errors: host and port only, never a password.
+    shown: String,
+}
+
+/// The Lua scripts (each loaded by hash, sent in full once per server).
+#[derive(Clone)]
+struct Scripts {
+    save: Script,
+    load: Script,
+    acquire_lease: Script,
     remove_if: Script,
     renew_lease: Script,
     release_lease: Script,
-    /// For `Debug` and errors: host and port only, never a password.
-    shown: String,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            save: Script::new(SAVE),
+            load: Script::new(LOAD),
+            acquire_lease: Script::new(ACQUIRE_LEASE),
+            remove_if: Script::new(REMOVE_IF),
+            renew_lease: Script::new(RENEW_LEASE),
+            release_lease: Script::new(RELEASE_LEASE),
+        }
+    }
 }
 
 // One per store, inside its `Arc`: the variants' sizes do not matter.
@@ -352,9 +414,8 @@ impl RedisStore {
                 cipher: None,
                 lease_ttl: DEFAULT_LEASE_TTL,
                 operation_timeout: DEFAULT_OPERATION_TIMEOUT,
-                remove_if: Script::new(REMOVE_IF),
-                renew_lease: Script::new(RENEW_LEASE),
-                release_lease: Script::new(RELEASE_LEASE),
+                scripts: Scripts::new(),
+                notifier: Notifier::default(),
                 shown,
             }),
         }
@@ -398,9 +459,8 @@ impl RedisStore {
                     cipher: self.inner.cipher.clone(),
                     lease_ttl: self.inner.lease_ttl,
                     operation_timeout: self.inner.operation_timeout,
-                    remove_if: Script::new(REMOVE_IF),
-                    renew_lease: Script::new(RENEW_LEASE),
-                    release_lease: Script::new(RELEASE_LEASE),
+                    scripts: self.inner.scripts.clone(),
+                    notifier: Notifier::default(),
                     shown: self.inner.shown.clone(),
                 };
                 change(&mut copy);
@@ -456,38 +516,51 @@ impl RedisStore {
         format!("tcc:{{{}}}:{slot}", key.as_str())
     }
 
-    fn value(&self, name: &str, record: Record) -> Option<Vec<u8>> {
-        let mut value = Vec::with_capacity(record.fingerprint().len() + 1 + record.payload().len());
-        value.extend_from_slice(record.fingerprint().as_bytes());
-        value.push(b':');
-        match &self.inner.cipher {
-            Some(cipher) => {
-                value.extend_from_slice(&cipher.seal(name.as_bytes(), record.payload())?)
-            }
-            None => value.extend_from_slice(record.payload()),
-        }
-        Some(value)
+    /// The pub/sub channel on which every write of `key`'s entries is announced.
+    fn channel(&self, key: &StoreKey) -> String {
+        self.name(key, "changed")
     }
 
-    fn record(&self, name: &str, value: Option<Vec<u8>>) -> Option<Record> {
+    /// The payload as stored: sealed for `key`'s `slot` and the record's fingerprint when a
+    /// key is configured. `None` only if the system's random source fails.
+    fn seal(&self, key: &StoreKey, slot: Slot, record: &Record) -> Option<Vec<u8>> {
+        match &self.inner.cipher {
+            Some(cipher) => cipher.seal_record(key, slot, record),
+            None => Some(record.payload().to_vec()),
+        }
+    }
+
+    /// The record in a stored value (`<fingerprint>:<saved ms>:<payload>`), aged by the
+    /// server's `now_ms`; `None` for anything else (a value an older version wrote, one that
+    /// does not decrypt with the configured key, or under its fingerprint).
+    fn record(
+        &self,
+        key: &StoreKey,
+        slot: Slot,
+        value: Option<Vec<u8>>,
+        now_ms: u64,
+    ) -> Option<Record> {
         let value = value?;
-        let split = value.iter().position(|b| *b == b':')?;
-        let fingerprint = std::str::from_utf8(&value[..split]).ok()?.to_owned();
-        let payload = &value[split + 1..];
+        let mut parts = value.splitn(3, |b| *b == b':');
+        let (fingerprint, saved, payload) = (parts.next()?, parts.next()?, parts.next()?);
+        let fingerprint = std::str::from_utf8(fingerprint).ok()?.to_owned();
+        let saved: u64 = std::str::from_utf8(saved).ok()?.parse().ok()?;
         let payload = match &self.inner.cipher {
-            Some(cipher) => match cipher.open(name.as_bytes(), payload) {
+            Some(cipher) => match cipher.open_record(key, slot, &fingerprint, payload) {
                 Some(plain) => plain,
                 None => {
                     tracing::debug!(
-                        key = name,
-                        "ignoring a stored value that does not decrypt with the configured key"
+                        slot = slot_name(slot),
+                        "ignoring a stored value that does not decrypt with the configured key \
+                         under its fingerprint"
                     );
                     return None;
                 }
             },
             None => payload.to_vec(),
         };
-        Some(Record::new(fingerprint, payload))
+        let age = Duration::from_millis(now_ms.saturating_sub(saved));
+        Some(Record::new(fingerprint, payload).with_age(age))
     }
 }
 
@@ -498,21 +571,29 @@ fn slot_name(slot: Slot) -> &'static str {
     }
 }
 
+fn parse_now(now: &str) -> Result<u64, BoxError> {
+    now.parse().map_err(|_| {
+        "Redis answered a script with an unexpected time; is it Redis 5 or later?".into()
+    })
+}
+
 impl TokenStore for RedisStore {
     fn load<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Stored, BoxError>> {
         Box::pin(async move {
             let mut connection = self.connection().await?;
-            let (token, failure) = (self.name(key, "token"), self.name(key, "failure"));
-            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&token)
-                .arg(&failure)
-                .query_async(&mut connection)
+            let (token, failure, now): (Option<Vec<u8>>, Option<Vec<u8>>, String) = self
+                .inner
+                .scripts
+                .load
+                .key(self.name(key, "token"))
+                .key(self.name(key, "failure"))
+                .invoke_async(&mut connection)
                 .await
                 .map_err(|e| self.failed(e))?;
-            let mut values = values.into_iter();
+            let now = parse_now(&now)?;
             Ok(Stored::new(
-                self.record(&token, values.next().flatten()),
-                self.record(&failure, values.next().flatten()),
+                self.record(key, Slot::Token, token, now),
+                self.record(key, Slot::Failure, failure, now),
             ))
         })
     }
@@ -525,19 +606,22 @@ impl TokenStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
-            let name = self.name(key, slot_name(slot));
-            let value = self
-                .value(&name, record)
+            let payload = self
+                .seal(key, slot, &record)
                 .ok_or("the system's random source failed; nothing stored")?;
             let mut connection = self.connection().await?;
-            redis::cmd("SET")
-                .arg(&name)
-                .arg(value)
-                .arg("PX")
+            self.inner
+                .scripts
+                .save
+                .key(self.name(key, slot_name(slot)))
+                .arg(record.fingerprint())
+                .arg(payload)
                 .arg(millis(ttl))
-                .query_async::<()>(&mut connection)
+                .arg(self.channel(key))
+                .invoke_async::<i64>(&mut connection)
                 .await
-                .map_err(|e| self.failed(e))
+                .map_err(|e| self.failed(e))?;
+            Ok(())
         })
     }
 
@@ -551,9 +635,11 @@ impl TokenStore for RedisStore {
             let mut connection = self.connection().await?;
             let removed: i64 = self
                 .inner
+                .scripts
                 .remove_if
                 .key(self.name(key, slot_name(slot)))
                 .arg(format!("{fingerprint}:"))
+                .arg(self.channel(key))
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|e| self.failed(e))?;
@@ -566,19 +652,29 @@ impl TokenStore for RedisStore {
         key: &'a StoreKey,
         owner: &'a str,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+    ) -> BoxFuture<'a, Result<LeaseAttempt, BoxError>> {
         Box::pin(async move {
             let mut connection = self.connection().await?;
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.name(key, "lease"))
-                .arg(owner)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(ttl))
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(set.is_some())
+            let (taken, token, failure, now): (i64, Option<Vec<u8>>, Option<Vec<u8>>, String) =
+                self.inner
+                    .scripts
+                    .acquire_lease
+                    .key(self.name(key, "token"))
+                    .key(self.name(key, "failure"))
+                    .key(self.name(key, "lease"))
+                    .arg(owner)
+                    .arg(millis(ttl))
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+            let now = parse_now(&now)?;
+            Ok(LeaseAttempt::new(
+                taken == 1,
+                Stored::new(
+                    self.record(key, Slot::Token, token, now),
+                    self.record(key, Slot::Failure, failure, now),
+                ),
+            ))
         })
     }
 
@@ -592,6 +688,7 @@ impl TokenStore for RedisStore {
             let mut connection = self.connection().await?;
             let renewed: i64 = self
                 .inner
+                .scripts
                 .renew_lease
                 .key(self.name(key, "lease"))
                 .arg(owner)
@@ -611,12 +708,41 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let mut connection = self.connection().await?;
             self.inner
+                .scripts
                 .release_lease
                 .key(self.name(key, "lease"))
                 .arg(owner)
+                .arg(self.channel(key))
                 .invoke_async::<i64>(&mut connection)
                 .await
                 .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    /// Waits for a message on the key's channel (a save, a compare-and-delete or a release by
+    /// any process), or `timeout`. The subscription is made once per key, on a connection of
+    /// its own (behind Sentinel, on the current master), and kept; while it cannot be made (or
+    /// on a Cluster, whose pub/sub this store does not use), this polls: it sleeps `timeout`.
+    fn changed<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move {
+            let channel = self.channel(key);
+            let notify = self.inner.notifier.waiter(&channel);
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Registered before subscribing: a message that arrives meanwhile is not missed.
+            notified.as_mut().enable();
+            let _ = tokio::time::timeout(timeout, async {
+                if !self.subscribe(&channel).await {
+                    std::future::pending::<()>().await;
+                }
+                notified.await
+            })
+            .await;
             Ok(())
         })
     }
@@ -627,6 +753,125 @@ impl TokenStore for RedisStore {
 
     fn operation_timeout(&self) -> Duration {
         self.inner.operation_timeout
+    }
+}
+
+impl RedisStore {
+    /// Makes sure `channel` is subscribed to; `false` when it cannot be (no pub/sub here, or
+    /// Redis does not answer), in which case the caller polls.
+    async fn subscribe(&self, channel: &str) -> bool {
+        if matches!(self.inner.target, Target::Cluster(_)) {
+            return false;
+        }
+        let limit = self.inner.operation_timeout;
+        let mut subscriber = self.inner.notifier.subscriber.lock().await;
+        if subscriber.as_ref().is_some_and(|s| !s.alive()) {
+            *subscriber = None;
+        }
+        if subscriber.is_none() {
+            let connected = tokio::time::timeout(limit, async {
+                match &self.inner.target {
+                    Target::Single(client) => client.get_async_pubsub().await,
+                    // The master the Sentinels name now; after a failover the old master's
+                    // subscription ends, and the next wait subscribes on the new one.
+                    Target::Sentinel(sentinel) => {
+                        let master = sentinel.client.lock().await.async_get_client().await?;
+                        master.get_async_pubsub().await
+                    }
+                    Target::Cluster(_) => unreachable!("returned above"),
+                }
+            })
+            .await;
+            match connected {
+                Ok(Ok(pubsub)) => {
+                    *subscriber = Some(Subscriber::start(pubsub, &self.inner.notifier.waiters));
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(error = %self.failed(error), "no pub/sub connection; waiting by polling");
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        let Some(subscriber) = subscriber.as_mut() else {
+            return false;
+        };
+        if subscriber.channels.contains(channel) {
+            return true;
+        }
+        match tokio::time::timeout(limit, subscriber.sink.subscribe(channel)).await {
+            Ok(Ok(())) => {
+                subscriber.channels.insert(channel.to_owned());
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One pub/sub connection per store, shared by its waiters, and who waits on which channel.
+#[derive(Default)]
+struct Notifier {
+    subscriber: tokio::sync::Mutex<Option<Subscriber>>,
+    waiters: Arc<std::sync::Mutex<HashMap<String, Arc<Notify>>>>,
+}
+
+impl Notifier {
+    fn waiter(&self, channel: &str) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.entry(channel.to_owned()).or_default().clone()
+    }
+}
+
+/// The subscription connection: its sink (to subscribe to more channels) and the task that
+/// wakes waiters on each message. Dropped with the store; a connection that broke is replaced
+/// at the next wait (its channels subscribed to again).
+struct Subscriber {
+    sink: redis::aio::PubSubSink,
+    channels: HashSet<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    fn start(
+        pubsub: redis::aio::PubSub,
+        waiters: &Arc<std::sync::Mutex<HashMap<String, Arc<Notify>>>>,
+    ) -> Self {
+        let (sink, mut stream) = pubsub.split();
+        let waiters = Arc::downgrade(waiters);
+        let task = tokio::spawn(async move {
+            use futures_core::Stream;
+            while let Some(message) =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await
+            {
+                let Some(waiters) = waiters.upgrade() else {
+                    return;
+                };
+                let notify = waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(message.get_channel_name())
+                    .cloned();
+                if let Some(notify) = notify {
+                    notify.notify_waiters();
+                }
+            }
+        });
+        Subscriber {
+            sink,
+            channels: HashSet::new(),
+            task,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -782,23 +1027,51 @@ mod tests {
         }
     }
 
+    /// Issue 20 defect 8: the fingerprint is inside the AEAD, so an old ciphertext put behind
+    /// a new fingerprint does not decrypt; and ages come from the server's clock.
     #[test]
-    fn values_are_sealed_with_their_key_name() {
+    fn values_are_sealed_with_their_key_slot_and_fingerprint() {
         let store = RedisStore::new("redis://127.0.0.1")
             .unwrap()
             .encryption_key([3; 32]);
-        let value = store
-            .value("tcc:{k}:token", Record::new("fp", b"the token".to_vec()))
+        let key = StoreKey::builder("https://idp.example/token", "c").build();
+        let other = StoreKey::builder("https://idp.example/token", "d").build();
+        let record = Record::new("fp", b"the token".to_vec());
+        let sealed = store.seal(&key, Slot::Token, &record).unwrap();
+        assert!(!sealed.windows(9).any(|w| w == b"the token"));
+        let stored = |fingerprint: &str, saved: u64, payload: &[u8]| {
+            let mut value = format!("{fingerprint}:{saved}:").into_bytes();
+            value.extend_from_slice(payload);
+            Some(value)
+        };
+        let back = store
+            .record(&key, Slot::Token, stored("fp", 1_000, &sealed), 3_500)
             .unwrap();
-        assert!(value.starts_with(b"fp:"));
-        assert!(!value.windows(9).any(|w| w == b"the token"));
-        let back = store.record("tcc:{k}:token", Some(value.clone())).unwrap();
         assert_eq!(back.payload(), b"the token");
-        assert!(store.record("tcc:{other}:token", Some(value)).is_none());
+        assert_eq!(back.fingerprint(), "fp");
+        assert_eq!(back.age(), Some(Duration::from_millis(2_500)));
+        for (k, slot, fingerprint) in [
+            (&other, Slot::Token, "fp"),
+            (&key, Slot::Failure, "fp"),
+            (&key, Slot::Token, "fp2"),
+        ] {
+            assert!(store
+                .record(k, slot, stored(fingerprint, 1_000, &sealed), 3_500)
+                .is_none());
+        }
         let plain = RedisStore::new("redis://127.0.0.1").unwrap();
-        let unsealed = plain
-            .value("tcc:{k}:token", Record::new("fp", b"x".to_vec()))
+        let unsealed = plain.seal(&key, Slot::Token, &record).unwrap();
+        assert!(store
+            .record(&key, Slot::Token, stored("fp", 1, &unsealed), 2)
+            .is_none());
+        // A value written by an older version (`<fingerprint>:<payload>`) is ignored.
+        assert!(plain
+            .record(&key, Slot::Token, Some(b"fp:{\"v\":1}".to_vec()), 2)
+            .is_none());
+        // A save time ahead of "now" (a failover to a server whose clock is behind) is age 0.
+        let young = plain
+            .record(&key, Slot::Token, stored("fp", 9_000, b"x"), 2)
             .unwrap();
-        assert!(store.record("tcc:{k}:token", Some(unsealed)).is_none());
+        assert_eq!(young.age(), Some(Duration::ZERO));
     }
 }

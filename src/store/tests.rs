@@ -114,14 +114,18 @@ impl TokenStore for Arc<Memory> {
         key: &'a StoreKey,
         owner: &'a str,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+    ) -> BoxFuture<'a, Result<LeaseAttempt, BoxError>> {
         let name = Memory::name(key, "lease");
+        let stored = Stored::new(
+            self.get(&Memory::name(key, "token")),
+            self.get(&Memory::name(key, "failure")),
+        );
         let free = self.get(&name).is_none();
         if free {
             lock_unpoisoned(&self.entries)
                 .insert(name, (Record::new(owner, Vec::new()), Instant::now() + ttl));
         }
-        self.answer(move || free)
+        self.answer(move || LeaseAttempt::new(free, stored))
     }
 
     fn renew_lease<'a>(
