@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
@@ -399,7 +401,11 @@ impl RedisStore {
                 e.category()
             ))
         })?;
-        let shown = sentinels.iter().map(|u| shown(u)).collect::<Vec<_>>().join(",");
+        let shown = sentinels
+            .iter()
+            .map(|u| shown(u))
+            .collect::<Vec<_>>()
+            .join(",");
         Ok(Self::with_target(
             Target::Sentinel(sentinel),
             format!("{shown} (Sentinel, master `{master_name}`)"),
@@ -971,7 +977,10 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("servers", &self.inner.shown)
             .field("cluster", &matches!(self.inner.target, Target::Cluster(_)))
-            .field("sentinel", &matches!(self.inner.target, Target::Sentinel(_)))
+            .field(
+                "sentinel",
+                &matches!(self.inner.target, Target::Sentinel(_)),
+            )
             .field("encrypted", &self.inner.cipher.is_some())
             .field("lease_ttl", &self.inner.lease_ttl)
             .field("operation_timeout", &self.inner.operation_timeout)
@@ -1007,11 +1016,16 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{sentinel:?}");
-        assert!(!shown.contains("hunter2") && shown.contains("tokens"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("tokens"),
+            "{shown}"
+        );
         assert!(RedisStore::sentinel(&[], "tokens").is_err());
         assert!(RedisStore::sentinel(&["redis://10.0.0.1:26379"], "").is_err());
-        assert!(RedisStore::sentinel(&["http://:hunter2@10.0.0.1"], "tokens")
-            .is_err_and(|e| !e.to_string().contains("hunter2")));
+        assert!(
+            RedisStore::sentinel(&["http://:hunter2@10.0.0.1"], "tokens")
+                .is_err_and(|e| !e.to_string().contains("hunter2"))
+        );
     }
 
     #[test]
