@@ -6,6 +6,14 @@ use std::sync::Arc;
 
 use crate::{Error, Token};
 
+// The name of a credential set in a shared store lives here, beside the trait that gives it, and
+// `store` uses it from here: the store sits above the source (cache → store → source), never
+// below it.
+#[cfg(feature = "store")]
+pub(crate) mod store_key;
+#[cfg(feature = "store")]
+use self::store_key::StoreKey;
+
 /// A boxed, `Send` future, the return type of [`TokenSource::fetch_token`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -74,8 +82,23 @@ pub trait TokenSource: Send + Sync + 'static {
     /// }
     /// ```
     #[cfg(feature = "store")]
-    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
+    fn store_key(&self) -> Option<StoreKey> {
         None
+    }
+
+    /// The name of the credential set as the credentials are now: asked before every use of
+    /// the store (once per token the cache needs, not per request), so that a key that depends
+    /// on credentials which change (a rotated secret read from a file) follows them. Tokens and
+    /// failures of old credentials then stay under their old key: a new secret never waits out
+    /// a backoff that the old one caused. `None`: the store is not used this time (the cache
+    /// fetches on its own).
+    ///
+    /// Default: [`store_key`](Self::store_key). [`ClientCredentials`](crate::ClientCredentials)
+    /// reads its secret source here and keys the hash with the secret's current value.
+    #[cfg(feature = "store")]
+    fn current_store_key(&self) -> BoxFuture<'_, Option<StoreKey>> {
+        let key = self.store_key();
+        Box::pin(std::future::ready(key))
     }
 }
 
@@ -89,8 +112,13 @@ impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
     }
 
     #[cfg(feature = "store")]
-    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
+    fn store_key(&self) -> Option<StoreKey> {
         (**self).store_key()
+    }
+
+    #[cfg(feature = "store")]
+    fn current_store_key(&self) -> BoxFuture<'_, Option<StoreKey>> {
+        (**self).current_store_key()
     }
 }
 
@@ -104,7 +132,12 @@ impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
     }
 
     #[cfg(feature = "store")]
-    fn store_key(&self) -> Option<crate::store::key::StoreKey> {
+    fn store_key(&self) -> Option<StoreKey> {
         (**self).store_key()
+    }
+
+    #[cfg(feature = "store")]
+    fn current_store_key(&self) -> BoxFuture<'_, Option<StoreKey>> {
+        (**self).current_store_key()
     }
 }

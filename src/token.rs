@@ -225,50 +225,29 @@ impl Token {
         &self.extra
     }
 
-    /// When the token was issued and when it expires, on the wall clock: how a token is written
-    /// to a store shared with other processes, whose monotonic clocks are unrelated to ours.
+    /// How long this process has held the token (since it was received): with the lifetime,
+    /// how a token is written to a store shared with other processes, whose clocks (wall or
+    /// monotonic) are unrelated to ours.
     #[cfg(feature = "store")]
-    pub(crate) fn wall_clock_times(
-        &self,
-    ) -> (std::time::SystemTime, Option<std::time::SystemTime>) {
-        let age = Instant::now().saturating_duration_since(self.received_at);
-        let now = std::time::SystemTime::now();
-        let issued = now.checked_sub(age).unwrap_or(now);
-        let expires = self.lifetime.and_then(|l| issued.checked_add(l));
-        (issued, expires)
+    pub(crate) fn held_for(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.received_at)
     }
 
-    /// A token read from a store: the inverse of [`wall_clock_times`](Self::wall_clock_times).
-    /// An issue time in the future (another host's clock runs ahead) counts as now; the expiry
-    /// is kept, so a token is never believed to live longer than it was issued for.
+    /// A token read from a store, received `held` ago (the writer's holding time plus the
+    /// record's age by the store's clock). Should this process's monotonic clock not reach back
+    /// that far, the lifetime starts now, shortened by `held`: a token is never believed to
+    /// live longer than it was issued for.
     #[cfg(feature = "store")]
-    pub(crate) fn from_wall_clock(
-        access_token: String,
-        issued: std::time::SystemTime,
-        expires: Option<std::time::SystemTime>,
-    ) -> Result<Self, Error> {
+    pub(crate) fn held_since(mut self, held: Duration) -> Self {
         let now = Instant::now();
-        let age = std::time::SystemTime::now()
-            .duration_since(issued)
-            .unwrap_or_default();
-        let (received_at, age_left) = match now.checked_sub(age) {
-            Some(at) => (at, Duration::ZERO),
-            // This process's monotonic clock does not reach back that far: start the lifetime
-            // now and shorten it by the age instead.
-            None => (now, age),
-        };
-        let lifetime = expires.map(|expires| {
-            crate::time::clamp_to_century(
-                expires
-                    .duration_since(issued)
-                    .unwrap_or_default()
-                    .saturating_sub(age_left),
-            )
-        });
-        let mut token = Token::bearer(access_token, None)?;
-        token.received_at = received_at;
-        token.lifetime = lifetime;
-        Ok(token)
+        match now.checked_sub(held) {
+            Some(at) => self.received_at = at,
+            None => {
+                self.received_at = now;
+                self.lifetime = self.lifetime.map(|l| l.saturating_sub(held));
+            }
+        }
+        self
     }
 
     /// The `exp` claim of the token if it is a JWT, read without verifying anything. Used only to
@@ -425,34 +404,15 @@ mod tests {
     }
 
     #[cfg(feature = "store")]
-    #[tokio::test]
-    async fn wall_clock_round_trip_keeps_issue_and_expiry() {
+    #[tokio::test(start_paused = true)]
+    async fn holding_time_round_trip_keeps_expiry() {
         let token = Token::bearer("abc", Some(Duration::from_secs(300))).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let (issued, expires) = token.wall_clock_times();
-        let back = Token::from_wall_clock("abc".into(), issued, expires).unwrap();
-        let drift = |a: Instant, b: Instant| a.max(b) - a.min(b);
-        assert!(drift(back.received_at(), token.received_at()) < Duration::from_millis(5));
-        assert_eq!(back.lifetime(), Some(Duration::from_secs(300)));
-        // Issued by a host whose clock runs 10 s ahead: counts as issued now, expiry kept.
-        let ahead = std::time::SystemTime::now() + Duration::from_secs(10);
-        let skewed =
-            Token::from_wall_clock("abc".into(), ahead, Some(ahead + Duration::from_secs(60)))
-                .unwrap();
-        assert!(skewed.remaining_lifetime().unwrap() <= Duration::from_secs(60));
-        // Issued long before this process's monotonic clock began: the lifetime is shortened.
-        let old = std::time::SystemTime::now() - Duration::from_secs(10 * 365 * 24 * 3600);
-        let ancient = Token::from_wall_clock(
-            "abc".into(),
-            old,
-            Some(std::time::SystemTime::now() + Duration::from_secs(30)),
-        )
-        .unwrap();
-        let left = ancient.remaining_lifetime().unwrap();
-        assert!(
-            left <= Duration::from_secs(30) && left > Duration::from_secs(28),
-            "{left:?}"
-        );
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(token.held_for(), Duration::from_secs(20));
+        let back = Token::bearer("abc", Some(Duration::from_secs(300)))
+            .unwrap()
+            .held_since(token.held_for() + Duration::from_secs(5));
+        assert_eq!(back.remaining_lifetime(), Some(Duration::from_secs(275)));
     }
 
     #[test]

@@ -236,7 +236,6 @@ impl TokenCacheBuilder {
                 store,
                 key,
                 self.config.refresh_timeout,
-                self.config.default_lifetime,
             ))),
             None => {
                 tracing::warn!(

@@ -239,14 +239,27 @@ impl Shared {
                 &*self.source,
                 current,
                 fleet_backoff,
-                |failures, error| {
-                    let step = if error.is_transient() {
-                        schedule::backoff_delay
+                // The fleet backs off on the cache's own schedules: the transient one counts
+                // every failure, the permanent one only the permanent failures (as `finish`).
+                |count, error| {
+                    if error.is_transient() {
+                        schedule::backoff_delay(
+                            &self.config,
+                            count.failures,
+                            error.retry_after(),
+                            fastrand::f64(),
+                        )
                     } else {
-                        schedule::permanent_backoff_delay
-                    };
-                    step(&self.config, failures, error.retry_after(), fastrand::f64())
+                        schedule::permanent_backoff_delay(
+                            &self.config,
+                            count.permanent,
+                            error.retry_after(),
+                            fastrand::f64(),
+                        )
+                    }
                 },
+                // One lifetime policy: a stored token is judged as `finish` will judge it.
+                |token| schedule::worth_adopting_for(&self.config, token, Instant::now()),
             ));
         }
         let _ = credentials_changed;

@@ -23,13 +23,35 @@ pub(super) fn refresh_and_expiry(
 ) -> (Instant, Instant) {
     let expires_at = received + lifetime;
     let half = lifetime / 2;
-    let margin = config
-        .refresh_margin
-        .unwrap_or_else(|| DEFAULT_MIN_MARGIN.max(lifetime / 10))
-        .min(half);
+    let margin = margin(config, lifetime);
     let jitter = margin.mul_f64(config.refresh_jitter * random);
     let lead = (margin + jitter).min(half.max(margin));
     (expires_at - lead, expires_at)
+}
+
+/// The refresh margin of a token of `lifetime` (already clamped), before jitter: the configured
+/// one, else the larger of 30 s and 10 % of the lifetime, at most half the lifetime.
+fn margin(config: &Config, lifetime: Duration) -> Duration {
+    config
+        .refresh_margin
+        .unwrap_or_else(|| DEFAULT_MIN_MARGIN.max(lifetime / 10))
+        .min(lifetime / 2)
+}
+
+/// The one lifetime policy for a token this cache did not fetch itself (one in a shared store):
+/// how much longer it is worth adopting, judged exactly as the cache will judge it once adopted
+/// (the believed lifetime, with `max_lifetime` and `default_lifetime`, from its receipt) and
+/// ending at its refresh point (before jitter). Zero: not worth adopting. The store's coordinator
+/// uses it to choose between a stored token and the lease, and for how long a token it writes
+/// stays in the store, so a replica never adopts a token its cache then refuses.
+pub(super) fn worth_adopting_for(config: &Config, token: &crate::Token, now: Instant) -> Duration {
+    let lifetime = believed_lifetime(config, token.lifetime());
+    let Some(expires_at) = token.received_at().checked_add(lifetime) else {
+        return Duration::ZERO;
+    };
+    expires_at
+        .saturating_duration_since(now)
+        .saturating_sub(margin(config, lifetime))
 }
 
 /// The lifetime the cache believes: the source's, else the configured default, at most
@@ -126,6 +148,41 @@ mod tests {
         assert_eq!(margin_and_lifetime(&config, 20), (10, 20)); // capped at half
         let century = 100 * 365 * 24 * 3600;
         assert_eq!(margin_and_lifetime(&config, century).1, 365 * 24 * 3600); // a year at most
+    }
+
+    /// Issue 19 defect 2: the store and the cache judge a token by the same rule, `max_lifetime`
+    /// and `default_lifetime` included.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_is_worth_adopting_until_its_refresh_point_under_the_caps() {
+        let token = crate::Token::bearer("t", Some(Duration::from_secs(3600))).unwrap();
+        let config = Config::default();
+        let now = Instant::now();
+        assert_eq!(
+            worth_adopting_for(&config, &token, now),
+            Duration::from_secs(3600 - 360)
+        );
+        let capped = Config {
+            max_lifetime: Duration::from_secs(300),
+            ..Config::default()
+        };
+        assert_eq!(
+            worth_adopting_for(&capped, &token, now),
+            Duration::from_secs(300 - 30)
+        );
+        tokio::time::advance(Duration::from_secs(280)).await;
+        assert_eq!(
+            worth_adopting_for(&capped, &token, Instant::now()),
+            Duration::ZERO
+        );
+        let unknown = crate::Token::bearer("t", None).unwrap();
+        let short_default = Config {
+            default_lifetime: Duration::from_secs(100),
+            ..Config::default()
+        };
+        assert_eq!(
+            worth_adopting_for(&short_default, &unknown, Instant::now()),
+            Duration::from_secs(100 - 30)
+        );
     }
 
     #[test]

@@ -397,6 +397,18 @@ impl Authentication {
         }
     }
 
+    /// Whether the token requests present a certificate the crate cannot see (the caller's
+    /// HTTP client's): its tokens may be bound to it, so they cannot be shared by store key.
+    pub(super) fn certificate_unknown(&self) -> bool {
+        matches!(
+            self,
+            Authentication::Certificate {
+                presented_by: CertificateHolder::CallersHttpClient,
+                ..
+            }
+        )
+    }
+
     /// What presents the client certificate, for `Debug`.
     pub(super) fn certificate_holder(&self) -> Option<&CertificateHolder> {
         match self {

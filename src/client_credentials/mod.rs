@@ -229,20 +229,59 @@ impl TokenSource for ClientCredentials {
     }
 
     /// The credential set: token endpoint (or issuer), client id, configured auth method
-    /// (`negotiated` when none is), scopes and extra parameters, keyed by the client secret
-    /// (with `private_key_jwt` or a certificate: without key material; the client id still
-    /// separates the set).
+    /// (`negotiated` when none is), scopes, extra parameters and the binding (the DPoP key's
+    /// and the client certificate's thumbprints), keyed by the client secret (with
+    /// `private_key_jwt` or a certificate: without key material; the client id still separates
+    /// the set).
     ///
-    /// With a [`SecretSource`] the HMAC is keyed by the source's name (its `Debug`: the
-    /// variable's name, the file's path), never by a value it gives: the key stays the same
-    /// when the secret rotates, so caches that read the old and the new secret of one
-    /// credential set keep sharing its tokens, and no secret, nor anything derived from a
-    /// rotated one, is in it. A fixed `client_secret("..")` keys it, as it never changes.
+    /// With a [`SecretSource`] this is the key before the secret is read (keyed by the
+    /// source's name); the cache uses [`current_store_key`](Self::current_store_key), keyed by
+    /// the secret the source gives now.
+    ///
+    /// `None` (no sharing) for `tls_client_auth` over the caller's HTTP client: the tokens
+    /// may be bound to a certificate the crate cannot see, and replicas with different ones
+    /// must not share them. Give the identity to the builder instead to share.
     #[cfg(feature = "store")]
     fn store_key(&self) -> Option<crate::store::StoreKey> {
+        if self.inner.authentication.certificate_unknown() {
+            return None;
+        }
+        Some(self.store_key_with(None))
+    }
+
+    /// The key keyed by the client secret as the source gives it now: a rotated secret gets a
+    /// new key (so a failure the old secret caused never holds the new one up, and tokens
+    /// are not shared between pods with the old and the new secret during a rotation), and the
+    /// key cannot be guessed without the secret. Nothing derived from the secret but the HMAC
+    /// is kept. A source that cannot be read now: `None` (the fetch reports why).
+    #[cfg(feature = "store")]
+    fn current_store_key(&self) -> BoxFuture<'_, Option<crate::store::StoreKey>> {
+        Box::pin(async move {
+            if self.inner.authentication.certificate_unknown() {
+                return None;
+            }
+            let secret = match self.inner.authentication.secret_source() {
+                Some(source) => match source.secret().await {
+                    Ok(secret) => Some(secret),
+                    Err(error) => {
+                        tracing::debug!(error = %error, "the client secret could not be read for the store key");
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            Some(self.store_key_with(secret.as_ref()))
+        })
+    }
+}
+
+impl ClientCredentials {
+    /// The store key, keyed by `secret` when given, else by what `store_identity` says.
+    #[cfg(feature = "store")]
+    fn store_key_with(&self, secret: Option<&secrecy::SecretString>) -> crate::store::StoreKey {
         use secrecy::ExposeSecret;
         let inner = &self.inner;
-        let (method, secret) = inner.authentication.store_identity();
+        let (method, fixed) = inner.authentication.store_identity();
         let mut key =
             crate::store::StoreKey::builder(inner.endpoint.configured(), &*inner.client_id)
                 .auth_method(method)
@@ -250,10 +289,17 @@ impl TokenSource for ClientCredentials {
         for (name, value) in &inner.params {
             key = key.param(name.as_str(), value.as_str());
         }
-        if let Some(secret) = secret {
+        if let Some(secret) = secret.or(fixed) {
             key = key.secret(secret.expose_secret().as_bytes());
         }
-        Some(key.build())
+        #[cfg(feature = "dpop")]
+        if let Some(dpop) = &inner.dpop {
+            key = key.dpop_thumbprint(dpop.thumbprint());
+        }
+        if let Some(certificate) = inner.authentication.certificate_thumbprint() {
+            key = key.certificate_thumbprint(certificate);
+        }
+        key.build()
     }
 }
 
@@ -299,35 +345,165 @@ mod tests {
         );
     }
 
+    /// Issue 20 defect 4: with a `SecretSource`, the key follows the secret the source gives
+    /// now (a rotated secret gets a new key, so the old secret's failure entry never holds the
+    /// new one up), is the key `client_secret("..")` with that value gives, and cannot be
+    /// derived from the source's name.
     #[cfg(feature = "store")]
-    #[test]
-    fn the_store_key_stays_when_the_secret_rotates_and_never_holds_the_secret() {
+    #[tokio::test]
+    async fn the_store_key_follows_the_secret_a_source_gives_and_never_holds_it() {
         let dir = std::env::temp_dir().join(format!("tcc-store-key-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("client-secret");
         std::fs::write(&path, "old-secret-5d1f").unwrap();
-        let credentials = |path: &std::path::Path| {
+        let builder = || {
             ClientCredentials::builder()
                 .token_endpoint("https://idp.example/oauth2/default/v1/token")
                 .unwrap()
                 .client_id("id")
+        };
+        let credentials = |path: &std::path::Path| {
+            builder()
                 .client_secret_source(crate::client_credentials::FileSecret::new(path))
                 .build()
                 .unwrap()
         };
-        let before = credentials(&path).store_key().unwrap();
+        let fixed = |secret: &str| builder().client_secret(secret).build().unwrap().store_key();
+        let pod = credentials(&path);
+        let before = pod.current_store_key().await.unwrap();
+        assert_eq!(Some(before.clone()), fixed("old-secret-5d1f"));
+        assert_ne!(
+            Some(before.clone()),
+            pod.store_key(),
+            "not keyed by the name"
+        );
         std::fs::write(&path, "new-secret-8a2c").unwrap();
-        let after = credentials(&path).store_key().unwrap();
-        assert_eq!(format!("{before:?}"), format!("{after:?}"));
+        let after = pod.current_store_key().await.unwrap();
+        assert_ne!(before, after);
+        assert_eq!(Some(after.clone()), fixed("new-secret-8a2c"));
+        assert_eq!(
+            credentials(&path).current_store_key().await,
+            Some(after.clone())
+        );
         for shown in [format!("{before:?}"), format!("{after:?}")] {
             assert!(
                 !shown.contains("old-secret") && !shown.contains("new-secret"),
                 "{shown}"
             );
         }
-        // Another credential set (another file) has another key.
-        let other = credentials(&dir.join("other-secret")).store_key().unwrap();
-        assert_ne!(format!("{before:?}"), format!("{other:?}"));
+        // A source that cannot be read: no key, so no sharing this time.
+        assert!(credentials(&dir.join("missing"))
+            .current_store_key()
+            .await
+            .is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 19 defect 1: the store key includes the DPoP key's thumbprint, and every fetched
+    /// token carries it (and its type), so replicas share a bound token only with the same key.
+    #[cfg(all(feature = "store", feature = "dpop"))]
+    #[tokio::test]
+    async fn dpop_bound_tokens_carry_their_binding_and_key_the_store() {
+        use bytes::Bytes;
+        use http_body_util::Full;
+        fn answer(
+            _: http::Request<Full<Bytes>>,
+        ) -> std::future::Ready<Result<http::Response<Full<Bytes>>, std::convert::Infallible>>
+        {
+            let body = br#"{"access_token":"bound-token","token_type":"DPoP","expires_in":300}"#;
+            std::future::ready(Ok(http::Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(body)))
+                .unwrap()))
+        }
+        let with_key = |key: &crate::dpop::DpopKey| {
+            ClientCredentials::builder()
+                .token_endpoint("https://idp.example/token")
+                .unwrap()
+                .client_id("id")
+                .client_secret("secret")
+                .auth_method(ClientAuthMethod::ClientSecretBasic)
+                .dpop(key.clone())
+                .http_client(tower::service_fn(answer))
+                .build()
+                .unwrap()
+        };
+        let (one, two) = (
+            crate::dpop::DpopKey::generate().unwrap(),
+            crate::dpop::DpopKey::generate().unwrap(),
+        );
+        let credentials = with_key(&one);
+        let key = credentials.current_store_key().await.unwrap();
+        assert_eq!(key.dpop_thumbprint(), Some(one.thumbprint()));
+        assert_eq!(Some(key.clone()), with_key(&one).store_key());
+        assert_ne!(Some(key), with_key(&two).store_key());
+        let token = credentials.fetch_token().await.unwrap();
+        assert!(token.is_dpop());
+        assert_eq!(token.dpop_thumbprint(), Some(one.thumbprint()));
+        assert_eq!(token.certificate_thumbprint(), None);
+    }
+
+    /// Issue 19 defect 1, certificates: a certificate the crate cannot see (the caller's HTTP
+    /// client presents it) cannot key the store, so such credentials do not share tokens.
+    #[cfg(feature = "store")]
+    #[tokio::test]
+    async fn a_certificate_the_crate_cannot_see_shares_nothing() {
+        use bytes::Bytes;
+        use http_body_util::Full;
+        fn never(
+            _: http::Request<Full<Bytes>>,
+        ) -> std::future::Ready<Result<http::Response<Full<Bytes>>, std::convert::Infallible>>
+        {
+            std::future::ready(Ok(http::Response::new(Full::new(Bytes::new()))))
+        }
+        let credentials = ClientCredentials::builder()
+            .token_endpoint("https://idp.example/token")
+            .unwrap()
+            .client_id("id")
+            .auth_method(ClientAuthMethod::TlsClientAuth)
+            .http_client(tower::service_fn(never))
+            .build()
+            .unwrap();
+        assert!(credentials.store_key().is_none());
+        assert!(credentials.current_store_key().await.is_none());
+    }
+
+    /// Issue 19 defect 1, certificates: the store key includes the certificate's `x5t#S256`,
+    /// and tokens are stamped with it.
+    #[cfg(all(feature = "store", feature = "mtls"))]
+    #[test]
+    fn certificate_bound_tokens_carry_their_binding_and_key_the_store() {
+        let identity =
+            |cert: &[u8], key: &[u8]| crate::mtls::ClientIdentity::from_pem(cert, key).unwrap();
+        let client = identity(
+            include_bytes!("../../tests/mtls/client.pem"),
+            include_bytes!("../../tests/mtls/client-key.pem"),
+        );
+        let other = identity(
+            include_bytes!("../../tests/mtls/self-signed.pem"),
+            include_bytes!("../../tests/mtls/self-signed-key.pem"),
+        );
+        let with = |identity: &crate::mtls::ClientIdentity| {
+            ClientCredentials::builder()
+                .token_endpoint("https://idp.example/token")
+                .unwrap()
+                .client_id("id")
+                .tls_client_auth(identity.clone())
+                .build()
+                .unwrap()
+        };
+        let credentials = with(&client);
+        let key = credentials.store_key().unwrap();
+        assert_eq!(
+            key.certificate_thumbprint(),
+            Some(client.thumbprint().as_str())
+        );
+        assert_eq!(Some(key.clone()), with(&client).store_key());
+        assert_ne!(Some(key), with(&other).store_key());
+        let token = credentials.stamp_binding(Token::bearer("t", None).unwrap());
+        assert_eq!(
+            token.certificate_thumbprint(),
+            Some(client.thumbprint().as_str())
+        );
     }
 }

@@ -68,15 +68,14 @@ mod coordinator;
 // Shared by the stores of the crate (a store of your own encrypts as it likes).
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) mod crypto;
-pub(crate) mod key;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub(crate) use self::coordinator::{Coordinator, FleetBackoff};
-pub use self::key::{StoreKey, StoreKeyBuilder};
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
+pub use crate::source::store_key::{StoreKey, StoreKeyBuilder};
 
 /// How long a lease lasts unless renewed (see [`TokenStore::lease_ttl`]).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);

@@ -1,22 +1,29 @@
-//! What is written to a store: a token with its wall-clock issue and expiry times, or the
+//! What is written to a store: a token with its binding and its lifetime as durations, or the
 //! failure a fleet backs off from. JSON, versioned.
+//!
+//! No wall-clock instant is written: replicas' wall clocks disagree. A token record says how
+//! long the writer had held the token and how long it lives; a failure record how long the
+//! backoff still ran. The reader adds the record's age, measured by the store's own clock
+//! ([`Record::age`]), and converts to its own monotonic clock.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ring::digest;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
+use super::{Record, StoreKey};
 use crate::error::{Error, ErrorKind, OAuthError};
 use crate::token::Token;
 
-const VERSION: u32 = 1;
+/// 2: durations instead of wall-clock times, the binding and the extra fields.
+const VERSION: u32 = 2;
 
 /// Identifies a token without revealing it: the first 128 bits of its SHA-256, in hex. Access
 /// tokens carry far more than 128 bits of entropy, so this cannot be reversed or guessed.
 pub(crate) fn fingerprint(token: &Token) -> String {
     let hash = digest::digest(&digest::SHA256, token.secret().expose_secret().as_bytes());
-    super::key::hex(&hash.as_ref()[..16])
+    crate::source::store_key::hex(&hash.as_ref()[..16])
 }
 
 /// The fingerprint of failure records: compare-and-delete of the failure slot matches any.
@@ -26,62 +33,101 @@ pub(crate) const FAILURE_FINGERPRINT: &str = "failure";
 struct TokenRecord {
     v: u32,
     access_token: String,
-    issued_at_ms: u64,
-    expires_at_ms: Option<u64>,
+    /// `Bearer` or `DPoP`.
+    token_type: String,
+    /// How long the writer had held the token when it wrote it (its monotonic clock).
+    held_ms: u64,
+    /// The lifetime the server gave (`None`: unknown; each reader applies its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lifetime_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    extra: serde_json::Map<String, serde_json::Value>,
+    /// RFC 7638 thumbprint of the DPoP key the token was requested with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jkt: Option<String>,
+    /// `x5t#S256` of the certificate the token was requested over.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "x5t#S256")]
+    x5t_s256: Option<String>,
 }
 
-fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        .try_into()
-        .unwrap_or(u64::MAX)
-}
-
-fn at_millis(ms: u64) -> Option<SystemTime> {
-    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 pub(crate) fn encode_token(token: &Token) -> Vec<u8> {
-    let (issued, expires) = token.wall_clock_times();
     let record = TokenRecord {
         v: VERSION,
         access_token: token.secret().expose_secret().to_owned(),
-        issued_at_ms: millis(issued),
-        expires_at_ms: expires.map(millis),
+        token_type: token.token_type().to_owned(),
+        held_ms: millis(token.held_for()),
+        lifetime_ms: token.lifetime().map(millis),
         scope: token.scope().map(str::to_owned),
+        extra: token.extra().clone(),
+        jkt: token.dpop_thumbprint().map(str::to_owned),
+        x5t_s256: token.certificate_thumbprint().map(str::to_owned),
     };
     serde_json::to_vec(&record).unwrap_or_default()
 }
 
-/// `None` for anything that is not a token record this version wrote.
-pub(crate) fn decode_token(bytes: &[u8]) -> Option<Token> {
-    let record: TokenRecord = serde_json::from_slice(bytes).ok()?;
-    if record.v != VERSION {
+/// The token in a record a store returned: `None` for anything that is not a token record this
+/// version wrote, for a record without an age (the store did not measure it: its life left is
+/// unknown), and for one whose payload is not the token its fingerprint names (a ciphertext or
+/// payload moved behind another fingerprint: a rejected token must not come back so).
+pub(crate) fn decode_token(record: &Record) -> Option<Token> {
+    let age = record.age()?;
+    let stored: TokenRecord = serde_json::from_slice(record.payload()).ok()?;
+    if stored.v != VERSION {
         return None;
     }
-    let issued = at_millis(record.issued_at_ms)?;
-    let expires = match record.expires_at_ms {
-        Some(ms) => Some(at_millis(ms)?),
-        None => None,
+    let lifetime = stored.lifetime_ms.map(Duration::from_millis);
+    let mut token = if stored.token_type.eq_ignore_ascii_case("DPoP") {
+        Token::dpop(stored.access_token, lifetime).ok()?
+    } else if stored.token_type.eq_ignore_ascii_case("Bearer") {
+        Token::bearer(stored.access_token, lifetime).ok()?
+    } else {
+        return None;
     };
-    let token = Token::from_wall_clock(record.access_token, issued, expires).ok()?;
-    Some(match record.scope {
-        Some(scope) => token.with_scope(scope),
-        None => token,
-    })
+    if fingerprint(&token) != record.fingerprint() {
+        return None;
+    }
+    token = token.held_since(age.saturating_add(Duration::from_millis(stored.held_ms)));
+    if let Some(scope) = stored.scope {
+        token = token.with_scope(scope);
+    }
+    if let Some(jkt) = stored.jkt {
+        token = token.with_dpop_thumbprint(jkt);
+    }
+    if let Some(x5t) = stored.x5t_s256 {
+        token = token.with_certificate_thumbprint(x5t);
+    }
+    Some(token.with_extra(stored.extra))
+}
+
+/// Whether `token` may be used by a holder of `key`'s binding: the same DPoP key and the same
+/// certificate (or none of either), and a DPoP-bound token only with a DPoP key. The key's
+/// digest already separates bindings; this is the check that a token written under the key
+/// (by anyone who can write to the store) really is bound as the key says.
+pub(crate) fn binding_matches(token: &Token, key: &StoreKey) -> bool {
+    token.dpop_thumbprint() == key.dpop_thumbprint()
+        && token.certificate_thumbprint() == key.certificate_thumbprint()
+        && (!token.is_dpop() || token.dpop_thumbprint().is_some())
 }
 
 /// A failed token request, as the fleet sees it.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct FailureRecord {
     v: u32,
-    /// Consecutive failures of the fleet: the backoff grows with it.
+    /// Consecutive failures of the fleet: the transient backoff grows with it.
     pub(crate) failures: u32,
-    /// No process requests a token before this (Unix ms).
-    pub(crate) until_ms: u64,
+    /// The permanent ones among them (`invalid_client`, ...): the permanent backoff grows with
+    /// these only, as a single process's does (transient failures before say nothing about
+    /// how long a configuration error lasts).
+    pub(crate) permanent_failures: u32,
+    /// How long the fleet still backed off when this was written; the reader subtracts the
+    /// record's age.
+    backoff_ms: u64,
     kind: String,
     message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,11 +173,17 @@ fn kind_from_name(name: &str) -> ErrorKind {
 
 impl FailureRecord {
     /// `error`'s message and OAuth2 fields (which never hold a secret: see [`Error`]).
-    pub(crate) fn new(error: &Error, failures: u32, until: SystemTime) -> Self {
+    pub(crate) fn new(
+        error: &Error,
+        failures: u32,
+        permanent_failures: u32,
+        backoff: Duration,
+    ) -> Self {
         FailureRecord {
             v: VERSION,
             failures,
-            until_ms: millis(until),
+            permanent_failures,
+            backoff_ms: millis(backoff),
             kind: kind_name(error.kind()).to_owned(),
             message: error.message().to_owned(),
             status: error.status().map(|s| s.as_u16()),
@@ -147,16 +199,16 @@ impl FailureRecord {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        let record: FailureRecord = serde_json::from_slice(bytes).ok()?;
-        (record.v == VERSION).then_some(record)
-    }
-
-    /// How long the fleet still backs off (zero: no longer).
-    pub(crate) fn remaining(&self) -> Duration {
-        at_millis(self.until_ms)
-            .and_then(|until| until.duration_since(SystemTime::now()).ok())
-            .unwrap_or_default()
+    /// The failure in a record a store returned, with how long its backoff still runs (by the
+    /// store's clock); `None` for anything else, or a record without an age.
+    pub(crate) fn decode(record: &Record) -> Option<(Self, Duration)> {
+        let age = record.age()?;
+        let failure: FailureRecord = serde_json::from_slice(record.payload()).ok()?;
+        if failure.v != VERSION {
+            return None;
+        }
+        let remaining = Duration::from_millis(failure.backoff_ms).saturating_sub(age);
+        Some((failure, remaining))
     }
 
     /// The error this process reports instead of making a token request of its own: the same
@@ -193,45 +245,68 @@ impl FailureRecord {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn token_round_trip() {
-        let token = Token::bearer("tok.en-1", Some(Duration::from_secs(120)))
+    fn stored(token: &Token, age: Duration) -> Record {
+        Record::new(fingerprint(token), encode_token(token)).with_age(age)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_round_trip_keeps_type_binding_scope_extra_and_life() {
+        let mut extra = serde_json::Map::new();
+        extra.insert("issued_token_type".into(), "urn:x".into());
+        let token = Token::dpop("tok.en-1", Some(Duration::from_secs(120)))
             .unwrap()
-            .with_scope("a b");
-        let bytes = encode_token(&token);
-        let back = decode_token(&bytes).unwrap();
+            .with_scope("a b")
+            .with_extra(extra.clone())
+            .with_dpop_thumbprint("jkt-1".into())
+            .with_certificate_thumbprint("x5t-1".into());
+        tokio::time::advance(Duration::from_secs(20)).await;
+        // Read back 30 s after the write, by the store's clock: 50 s of 120 gone.
+        let back = decode_token(&stored(&token, Duration::from_secs(30))).unwrap();
         assert_eq!(back.secret().expose_secret(), "tok.en-1");
+        assert!(back.is_dpop(), "issue 19 defect 1: the token type is kept");
+        assert_eq!(back.dpop_thumbprint(), Some("jkt-1"));
+        assert_eq!(back.certificate_thumbprint(), Some("x5t-1"));
         assert_eq!(back.scope(), Some("a b"));
-        let (a, b) = (
-            back.remaining_lifetime().unwrap(),
-            token.remaining_lifetime().unwrap(),
-        );
-        assert!(
-            a.max(b) - a.min(b) < Duration::from_millis(5),
-            "{a:?} {b:?}"
-        );
-        assert_eq!(fingerprint(&back), fingerprint(&token));
-        assert_eq!(fingerprint(&token).len(), 32);
-        let no_expiry = Token::bearer("x", None).unwrap();
         assert_eq!(
-            decode_token(&encode_token(&no_expiry)).unwrap().lifetime(),
-            None
+            back.extra(),
+            &extra,
+            "issue 20 defect 9: extra fields are kept"
         );
+        assert_eq!(back.lifetime(), Some(Duration::from_secs(120)));
+        assert_eq!(back.remaining_lifetime(), Some(Duration::from_secs(70)));
+        assert_eq!(fingerprint(&back), fingerprint(&token));
+        let no_expiry = Token::bearer("x", None).unwrap();
+        let back = decode_token(&stored(&no_expiry, Duration::ZERO)).unwrap();
+        assert_eq!(back.lifetime(), None);
+        assert!(!back.is_dpop());
     }
 
     #[test]
-    fn garbage_and_other_versions_are_ignored() {
-        assert!(decode_token(b"not json").is_none());
-        assert!(
-            decode_token(br#"{"v":2,"access_token":"a","issued_at_ms":1,"expires_at_ms":2}"#)
-                .is_none()
-        );
-        assert!(decode_token(br#"{"v":1,"access_token":"","issued_at_ms":1}"#).is_none());
-        assert!(FailureRecord::decode(b"{}").is_none());
+    fn garbage_other_versions_unaged_and_misfiled_records_are_ignored() {
+        let token = Token::bearer("tok", Some(Duration::from_secs(60))).unwrap();
+        let aged = |payload: &[u8]| {
+            Record::new(fingerprint(&token), payload.to_vec()).with_age(Duration::ZERO)
+        };
+        assert!(decode_token(&aged(b"not json")).is_none());
+        assert!(decode_token(&aged(
+            br#"{"v":1,"access_token":"tok","issued_at_ms":1,"expires_at_ms":2}"#
+        ))
+        .is_none());
+        // No age: the store did not say how old it is.
+        assert!(decode_token(&Record::new(fingerprint(&token), encode_token(&token))).is_none());
+        // Issue 20 defect 8: a payload behind another token's fingerprint.
+        let other = Token::bearer("other", Some(Duration::from_secs(60))).unwrap();
+        let misfiled =
+            Record::new(fingerprint(&other), encode_token(&token)).with_age(Duration::ZERO);
+        assert!(decode_token(&misfiled).is_none());
+        assert!(FailureRecord::decode(
+            &Record::new("failure", b"{}".to_vec()).with_age(Duration::ZERO)
+        )
+        .is_none());
     }
 
     #[test]
-    fn failure_keeps_kind_oauth_error_and_backoff() {
+    fn failure_keeps_kind_oauth_error_counts_and_backoff_by_the_store_clock() {
         let oauth = OAuthError {
             status: http::StatusCode::UNAUTHORIZED,
             error: "invalid_client".into(),
@@ -243,17 +318,21 @@ mod tests {
             "the token endpoint refused the client",
         )
         .with_oauth(oauth.clone());
-        let until = SystemTime::now() + Duration::from_secs(30);
-        let record = FailureRecord::decode(&FailureRecord::new(&error, 3, until).encode()).unwrap();
-        assert_eq!(record.failures, 3);
-        let remaining = record.remaining();
-        assert!(remaining > Duration::from_secs(29) && remaining <= Duration::from_secs(30));
-        let back = record.to_error(remaining);
+        let encoded = FailureRecord::new(&error, 3, 1, Duration::from_secs(30)).encode();
+        let record = Record::new(FAILURE_FINGERPRINT, encoded).with_age(Duration::from_secs(10));
+        let (failure, remaining) = FailureRecord::decode(&record).unwrap();
+        assert_eq!((failure.failures, failure.permanent_failures), (3, 1));
+        assert_eq!(remaining, Duration::from_secs(20));
+        let back = failure.to_error(remaining);
         assert_eq!(back.kind(), ErrorKind::TokenEndpoint);
         assert_eq!(back.oauth_error(), Some(&oauth));
         assert_eq!(back.retry_after(), Some(remaining));
         assert!(back.to_string().contains("another process"), "{back}");
-        let past = FailureRecord::new(&error, 1, SystemTime::now() - Duration::from_secs(1));
-        assert_eq!(past.remaining(), Duration::ZERO);
+        let old = Record::new(
+            FAILURE_FINGERPRINT,
+            FailureRecord::new(&error, 1, 1, Duration::from_secs(5)).encode(),
+        )
+        .with_age(Duration::from_secs(6));
+        assert_eq!(FailureRecord::decode(&old).unwrap().1, Duration::ZERO);
     }
 }

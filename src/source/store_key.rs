@@ -4,15 +4,18 @@ use std::fmt;
 
 use ring::hmac;
 
-/// Identifies one credential set in a [`TokenStore`](super::TokenStore): two caches share a
+/// Identifies one credential set in a [`TokenStore`](crate::store::TokenStore): two caches share a
 /// stored token only if their keys are equal.
 ///
 /// It is a keyed hash (HMAC-SHA-256, the client secret as the key) of everything that makes the
 /// set: the token endpoint or issuer, the client id, the configured client authentication
-/// method, the scopes (split on spaces, sorted, without duplicates) and the extra request
-/// parameters (sorted). Neither the secret nor any of those parts can be read from it, and a
-/// rotated secret gives a new key (tokens of the old secret are not reused). Two sets that
-/// differ in any part never share a token (the design's rule 11).
+/// method, the scopes (split on spaces, sorted, without duplicates), the extra request
+/// parameters (sorted), and what the tokens are bound to: the DPoP key's and the client
+/// certificate's thumbprints. Neither the secret nor any of those parts can be read from it,
+/// and a rotated secret gives a new key (tokens and failures of the old secret are not
+/// reused). Two sets that differ in any part never share a token (the design's rule 11), and
+/// replicas share a DPoP- or certificate-bound token only when they load the same key or
+/// certificate (rule 14).
 ///
 /// [`ClientCredentials`](crate::ClientCredentials) derives its key itself (see
 /// [`TokenSource::store_key`](crate::TokenSource::store_key)); derive one with
@@ -42,6 +45,10 @@ use ring::hmac;
 pub struct StoreKey {
     /// 32 lowercase hex digits: the first 128 bits of the HMAC.
     digest: String,
+    /// The binding the key was made for (also in the digest): a stored token must carry the
+    /// same to be used.
+    dpop_thumbprint: Option<String>,
+    certificate_thumbprint: Option<String>,
 }
 
 /// Builds a [`StoreKey`]; get one from [`StoreKey::builder`].
@@ -52,6 +59,8 @@ pub struct StoreKeyBuilder {
     scopes: Vec<String>,
     params: Vec<(String, String)>,
     secret: Option<hmac::Key>,
+    dpop_thumbprint: Option<String>,
+    certificate_thumbprint: Option<String>,
 }
 
 impl StoreKey {
@@ -64,12 +73,25 @@ impl StoreKey {
             scopes: Vec::new(),
             params: Vec::new(),
             secret: None,
+            dpop_thumbprint: None,
+            certificate_thumbprint: None,
         }
     }
 
     /// The key as text (hex digits): what a store puts in its key names.
     pub fn as_str(&self) -> &str {
         &self.digest
+    }
+
+    /// The DPoP key thumbprint the key was made for ([`StoreKeyBuilder::dpop_thumbprint`]).
+    pub fn dpop_thumbprint(&self) -> Option<&str> {
+        self.dpop_thumbprint.as_deref()
+    }
+
+    /// The certificate thumbprint the key was made for
+    /// ([`StoreKeyBuilder::certificate_thumbprint`]).
+    pub fn certificate_thumbprint(&self) -> Option<&str> {
+        self.certificate_thumbprint.as_deref()
     }
 }
 
@@ -107,6 +129,31 @@ impl StoreKeyBuilder {
         self
     }
 
+    /// The RFC 7638 thumbprint of the DPoP key the tokens are bound to
+    /// ([`DpopKey::thumbprint`](crate::dpop::DpopKey::thumbprint), feature `dpop`): only
+    /// sources with the same key share them, and a stored token is used only if it carries
+    /// the same ([`Token::dpop_thumbprint`](crate::Token::dpop_thumbprint)).
+    ///
+    /// ```
+    /// use tower_client_credentials::store::StoreKey;
+    ///
+    /// let key = |jkt: &str| StoreKey::builder("https://idp.example/token", "c").dpop_thumbprint(jkt).build();
+    /// assert_ne!(key("jkt-a"), key("jkt-b"));
+    /// assert_eq!(key("jkt-a").dpop_thumbprint(), Some("jkt-a"));
+    /// ```
+    pub fn dpop_thumbprint(mut self, thumbprint: impl Into<String>) -> Self {
+        self.dpop_thumbprint = Some(thumbprint.into());
+        self
+    }
+
+    /// The `x5t#S256` of the client certificate the tokens are bound to (RFC 8705 §3.1;
+    /// [`ClientIdentity::thumbprint`](crate::mtls::ClientIdentity::thumbprint), feature
+    /// `mtls`): only sources presenting the same certificate share them.
+    pub fn certificate_thumbprint(mut self, thumbprint: impl Into<String>) -> Self {
+        self.certificate_thumbprint = Some(thumbprint.into());
+        self
+    }
+
     /// Derives the key.
     pub fn build(mut self) -> StoreKey {
         self.scopes.sort();
@@ -135,9 +182,17 @@ impl StoreKeyBuilder {
             part("param", name);
             part("value", value);
         }
+        if let Some(jkt) = &self.dpop_thumbprint {
+            part("jkt", jkt);
+        }
+        if let Some(x5t) = &self.certificate_thumbprint {
+            part("x5t#S256", x5t);
+        }
         let tag = context.sign();
         StoreKey {
             digest: hex(&tag.as_ref()[..16]),
+            dpop_thumbprint: self.dpop_thumbprint,
+            certificate_thumbprint: self.certificate_thumbprint,
         }
     }
 }
@@ -172,6 +227,8 @@ impl fmt::Debug for StoreKeyBuilder {
             .field("auth_method", &self.auth_method)
             .field("scopes", &self.scopes)
             .field("params", &self.params)
+            .field("dpop_thumbprint", &self.dpop_thumbprint)
+            .field("certificate_thumbprint", &self.certificate_thumbprint)
             .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
             .finish()
     }
@@ -223,6 +280,12 @@ mod tests {
             base().scopes(["c"]).build(),
             base().param("audience", "y").build(),
             base().secret(b"rotated").build(),
+            base().dpop_thumbprint("jkt").build(),
+            base().certificate_thumbprint("x5t").build(),
+            base()
+                .dpop_thumbprint("jkt")
+                .certificate_thumbprint("x5t")
+                .build(),
             // Length prefixes: moving a boundary changes the key.
             StoreKey::builder("https://idp.example/tokenc", "lient")
                 .auth_method("client_secret_basic")
