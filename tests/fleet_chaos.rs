@@ -545,6 +545,8 @@ struct Control {
     /// The next this-many commands that mention a lease key are held this long first.
     slow_lease_commands: AtomicUsize,
     slow_lease_ms: AtomicU64,
+    /// Slowed lease commands forwarded so far.
+    slow_lease_forwarded: AtomicUsize,
 }
 
 impl Proxy {
@@ -623,9 +625,9 @@ async fn relay(mut client: tokio::net::TcpStream, upstream: SocketAddr, control:
             if latency > 0 {
                 tokio::time::sleep(Duration::from_millis(latency)).await;
             }
-            if chunk.windows(6).any(|w| w == b":lease")
-                && Control::take(&control.slow_lease_commands)
-            {
+            let slowed = chunk.windows(6).any(|w| w == b":lease")
+                && Control::take(&control.slow_lease_commands);
+            if slowed {
                 let ms = control.slow_lease_ms.load(Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
@@ -634,6 +636,9 @@ async fn relay(mut client: tokio::net::TcpStream, upstream: SocketAddr, control:
                 .is_err()
             {
                 return;
+            }
+            if slowed {
+                control.slow_lease_forwarded.fetch_add(1, Ordering::SeqCst);
             }
             if Control::take(&control.resets) {
                 // Let the command reach Redis (it may well run), then cut before the reply.
@@ -954,8 +959,13 @@ async fn a_lease_stranded_at_cold_start() {
         .with("TCC_LEASE_MS", 4_000)
         .with("TCC_OP_TIMEOUT_MS", 400);
     let first = Replica::start(&settings.clone().redis(&proxy.url()));
-    // The others start while the stranded lease is (about to be) held.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The others start once the late lease command has reached Redis (400 ms after the first
+    // replica gave up on it): the lease is taken, by a process that fetched alone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.control.slow_lease_forwarded.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the first replica's lease command never came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let others = start(N - 1, &settings.redis(&redis.url()));
     let mut counts = first.finish(false).await;
     counts.add(finish_all(others).await);
