@@ -3,8 +3,8 @@
 #   ratio <bench>/<arm> <median ratio> (quartiles <q1>..<q3>)
 # Usage: benches/summary.sh [chart]     (from the repository root; `chart` also rewrites
 # benches/chart.svg from this run's peers bench, through benches/chart.py)
-# The store comparison needs `redis-server` on the PATH (the bench starts its own on a free
-# loopback port); without it its line says `skipped`.
+# The store comparison needs `redis-server` on the PATH and PostgreSQL's server programs (the
+# bench starts its own servers on free loopback ports); without them its lines say `skipped`.
 set -eu
 cd "$(dirname "$0")/.."
 out=$(mktemp)
@@ -18,10 +18,11 @@ run hot_path
 run contention
 run end_to_end
 run dpop
-if command -v redis-server >/dev/null 2>&1; then
+if command -v redis-server >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     run store
 else
-    echo "ratio store/cold_start_from_redis skipped: no redis-server" >>"$out"
+    echo "ratio store/cold_start_from_redis skipped: no redis-server or PostgreSQL" >>"$out"
+    echo "ratio store/cold_start_from_postgres skipped: no redis-server or PostgreSQL" >>"$out"
 fi
 run peers
 if [ "${1:-}" = chart ]; then

@@ -1,5 +1,6 @@
 //! A second cache level shared by processes: one token, one token request per expiry and one
-//! backoff for a whole fleet of replicas (cargo feature `store`; [`RedisStore`] with `redis`).
+//! backoff for a whole fleet of replicas (cargo feature `store`; [`RedisStore`] with `redis`,
+//! [`PostgresStore`] with `postgres`).
 //!
 //! The in-process [`TokenCache`](crate::TokenCache) stays the first level: the per-request hot
 //! path never touches the store, and neither does a request while a valid token is cached. Only
@@ -66,13 +67,17 @@ use crate::source::BoxFuture;
 
 mod coordinator;
 // Shared by the stores of the crate (a store of your own encrypts as it likes).
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
 pub(crate) mod crypto;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub(crate) use self::coordinator::{Coordinator, FleetBackoff};
+#[cfg(feature = "postgres")]
+pub use self::postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use crate::source::store_key::{StoreKey, StoreKeyBuilder};
