@@ -415,6 +415,16 @@ async fn a_lease_stranded_at_cold_start() {
     let mut vars = with(settings(&auth, &api), "TCC_MILLIS", 2_000);
     vars = with(vars, "TCC_LEASE_MS", 4_000);
     vars = with(vars, "TCC_OP_TIMEOUT_MS", 400);
+    // Redis learns the store's scripts first (from a process of another client): the slowed
+    // lease command is then one that takes the lease, not an EVALSHA answered NOSCRIPT.
+    let other = auth_server().await;
+    let warm_up = with(
+        redis(settings(&other, &api), &redis_server.url()),
+        "TCC_MILLIS",
+        200,
+    );
+    Replica::start(&warm_up).counts().await;
+    assert_eq!(other.token_requests(), 1);
     let first = Replica::start(&redis_via(vars.clone(), &proxy));
     // The others start once the late lease command has reached Redis (400 ms after the first
     // replica gave up on it): the lease is taken, by a process that fetched alone.

@@ -1,4 +1,4 @@
-//! [`RedisStore`]: the [`TokenStore`] on Redis or a Redis Cluster (redis-rs).
+//! [`RedisStore`]: the [`TokenStore`] on Redis, a Redis Cluster or behind Redis Sentinel (redis-rs).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
