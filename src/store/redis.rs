@@ -183,8 +183,12 @@ enum Connection {
 struct Sentinel {
     sentinels: Vec<ConnectionInfo>,
     master_name: String,
-    /// The lookup needs `&mut`; one lookup at a time, the others wait and take its answer.
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// One client per Sentinel, asked all at once: the first to name a master that agrees
+    /// wins, so a Sentinel that is down or stalled (which redis-rs' own client, asking them in
+    /// order, waits out for half a second or more) costs nothing while another answers.
+    clients: Vec<Arc<tokio::sync::Mutex<SentinelClient>>>,
+    /// One lookup at a time; the others wait and take its answer.
+    lookup: tokio::sync::Mutex<()>,
     current: Arc<Current>,
 }
 
@@ -287,30 +291,56 @@ impl Sentinel {
                 redis::TlsMode::Secure
             });
         }
-        let client = SentinelClient::build(
-            sentinels.clone(),
-            &master_name,
-            Some(node),
-            SentinelServerType::Master,
-        )?;
+        let clients = sentinels
+            .iter()
+            .map(|sentinel| {
+                SentinelClient::build(
+                    vec![sentinel.clone()],
+                    &master_name,
+                    Some(node.clone()),
+                    SentinelServerType::Master,
+                )
+                .map(|client| Arc::new(tokio::sync::Mutex::new(client)))
+            })
+            .collect::<redis::RedisResult<_>>()?;
         Ok(Sentinel {
             sentinels,
             master_name,
-            client: tokio::sync::Mutex::new(client),
+            clients,
+            lookup: tokio::sync::Mutex::new(()),
             current: Arc::default(),
         })
+    }
+
+    /// The master the Sentinels name now (checked with `ROLE`), from whichever answers first.
+    /// Cancel-safe: the lookups still running are aborted when this is dropped.
+    async fn master(&self) -> redis::RedisResult<redis::Client> {
+        let mut lookups = tokio::task::JoinSet::new();
+        for client in &self.clients {
+            let client = client.clone();
+            lookups.spawn(async move { client.lock().await.async_get_client().await });
+        }
+        let mut last = None;
+        while let Some(joined) = lookups.join_next().await {
+            match joined {
+                Ok(Ok(master)) => return Ok(master),
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => {} // not cancelled here; a panic in redis-rs is its own report
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| redis::RedisError::from((ErrorKind::Io, "no Sentinel answered"))))
     }
 
     async fn connection(&self, timeout: Duration) -> redis::RedisResult<MasterConnection> {
         if let Some(connection) = self.current.get() {
             return Ok(connection);
         }
-        let mut client = self.client.lock().await;
+        let _lookup = self.lookup.lock().await;
         if let Some(connection) = self.current.get() {
             return Ok(connection);
         }
-        // Asks the Sentinels, and checks that the node they name answers `ROLE` as a master.
-        let master = client.async_get_client().await?;
+        let master = self.master().await?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
@@ -780,10 +810,7 @@ impl RedisStore {
                     Target::Single(client) => client.get_async_pubsub().await,
                     // The master the Sentinels name now; after a failover the old master's
                     // subscription ends, and the next wait subscribes on the new one.
-                    Target::Sentinel(sentinel) => {
-                        let master = sentinel.client.lock().await.async_get_client().await?;
-                        master.get_async_pubsub().await
-                    }
+                    Target::Sentinel(sentinel) => sentinel.master().await?.get_async_pubsub().await,
                     Target::Cluster(_) => unreachable!("returned above"),
                 }
             })

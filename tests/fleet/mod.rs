@@ -798,6 +798,15 @@ impl RedisServer {
         self.process.as_ref().map(Child::id)
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
     /// One command, its first reply line (`None`: no answer).
     pub fn command(&self, args: &[&str]) -> Option<String> {
         Some(self.reply(args)?.lines().next()?.to_owned())
@@ -1087,6 +1096,15 @@ impl PostgresServer {
 
     fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
     }
 
     /// Immediate shutdown (SIGQUIT): the server ends every connection and exits at once, as a
