@@ -268,3 +268,110 @@ async fn the_pool_is_bounded() {
     let open = backends().await;
     assert!((1..=3).contains(&open), "{open} connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_connections_fails_the_operation_with_its_cause() {
+    let server = PostgresServer::start();
+    store(&server).load(&key("setup")).await.unwrap(); // creates the table
+    sql(
+        &server,
+        "CREATE ROLE limited LOGIN PASSWORD 'limited-pass-3a9' CONNECTION LIMIT 0; \
+         GRANT SELECT, INSERT, UPDATE ON tcc_token_store TO limited",
+    )
+    .await;
+    let url = server.url().replace(
+        &format!("tcc:{}", PostgresServer::PASSWORD),
+        "limited:limited-pass-3a9",
+    );
+    let limited = PostgresStore::new(&url)
+        .unwrap()
+        .operation_timeout(Duration::from_secs(5));
+    let started = Instant::now();
+    let error = limited.load(&key("a")).await.unwrap_err().to_string();
+    assert!(
+        error.contains("53300"),
+        "too many connections is named: {error}"
+    );
+    assert!(!error.contains("limited-pass-3a9"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// A connection whose operation was cut short by the time limit may sit on a stalled socket: it
+/// is closed, and the next operation gets a new one (a pool that took it back would hand it
+/// out again, behind the stalled exchange).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_short_by_the_time_limit_is_not_reused() {
+    let server = fleet::StoreServer::start(fleet::StoreKind::Postgres);
+    let store = PostgresStore::new(&server.url())
+        .unwrap()
+        .max_connections(1);
+    let k = key("stall");
+    store.load(&k).await.unwrap();
+    // The pool's backend: the store's connection whose last statement is not the LISTEN.
+    let pool_backends = || async {
+        let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(connection);
+        let rows = client
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE application_name = 'tower-client-credentials' \
+                   AND query NOT LIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
+    };
+    let before = pool_backends().await;
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    server.pause();
+    let stalled = tokio::time::timeout(Duration::from_millis(300), store.load(&k)).await;
+    server.resume();
+    assert!(
+        stalled.is_err(),
+        "the stalled operation ran into the time limit"
+    );
+
+    let started = Instant::now();
+    store.load(&k).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The old backend saw its client go; give it a moment to exit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = pool_backends().await;
+    while after.contains(&before[0]) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = pool_backends().await;
+    }
+    assert!(
+        !after.contains(&before[0]),
+        "reused: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.len(), 1, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_while_the_fleet_runs_is_created_again() {
+    let server = PostgresServer::start();
+    let store = store(&server);
+    let k = key("dropped");
+    let ttl = Duration::from_secs(60);
+    store
+        .save(&k, Slot::Token, Record::new("fp", b"t".to_vec()), ttl)
+        .await
+        .unwrap();
+    sql(&server, "DROP TABLE tcc_token_store").await;
+    let error = store.load(&k).await.unwrap_err().to_string();
+    assert!(error.contains("42P01"), "{error}");
+    // The next operation creates it again (this one's fallback already happened).
+    assert!(store.load(&k).await.unwrap().token.is_none());
+    store
+        .save(&k, Slot::Token, Record::new("fp", b"t".to_vec()), ttl)
+        .await
+        .unwrap();
+    assert!(store.load(&k).await.unwrap().token.is_some());
+}

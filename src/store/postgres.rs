@@ -21,10 +21,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OnceCell, Semaphore};
+use tokio::sync::{Notify, Semaphore};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, Config, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -129,7 +131,9 @@ struct Inner {
     tls: MakeRustlsConnect,
     table: Table,
     create_table: bool,
-    table_ready: OnceCell<()>,
+    /// Whether the table was seen (or created); cleared when a statement finds it missing
+    /// (dropped while the fleet runs), so that it is created again.
+    table_ready: AtomicBool,
     cipher: Option<Cipher>,
     lease_ttl: Duration,
     operation_timeout: Duration,
@@ -213,7 +217,7 @@ impl PostgresStore {
                 tls: MakeRustlsConnect::new(tls_config),
                 table: Table::parse(DEFAULT_TABLE).expect("the default table name is valid"),
                 create_table: true,
-                table_ready: OnceCell::new(),
+                table_ready: AtomicBool::new(false),
                 cipher: None,
                 lease_ttl: DEFAULT_LEASE_TTL,
                 operation_timeout: DEFAULT_OPERATION_TIMEOUT,
@@ -248,6 +252,14 @@ impl PostgresStore {
     /// Whether to create the table on first use when it is missing (default `true`). With
     /// `false`, create it yourself (the statement is in [`PostgresStore`]'s documentation);
     /// until it exists, every operation fails and the cache fetches on its own.
+    ///
+    /// ```
+    /// use tower_client_credentials::store::PostgresStore;
+    ///
+    /// // The application's user may not run DDL; the table is created by a migration.
+    /// let store = PostgresStore::new("postgres://app@db.internal/app")?.create_table(false);
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
     pub fn create_table(self, create: bool) -> Self {
         self.configure(|inner| inner.create_table = create)
     }
@@ -262,12 +274,32 @@ impl PostgresStore {
     /// The TLS configuration (rustls) for servers that offer or require TLS, for example one
     /// trusting a private CA or presenting a client certificate. Default: the webpki root
     /// certificates, no client certificate.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_client_credentials::store::PostgresStore;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let private_ca_der: Vec<u8> = Vec::new();
+    /// let mut roots = rustls::RootCertStore::empty();
+    /// # if !private_ca_der.is_empty() {
+    /// roots.add(rustls::pki_types::CertificateDer::from(private_ca_der))?;
+    /// # }
+    /// let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    ///     rustls::crypto::ring::default_provider(),
+    /// ))
+    /// .with_safe_default_protocol_versions()?
+    /// .with_root_certificates(roots)
+    /// .with_no_client_auth();
+    /// let store = PostgresStore::new("postgres://app@db.internal/app?sslmode=require")?.tls(config);
+    /// # Ok(()) }
+    /// ```
     pub fn tls(self, config: rustls::ClientConfig) -> Self {
         self.configure(|inner| inner.tls = MakeRustlsConnect::new(config))
     }
 
-    /// Encrypts stored tokens and failures with AES-256-GCM under `key`, with the store key and
-    /// entry as associated data. Every process of the fleet needs the same key; a value that
+    /// Encrypts stored tokens and failures with AES-256-GCM under `key`, with the store key, the
+    /// entry and its fingerprint as associated data. Every process of the fleet needs the same key; a value that
     /// does not decrypt (another key, tampered, moved to another row, written unencrypted) is
     /// ignored, as if absent.
     pub fn encryption_key(self, key: [u8; 32]) -> Self {
@@ -297,7 +329,7 @@ impl PostgresStore {
                 tls: inner.tls.clone(),
                 table: inner.table.clone(),
                 create_table: inner.create_table,
-                table_ready: OnceCell::new(),
+                table_ready: AtomicBool::new(false),
                 cipher: inner.cipher.clone(),
                 lease_ttl: inner.lease_ttl,
                 operation_timeout: inner.operation_timeout,
@@ -313,11 +345,12 @@ impl PostgresStore {
     /// A pooled connection, the table checked (and created) once.
     async fn connection(&self) -> Result<Pooled<'_>, BoxError> {
         let mut connection = self.inner.pool.get(&self.inner).await?;
-        self.inner
-            .table_ready
-            .get_or_try_init(|| self.ensure_table(&connection.client))
-            .await?;
-        // Either way the statements completed; the caller's statement decides.
+        if !self.inner.table_ready.load(Ordering::Acquire) {
+            // Concurrent first uses may each check: creating is idempotent and serialised.
+            self.ensure_table(&connection.client).await?;
+            self.inner.table_ready.store(true, Ordering::Release);
+        }
+        // Reusable so far; each statement marks it unfinished while it runs.
         connection.finished = true;
         Ok(connection)
     }
@@ -360,6 +393,9 @@ impl PostgresStore {
     }
 
     fn failed(&self, error: tokio_postgres::Error) -> BoxError {
+        if error.code() == Some(&SqlState::UNDEFINED_TABLE) {
+            self.inner.table_ready.store(false, Ordering::Release);
+        }
         describe(&self.inner.shown, &error).into()
     }
 
@@ -421,9 +457,9 @@ impl PostgresStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<LeaseAttempt, BoxError> {
-        self.start_listener();
         self.inner.listener.read(key.as_str());
         let mut connection = self.connection().await?;
+        self.start_listener();
         let table = &self.inner.table.quoted;
         let sql = format!(
             "INSERT INTO {table} AS s (store_key, lease_owner, lease_expires_at) \
@@ -528,9 +564,10 @@ fn millis(duration: Duration) -> i64 {
 impl TokenStore for PostgresStore {
     fn load<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Stored, BoxError>> {
         Box::pin(async move {
-            self.start_listener();
             self.inner.listener.read(key.as_str());
             let mut connection = self.connection().await?;
+            // After the first connection is made, so that the two logins do not compete.
+            self.start_listener();
             let sql = format!(
                 "SELECT {ENTRY_COLUMNS} FROM {} AS s WHERE s.store_key = $1",
                 self.inner.table.quoted
@@ -793,8 +830,9 @@ impl Pooled<'_> {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<Row>, tokio_postgres::Error> {
+        // Not reusable unless the exchange completes (even with an error from the database).
+        self.finished = false;
         let rows = self.client().query_typed(sql, params).await;
-        // The exchange completed (even with an error from the database): reusable.
         self.finished = true;
         Ok(rows?.pop())
     }
@@ -804,6 +842,7 @@ impl Pooled<'_> {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Row, tokio_postgres::Error> {
+        self.finished = false;
         let row = self.client().query_typed_one(sql, params).await;
         self.finished = true;
         row
@@ -1051,5 +1090,72 @@ impl fmt::Debug for PostgresStore {
             .field("operation_timeout", &self.inner.operation_timeout)
             .field("max_connections", &self.inner.pool.max)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_parse_without_network_and_never_show_the_password() {
+        for url in [
+            "postgres://tcc:hunter2@db.internal/app",
+            "postgresql://tcc:hunter2@10.0.0.1:6432/app?sslmode=require",
+            "host=db.internal user=tcc password=hunter2 dbname=app",
+        ] {
+            let store = PostgresStore::new(url).unwrap();
+            let shown = format!("{store:?}");
+            assert!(
+                !shown.contains("hunter2")
+                    && (shown.contains("db.internal") || shown.contains("10.0.0.1")),
+                "{shown}"
+            );
+        }
+        for bad in [
+            "postgres://tcc:hunter2@db.internal:notaport/app",
+            "host=db.internal password=hunter2 sslmode=sometimes",
+            "postgres://tcc:hunter2@/app",
+        ] {
+            let error = PostgresStore::new(bad).unwrap_err().to_string();
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn table_names_are_identifiers_or_refused() {
+        let table = Table::parse("auth.token_store").unwrap();
+        assert_eq!(table.quoted, "\"auth\".\"token_store\"");
+        assert_eq!(table.channel, "auth.token_store");
+        for bad in [
+            "",
+            "a.b.c",
+            "x;DROP TABLE y",
+            "t\"",
+            "1abc",
+            "a..b",
+            &"x".repeat(64),
+        ] {
+            assert!(Table::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_have_floors_and_apply_to_a_shared_store_as_a_copy() {
+        let store = PostgresStore::new("postgres://db.internal/app")
+            .unwrap()
+            .lease_ttl(Duration::ZERO)
+            .operation_timeout(Duration::ZERO)
+            .max_connections(0);
+        assert_eq!(TokenStore::lease_ttl(&store), Duration::from_millis(100));
+        assert_eq!(
+            TokenStore::operation_timeout(&store),
+            Duration::from_millis(1)
+        );
+        assert_eq!(store.inner.pool.max, 1);
+        let shared = store.clone();
+        let changed = store.lease_ttl(Duration::from_secs(3));
+        assert_eq!(TokenStore::lease_ttl(&changed), Duration::from_secs(3));
+        assert_eq!(TokenStore::lease_ttl(&shared), Duration::from_millis(100));
     }
 }

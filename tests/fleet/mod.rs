@@ -1014,7 +1014,13 @@ impl PostgresServer {
 
     pub fn start() -> PostgresServer {
         let port = free_port(false);
-        let dir = std::env::temp_dir().join(format!("tcc-pg-{}-{port}", std::process::id()));
+        // As root, a directory `nobody` can reach: TMPDIR may be private to root.
+        let base = if running_as_root() {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("tcc-pg-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let password_file = dir.join("password");
@@ -1063,8 +1069,8 @@ impl PostgresServer {
     }
 
     pub fn restart(&mut self) {
-        let log =
-            std::fs::File::create(self.dir.join(format!("log-{}", fastrand::u32(..)))).unwrap();
+        let log_path = self.dir.join(format!("log-{}", fastrand::u32(..)));
+        let log = std::fs::File::create(&log_path).unwrap();
         let process = as_postgres_user(&postgres_bin().join("postgres"))
             .arg("-D")
             .arg(self.dir.join("data"))
@@ -1089,7 +1095,11 @@ impl PostgresServer {
             if ready {
                 break;
             }
-            assert!(Instant::now() < deadline, "postgres did not start");
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -1111,6 +1121,15 @@ impl PostgresServer {
     /// crash would look to its clients.
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
+            // A stalled server (see `StoreServer::pause`) must run to shut down.
+            for pid in children(process.id()) {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status();
+            }
+            let _ = Command::new("kill")
+                .args(["-CONT", &process.id().to_string()])
+                .status();
             let _ = Command::new("kill")
                 .args(["-QUIT", &process.id().to_string()])
                 .status();
