@@ -1069,6 +1069,32 @@ mod tests {
     }
 
     #[test]
+    fn behind_sentinel_a_lost_or_demoted_master_is_looked_up_again_a_missing_script_is_not() {
+        use redis::RedisError;
+        let lost = |kind, text| master_lost(&RedisError::from((kind, text)));
+        assert!(lost(
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "READONLY"
+        ));
+        assert!(lost(
+            ErrorKind::Server(ServerErrorKind::MasterDown),
+            "MASTERDOWN"
+        ));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(master_lost(&RedisError::from(reset)));
+        // EVALSHA's NOSCRIPT on a new master is answered by sending the script, on the same
+        // connection; an error of the script's own is not the master's.
+        assert!(!lost(
+            ErrorKind::Server(ServerErrorKind::NoScript),
+            "NOSCRIPT"
+        ));
+        assert!(!lost(
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR"
+        ));
+    }
+
+    #[test]
     fn keys_of_one_credential_set_share_a_hash_slot() {
         let store = RedisStore::new("redis://127.0.0.1").unwrap();
         let key = StoreKey::builder("https://idp.example/token", "c").build();
