@@ -1,14 +1,21 @@
-//! [`RedisStore`]: the [`TokenStore`] on Redis or a Redis Cluster (redis-rs).
+//! [`RedisStore`]: the [`TokenStore`] on Redis, a Redis Cluster or behind Redis Sentinel (redis-rs).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
+    RedisFuture, Script, ServerErrorKind, Value,
+};
 use tokio::sync::{Notify, OnceCell};
 
 use super::crypto::Cipher;
@@ -87,6 +94,9 @@ return 0";
 /// (TLS through rustls, checked against the system's root certificates) URLs work, with a user
 /// name, password and database number in the URL as Redis documents them.
 ///
+/// Behind Redis Sentinel, [`sentinel`](Self::sentinel) asks the Sentinels for the current
+/// master and follows it through a failover.
+///
 /// Every key of one credential set, `tcc:{<key>}:token`, `tcc:{<key>}:failure` and
 /// `tcc:{<key>}:lease`, carries the same hash tag, so a Cluster keeps them in one slot (the lease
 /// and compare-and-delete scripts need that). Every operation is one Lua script; those that
@@ -162,13 +172,193 @@ impl Scripts {
 #[allow(clippy::large_enum_variant)]
 enum Target {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    /// The nodes given; the client is built on first use, with the store's operation timeout
+    /// (issue 20, defect 5: built here, it kept the default whatever the setter said later).
+    Cluster(Vec<ConnectionInfo>),
+    Sentinel(Sentinel),
 }
 
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(MasterConnection),
+}
+
+/// The master a set of Sentinels names, and one connection to it while it serves.
+///
+/// redis-rs' `ConnectionManager` reconnects to one fixed address, which after a failover is a
+/// replica (or gone): here a connection that fails (dropped, refused, timed out, `READONLY`
+/// from a demoted master) is forgotten, and the next operation asks the Sentinels again.
+struct Sentinel {
+    sentinels: Vec<ConnectionInfo>,
+    master_name: String,
+    /// One client per Sentinel, asked all at once: the first to name a master that agrees
+    /// wins, so a Sentinel that is down or stalled (which redis-rs' own client, asking them in
+    /// order, waits out for half a second or more) costs nothing while another answers.
+    clients: Vec<Arc<tokio::sync::Mutex<SentinelClient>>>,
+    /// One lookup at a time; the others wait and take its answer.
+    lookup: tokio::sync::Mutex<()>,
+    current: Arc<Current>,
+}
+
+#[derive(Default)]
+struct Current {
+    /// The connection in use and its generation (which connection a failure is about).
+    master: Mutex<Option<(u64, MultiplexedConnection)>>,
+    generations: AtomicU64,
+}
+
+impl Current {
+    fn get(self: &Arc<Self>) -> Option<MasterConnection> {
+        let master = self.master.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, connection) = master.as_ref()?;
+        Some(MasterConnection {
+            connection: connection.clone(),
+            generation: *generation,
+            current: self.clone(),
+        })
+    }
+
+    fn set(self: &Arc<Self>, connection: MultiplexedConnection) -> MasterConnection {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.master.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((generation, connection.clone()));
+        MasterConnection {
+            connection,
+            generation,
+            current: self.clone(),
+        }
+    }
+
+    /// Forgets connection `generation` (not a newer one another task already made).
+    fn forget(&self, generation: u64) {
+        let mut master = self.master.lock().unwrap_or_else(|e| e.into_inner());
+        if master.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *master = None;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct MasterConnection {
+    connection: MultiplexedConnection,
+    generation: u64,
+    current: Arc<Current>,
+}
+
+impl MasterConnection {
+    /// Runs `request`; a failure that says this master is gone or no longer the master, and a
+    /// request abandoned before its answer (the store's operation timeout: a stalled master
+    /// answers nothing, not even an error), make the next operation look the master up again.
+    async fn checked<T>(
+        current: Arc<Current>,
+        generation: u64,
+        request: RedisFuture<'_, T>,
+    ) -> redis::RedisResult<T> {
+        struct Abandoned<'a>(Option<(&'a Current, u64)>);
+        impl Drop for Abandoned<'_> {
+            fn drop(&mut self) {
+                if let Some((current, generation)) = self.0.take() {
+                    current.forget(generation);
+                }
+            }
+        }
+        let mut guard = Abandoned(Some((&current, generation)));
+        let result = request.await;
+        guard.0 = None;
+        if let Err(error) = &result {
+            if master_lost(error) {
+                current.forget(generation);
+            }
+        }
+        result
+    }
+}
+
+fn master_lost(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+impl Sentinel {
+    fn new(sentinels: Vec<ConnectionInfo>, master_name: String) -> redis::RedisResult<Self> {
+        // The master is reached with the user name, password, database and TLS of the first
+        // Sentinel's URL: deployments commonly give Sentinels and data nodes the same ones.
+        let first = &sentinels[0];
+        let mut node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(first.redis_settings().clone());
+        if let redis::ConnectionAddr::TcpTls { insecure, .. } = first.addr() {
+            node = node.set_tls_mode(if *insecure {
+                redis::TlsMode::Insecure
+            } else {
+                redis::TlsMode::Secure
+            });
+        }
+        let clients = sentinels
+            .iter()
+            .map(|sentinel| {
+                SentinelClient::build(
+                    vec![sentinel.clone()],
+                    &master_name,
+                    Some(node.clone()),
+                    SentinelServerType::Master,
+                )
+                .map(|client| Arc::new(tokio::sync::Mutex::new(client)))
+            })
+            .collect::<redis::RedisResult<_>>()?;
+        Ok(Sentinel {
+            sentinels,
+            master_name,
+            clients,
+            lookup: tokio::sync::Mutex::new(()),
+            current: Arc::default(),
+        })
+    }
+
+    /// The master the Sentinels name now (checked with `ROLE`), from whichever answers first.
+    /// Cancel-safe: the lookups still running are aborted when this is dropped.
+    async fn master(&self) -> redis::RedisResult<redis::Client> {
+        let mut lookups = tokio::task::JoinSet::new();
+        for client in &self.clients {
+            let client = client.clone();
+            lookups.spawn(async move { client.lock().await.async_get_client().await });
+        }
+        let mut last = None;
+        while let Some(joined) = lookups.join_next().await {
+            match joined {
+                Ok(Ok(master)) => return Ok(master),
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => {} // not cancelled here; a panic in redis-rs is its own report
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| redis::RedisError::from((ErrorKind::Io, "no Sentinel answered"))))
+    }
+
+    async fn connection(&self, timeout: Duration) -> redis::RedisResult<MasterConnection> {
+        if let Some(connection) = self.current.get() {
+            return Ok(connection);
+        }
+        let _lookup = self.lookup.lock().await;
+        if let Some(connection) = self.current.get() {
+            return Ok(connection);
+        }
+        let master = self.master().await?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let connection = master
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(self.current.set(connection))
+    }
 }
 
 impl RedisStore {
@@ -196,33 +386,70 @@ impl RedisStore {
         T: AsRef<str>,
     {
         let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
-        let mut infos = Vec::with_capacity(urls.len());
-        for url in &urls {
-            use redis::IntoConnectionInfo;
-            infos.push(
-                url.as_str()
-                    .into_connection_info()
-                    .map_err(|e| bad_url(url, e))?,
-            );
-        }
+        let infos = connection_infos(&urls)?;
         if infos.is_empty() {
             return Err(Error::config(
                 "a Redis Cluster store needs the URL of at least one node",
             ));
         }
-        let client = ClusterClient::builder(infos)
-            .connection_timeout(DEFAULT_OPERATION_TIMEOUT)
-            .response_timeout(DEFAULT_OPERATION_TIMEOUT)
-            .retries(1)
-            .build()
-            .map_err(|e| {
-                Error::config(format!(
-                    "the Redis Cluster URLs are not usable ({}); check them",
-                    e.category()
-                ))
-            })?;
+        // Checked now, so that a bad set of URLs fails here rather than on first use.
+        cluster_client(infos.clone(), DEFAULT_OPERATION_TIMEOUT).map_err(|e| {
+            Error::config(format!(
+                "the Redis Cluster URLs are not usable ({}); check them",
+                e.category()
+            ))
+        })?;
         let shown = urls.iter().map(|u| shown(u)).collect::<Vec<_>>().join(",");
-        Ok(Self::with_target(Target::Cluster(client), shown))
+        Ok(Self::with_target(Target::Cluster(infos), shown))
+    }
+
+    /// A store on the master that Redis Sentinel names `master_name`, given the URLs of one or
+    /// more Sentinels (`redis://host:26379`). Parses the URLs; connects lazily, on first use.
+    ///
+    /// Each connection asks the Sentinels which node is the master and checks that the node
+    /// agrees (`ROLE`); when that connection fails, or a demoted master refuses a write
+    /// (`READONLY`), the next operation asks again, so a failover costs the operations made
+    /// while it runs (each one falls back to fetching alone, like any store outage) and sharing
+    /// resumes on the new master. The master is reached with the user name, password, database
+    /// and TLS (`rediss://`) of the first Sentinel URL.
+    ///
+    /// ```
+    /// use tower_client_credentials::store::RedisStore;
+    ///
+    /// let store = RedisStore::sentinel(
+    ///     &["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///     "tokens",
+    /// )?; // no network yet
+    /// assert!(format!("{store:?}").contains("tokens"));
+    /// # Ok::<(), tower_client_credentials::Error>(())
+    /// ```
+    pub fn sentinel(sentinels: &[&str], master_name: &str) -> Result<Self, Error> {
+        let infos = connection_infos(sentinels)?;
+        if infos.is_empty() {
+            return Err(Error::config(
+                "a Redis Sentinel store needs the URL of at least one Sentinel",
+            ));
+        }
+        if master_name.is_empty() {
+            return Err(Error::config(
+                "a Redis Sentinel store needs the master's name (`sentinel monitor <name> ...`)",
+            ));
+        }
+        let sentinel = Sentinel::new(infos, master_name.to_owned()).map_err(|e| {
+            Error::config(format!(
+                "the Redis Sentinel URLs are not usable ({}); check them",
+                e.category()
+            ))
+        })?;
+        let shown = sentinels
+            .iter()
+            .map(|u| shown(u))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Self::with_target(
+            Target::Sentinel(sentinel),
+            format!("{shown} (Sentinel, master `{master_name}`)"),
+        ))
     }
 
     fn with_target(target: Target, shown: String) -> Self {
@@ -269,6 +496,10 @@ impl RedisStore {
                     target: match &self.inner.target {
                         Target::Single(c) => Target::Single(c.clone()),
                         Target::Cluster(c) => Target::Cluster(c.clone()),
+                        Target::Sentinel(s) => Target::Sentinel(
+                            Sentinel::new(s.sentinels.clone(), s.master_name.clone())
+                                .expect("these URLs built a Sentinel client before"),
+                        ),
                     },
                     connection: OnceCell::new(),
                     cipher: self.inner.cipher.clone(),
@@ -287,6 +518,13 @@ impl RedisStore {
 
     async fn connection(&self) -> Result<Connection, BoxError> {
         let inner = &self.inner;
+        if let Target::Sentinel(sentinel) = &inner.target {
+            return sentinel
+                .connection(inner.operation_timeout)
+                .await
+                .map(Connection::Sentinel)
+                .map_err(|e| self.failed(e));
+        }
         let connection = inner
             .connection
             .get_or_try_init(|| async {
@@ -301,9 +539,13 @@ impl RedisStore {
                         ConnectionManager::new_lazy_with_config(client.clone(), config)
                             .map(Connection::Single)
                     }
-                    Target::Cluster(client) => {
-                        client.get_async_connection().await.map(Connection::Cluster)
+                    Target::Cluster(nodes) => {
+                        cluster_client(nodes.clone(), inner.operation_timeout)?
+                            .get_async_connection()
+                            .await
+                            .map(Connection::Cluster)
                     }
+                    Target::Sentinel(_) => unreachable!("connected above"),
                 }
             })
             .await
@@ -526,11 +768,11 @@ impl TokenStore for RedisStore {
 
     /// Waits for a message on the key's channel (a save, a compare-and-delete or a release by
     /// any process), or `timeout`. The subscription is made once per key, on a connection of
-    /// its own, and kept; making it is bounded by one operation limit and comes before the
-    /// wait (so the first wait for a key may last that much longer: cutting the subscription
-    /// short instead would make a slow link start it again at every short wait). While it
-    /// cannot be made (or on a Cluster, whose pub/sub this store does not use), this polls: it
-    /// sleeps `timeout`.
+    /// its own (behind Sentinel, on the current master), and kept; making it is bounded by one
+    /// operation limit and comes before the wait (so the first wait for a key may last that
+    /// much longer: cutting the subscription short instead would make a slow link start it
+    /// again at every short wait). While it cannot be made (or on a Cluster, whose pub/sub this
+    /// store does not use), this polls: it sleeps `timeout`.
     fn changed<'a>(
         &'a self,
         key: &'a StoreKey,
@@ -567,16 +809,25 @@ impl RedisStore {
     /// Makes sure `channel` is subscribed to; `false` when it cannot be (no pub/sub here, or
     /// Redis does not answer), in which case the caller polls.
     async fn subscribe(&self, channel: &str) -> bool {
-        let Target::Single(client) = &self.inner.target else {
+        if matches!(self.inner.target, Target::Cluster(_)) {
             return false;
-        };
+        }
         let limit = self.inner.operation_timeout;
         let mut subscriber = self.inner.notifier.subscriber.lock().await;
         if subscriber.as_ref().is_some_and(|s| !s.alive()) {
             *subscriber = None;
         }
         if subscriber.is_none() {
-            let connected = tokio::time::timeout(limit, client.get_async_pubsub()).await;
+            let connected = tokio::time::timeout(limit, async {
+                match &self.inner.target {
+                    Target::Single(client) => client.get_async_pubsub().await,
+                    // The master the Sentinels name now; after a failover the old master's
+                    // subscription ends, and the next wait subscribes on the new one.
+                    Target::Sentinel(sentinel) => sentinel.master().await?.get_async_pubsub().await,
+                    Target::Cluster(_) => unreachable!("returned above"),
+                }
+            })
+            .await;
             match connected {
                 Ok(Ok(pubsub)) => {
                     *subscriber = Some(Subscriber::start(pubsub, &self.inner.notifier.waiters));
@@ -686,6 +937,27 @@ fn shown(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
+fn connection_infos<T: AsRef<str>>(urls: &[T]) -> Result<Vec<ConnectionInfo>, Error> {
+    urls.iter()
+        .map(|url| {
+            let url = url.as_ref();
+            url.into_connection_info().map_err(|e| bad_url(url, e))
+        })
+        .collect()
+}
+
+/// A cluster client whose connections and answers are bounded by the store's operation timeout.
+fn cluster_client(
+    nodes: Vec<ConnectionInfo>,
+    timeout: Duration,
+) -> redis::RedisResult<ClusterClient> {
+    ClusterClient::builder(nodes)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(1)
+        .build()
+}
+
 fn bad_url(url: &str, error: redis::RedisError) -> Error {
     Error::config(format!(
         "`{}` is not a usable Redis URL ({}); expected redis://[[user]:password@]host[:port][/db] \
@@ -700,6 +972,14 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
             Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Sentinel(c) => {
+                let (current, generation) = (c.current.clone(), c.generation);
+                Box::pin(MasterConnection::checked(
+                    current,
+                    generation,
+                    c.connection.req_packed_command(cmd),
+                ))
+            }
         }
     }
 
@@ -712,6 +992,14 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
             Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Sentinel(c) => {
+                let (current, generation) = (c.current.clone(), c.generation);
+                Box::pin(MasterConnection::checked(
+                    current,
+                    generation,
+                    c.connection.req_packed_commands(cmd, offset, count),
+                ))
+            }
         }
     }
 
@@ -719,6 +1007,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+            Connection::Sentinel(c) => c.connection.get_db(),
         }
     }
 }
@@ -728,6 +1017,10 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("servers", &self.inner.shown)
             .field("cluster", &matches!(self.inner.target, Target::Cluster(_)))
+            .field(
+                "sentinel",
+                &matches!(self.inner.target, Target::Sentinel(_)),
+            )
             .field("encrypted", &self.inner.cipher.is_some())
             .field("lease_ttl", &self.inner.lease_ttl)
             .field("operation_timeout", &self.inner.operation_timeout)
@@ -757,6 +1050,48 @@ mod tests {
                 .unwrap();
         assert!(!format!("{cluster:?}").contains("hunter2"));
         assert!(RedisStore::cluster(Vec::<String>::new()).is_err());
+        let sentinel = RedisStore::sentinel(
+            &["redis://:hunter2@10.0.0.1:26379", "redis://10.0.0.2:26379"],
+            "tokens",
+        )
+        .unwrap();
+        let shown = format!("{sentinel:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("tokens"),
+            "{shown}"
+        );
+        assert!(RedisStore::sentinel(&[], "tokens").is_err());
+        assert!(RedisStore::sentinel(&["redis://10.0.0.1:26379"], "").is_err());
+        assert!(
+            RedisStore::sentinel(&["http://:hunter2@10.0.0.1"], "tokens")
+                .is_err_and(|e| !e.to_string().contains("hunter2"))
+        );
+    }
+
+    #[test]
+    fn behind_sentinel_a_lost_or_demoted_master_is_looked_up_again_a_missing_script_is_not() {
+        use redis::RedisError;
+        let lost = |kind, text| master_lost(&RedisError::from((kind, text)));
+        assert!(lost(
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "READONLY"
+        ));
+        assert!(lost(
+            ErrorKind::Server(ServerErrorKind::MasterDown),
+            "MASTERDOWN"
+        ));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(master_lost(&RedisError::from(reset)));
+        // EVALSHA's NOSCRIPT on a new master is answered by sending the script, on the same
+        // connection; an error of the script's own is not the master's.
+        assert!(!lost(
+            ErrorKind::Server(ServerErrorKind::NoScript),
+            "NOSCRIPT"
+        ));
+        assert!(!lost(
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR"
+        ));
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //! reached at `TCC_STORE_URL`, so a test can put something between them (a TCP proxy: see
 //! [`StoreServer::vars_via`]).
 //!
+//! For the chaos cases (`tests/fleet_chaos.rs`) it also has a Redis Sentinel set-up
+//! ([`SentinelSet`], store `redis-sentinel`), a TCP [`Proxy`] that stalls, slows or resets
+//! traffic, and a replica mode (`TCC_MODE=api`) that sends every request to an `ApiServer` and
+//! reports its counts as it goes (so a replica killed mid-run still reports).
+//!
 //! Needs `redis-server`/`redis-cli` for the Redis kinds and PostgreSQL's server binaries for
 //! `Postgres` (`.ci/setup` installs both). PostgreSQL refuses to run as root: as root, the
 //! harness runs it as `nobody` (through `setpriv`), in a directory it owns.
@@ -29,6 +34,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tower_client_credentials::testing::AuthServer;
@@ -37,7 +43,7 @@ use tower_client_credentials::{ClientAuthMethod, ClientCredentials, TokenCache};
 /// Replicas per fleet in the fleet cases.
 pub const K: usize = 6;
 
-/// Which store a fleet shares. (Room for more: a Sentinel set-up is a third Redis kind.)
+/// Which store a fleet shares. (A Sentinel set-up is [`SentinelSet`], store `redis-sentinel`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     /// One `redis-server`.
@@ -122,6 +128,17 @@ fn with_store(
             }
             cache.store(store)
         }
+        #[cfg(feature = "redis")]
+        "redis-sentinel" => {
+            use tower_client_credentials::store::RedisStore;
+            let sentinels: Vec<&str> = url.split(',').collect();
+            let mut store = RedisStore::sentinel(&sentinels, SentinelSet::MASTER).unwrap();
+            store = store.lease_ttl(lease).operation_timeout(timeout);
+            if let Some(key) = key {
+                store = store.encryption_key(key);
+            }
+            cache.store(store)
+        }
         #[cfg(feature = "postgres")]
         "postgres" => {
             use tower_client_credentials::store::PostgresStore;
@@ -143,23 +160,36 @@ async fn run_replica() {
         .token_endpoint(env("TCC_TOKEN_ENDPOINT").unwrap())
         .unwrap()
         .client_id(AuthServer::CLIENT_ID)
-        .client_secret(AuthServer::CLIENT_SECRET)
         // One method: with negotiation, a refused client is tried with both, which would
         // double every count below.
-        .auth_method(ClientAuthMethod::ClientSecretBasic)
-        .build()
-        .unwrap();
+        .auth_method(ClientAuthMethod::ClientSecretBasic);
+    let credentials = match env("TCC_SECRET_VAR") {
+        // The secret as Kubernetes often hands it over: an environment variable, read at each
+        // token request; every pod names the same variable, each pod has its own value.
+        Some(var) => credentials.client_secret_source(
+            tower_client_credentials::client_credentials::EnvSecret::new(var),
+        ),
+        None => credentials.client_secret(AuthServer::CLIENT_SECRET),
+    }
+    .build()
+    .unwrap();
     let backoff = Duration::from_millis(env_u64("TCC_BACKOFF_MS", 100));
+    let millis = |name: &str, default: Duration| {
+        env(name).map_or(default, |v| Duration::from_millis(v.parse().unwrap()))
+    };
     let cache = TokenCache::builder(credentials)
         .refresh_jitter(0.0)
         .backoff_base(backoff)
         // The fleet tests refuse with `invalid_client`, a permanent failure: the same short
         // schedule for both kinds keeps them short.
-        .permanent_backoff_base(backoff)
-        .max_permanent_backoff(backoff)
+        .permanent_backoff_base(millis("TCC_PERMANENT_BACKOFF_MS", backoff))
+        .max_permanent_backoff(millis("TCC_MAX_PERMANENT_BACKOFF_MS", backoff))
         .max_backoff(backoff.max(Duration::from_millis(env_u64("TCC_MAX_BACKOFF_MS", 30_000))))
-        .refresh_timeout(Duration::from_secs(20));
+        .refresh_timeout(millis("TCC_REFRESH_TIMEOUT_MS", Duration::from_secs(20)));
     let cache = with_store(cache).build();
+    if env("TCC_MODE").as_deref() == Some("api") {
+        return run_api_replica(cache).await;
+    }
     let concurrency = env_u64("TCC_CONCURRENCY", 50) as usize;
     let (mut ok, mut failed) = (0usize, 0usize);
     match env("TCC_MODE").as_deref() {
@@ -205,6 +235,72 @@ async fn run_replica() {
             }
         }
     }
+    println!("REPLICA ok={ok} failed={failed}");
+}
+
+/// `TCC_MODE=api`: a request every 20 ms for `TCC_MILLIS` to the `ApiServer` at `TCC_API`
+/// (`x-api-key: TCC_API_KEY`), which checks the token against the server that issued it: a
+/// token the replica believes valid but the issuer does not counts as failed, whatever the
+/// replica's clock says. Prints `COUNTS ok= failed= longest_ms=` (the longest wait for a token)
+/// every 100 ms and at the end, then `REPLICA ...`.
+async fn run_api_replica(cache: TokenCache) {
+    use secrecy::ExposeSecret;
+    let api: http::Uri = format!("{}/v1/items", env("TCC_API").unwrap())
+        .parse()
+        .unwrap();
+    let api_key = env("TCC_API_KEY").unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let (mut ok, mut failed, mut longest) = (0usize, 0usize, Duration::ZERO);
+    let started = Instant::now();
+    let until = started + Duration::from_millis(env_u64("TCC_MILLIS", 9_000));
+    let mut reported = started;
+    let me = std::process::id();
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let token = cache.token().await;
+        longest = longest.max(asked.elapsed());
+        let problem = match token {
+            Ok(token) => {
+                let request = http::Request::get(api.clone())
+                    .header(
+                        "authorization",
+                        format!("Bearer {}", token.secret().expose_secret()),
+                    )
+                    .header("x-api-key", &api_key)
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                match client.request(request).await {
+                    Ok(response) if response.status() == 200 => None,
+                    Ok(response) => Some(format!("the API answered {}", response.status())),
+                    Err(e) => Some(format!("the API did not answer: {e}")),
+                }
+            }
+            Err(e) => Some(format!("no token: {e}")),
+        };
+        match problem {
+            None => ok += 1,
+            Some(problem) => {
+                failed += 1;
+                // The first few, not one line per 20 ms.
+                if failed <= 3 {
+                    eprintln!("replica {me}: {problem}");
+                }
+            }
+        }
+        if reported.elapsed() >= Duration::from_millis(100) {
+            reported = Instant::now();
+            println!(
+                "COUNTS ok={ok} failed={failed} longest_ms={}",
+                longest.as_millis()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "COUNTS ok={ok} failed={failed} longest_ms={}",
+        longest.as_millis()
+    );
     println!("REPLICA ok={ok} failed={failed}");
 }
 
@@ -294,6 +390,74 @@ impl Replica {
             printed,
         )
     }
+}
+
+/// What an `api` replica reported last: requests answered 200, failed, longest wait for a token.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub ok: usize,
+    pub failed: usize,
+    pub longest: Duration,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: Counts) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.longest = self.longest.max(other.longest);
+    }
+
+    fn last_in(stdout: &str) -> Counts {
+        let Some(line) = stdout.lines().rev().find_map(|l| l.strip_prefix("COUNTS ")) else {
+            return Counts::default(); // killed before its first report
+        };
+        let field = |name: &str| -> u64 {
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        Counts {
+            ok: field("ok") as usize,
+            failed: field("failed") as usize,
+            longest: Duration::from_millis(field("longest_ms")),
+        }
+    }
+}
+
+impl Replica {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// [`finish`](Self::finish) for an `api` replica (bounded: a minute at most), its counts.
+    pub async fn counts(self) -> Counts {
+        let (_, output) = tokio::time::timeout(Duration::from_secs(60), self.finish())
+            .await
+            .expect("a replica ran for over a minute");
+        Counts::last_in(&output.stdout)
+    }
+
+    /// SIGKILL, and the counts an `api` replica reported before it.
+    pub async fn kill(mut self) -> Counts {
+        let _ = self.child.start_kill();
+        let output = tokio::time::timeout(Duration::from_secs(10), self.child.wait_with_output())
+            .await
+            .expect("a killed replica did not end")
+            .unwrap();
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        Counts::last_in(&String::from_utf8_lossy(&output.stdout))
+    }
+}
+
+/// Waits for all `replicas` (`api` mode, none killed) and sums their counts.
+pub async fn counts_of(replicas: Vec<Replica>) -> Counts {
+    let mut total = Counts::default();
+    for replica in replicas {
+        total.add(replica.counts().await);
+    }
+    total
 }
 
 /// Starts `count` replicas with the same settings and sums their outcomes.
@@ -520,6 +684,10 @@ pub struct RedisServer {
     process: Option<Child>,
     dir: PathBuf,
     cluster: bool,
+    /// More `redis-server` arguments (`--replicaof ...`).
+    extra: Vec<String>,
+    /// Runs `redis-sentinel` with this configuration instead.
+    sentinel: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -528,6 +696,11 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16, cluster: bool) -> RedisServer {
+        Self::start_with(port, cluster, &[])
+    }
+
+    /// A server with more arguments (`["--replicaof", "127.0.0.1", "6379"]`).
+    pub fn start_with(port: u16, cluster: bool, extra: &[&str]) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("tcc-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = RedisServer {
@@ -535,6 +708,38 @@ impl RedisServer {
             process: None,
             dir,
             cluster,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            sentinel: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// A `redis-sentinel` monitoring the master on `master_port` as [`SentinelSet::MASTER`]
+    /// (quorum 2), quick to act: the master is down after 1 s without an answer.
+    pub fn sentinel(master_port: u16) -> RedisServer {
+        let port = free_port(false);
+        let dir = std::env::temp_dir().join(format!("tcc-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("sentinel.conf");
+        let name = SentinelSet::MASTER;
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut server = RedisServer {
+            port,
+            process: None,
+            dir,
+            cluster: false,
+            extra: Vec::new(),
+            sentinel: Some(config),
         };
         server.restart();
         server
@@ -545,12 +750,23 @@ impl RedisServer {
     }
 
     pub fn restart(&mut self) {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", self.dir.to_str().unwrap()])
-            .stdout(Stdio::null());
+        let mut command = match &self.sentinel {
+            Some(config) => {
+                let mut command = Command::new("redis-sentinel");
+                command.arg(config);
+                command
+            }
+            None => {
+                let mut command = Command::new("redis-server");
+                command
+                    .args(["--port", &self.port.to_string()])
+                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--dir", self.dir.to_str().unwrap()])
+                    .args(&self.extra);
+                command
+            }
+        };
+        command.stdout(Stdio::null());
         if self.cluster {
             command.args([
                 "--cluster-enabled",
@@ -562,7 +778,7 @@ impl RedisServer {
         self.process = Some(
             command
                 .spawn()
-                .expect("redis-server must be installed (see .ci/setup)"),
+                .expect("redis-server and redis-sentinel must be installed (see .ci/setup)"),
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.command(&["PING"]).as_deref() != Some("+PONG") {
@@ -582,8 +798,22 @@ impl RedisServer {
         self.process.as_ref().map(Child::id)
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
     /// One command, its first reply line (`None`: no answer).
     pub fn command(&self, args: &[&str]) -> Option<String> {
+        Some(self.reply(args)?.lines().next()?.to_owned())
+    }
+
+    /// One command, its whole reply (as far as one read gets it), in RESP.
+    pub fn reply(&self, args: &[&str]) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
         let mut request = format!("*{}\r\n", args.len());
@@ -593,8 +823,26 @@ impl RedisServer {
         stream.write_all(request.as_bytes()).ok()?;
         let mut reply = vec![0u8; 64 * 1024];
         let n = stream.read(&mut reply).ok()?;
-        let text = String::from_utf8_lossy(&reply[..n]).into_owned();
-        Some(text.lines().next()?.to_owned())
+        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+    }
+
+    /// The names of the keys stored that end in `suffix` (`:token`, `:lease`).
+    pub fn keys(&self, suffix: &str) -> Vec<String> {
+        let reply = self
+            .reply(&["KEYS", &format!("*{suffix}")])
+            .unwrap_or_default();
+        reply
+            .lines()
+            .filter(|l| l.ends_with(suffix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether the server's `ROLE` is `role` (`master`, `slave`).
+    pub fn has_role(&self, role: &str) -> bool {
+        // `*<n>`, `$<len>`, then the role's name.
+        self.reply(&["ROLE"])
+            .is_some_and(|reply| reply.lines().nth(2) == Some(role))
     }
 }
 
@@ -860,6 +1108,15 @@ impl PostgresServer {
         self.process.as_ref().map(Child::id)
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
     /// Immediate shutdown (SIGQUIT): the server ends every connection and exits at once, as a
     /// crash would look to its clients.
     pub fn stop(&mut self) {
@@ -953,5 +1210,241 @@ impl Drop for PostgresServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ----- Redis Sentinel
+
+/// One master, its replica and three Sentinels monitoring it as [`MASTER`](Self::MASTER), on
+/// loopback, ready for a failover (each Sentinel knows the replica and the two others).
+pub struct SentinelSet {
+    pub master: Option<RedisServer>,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl SentinelSet {
+    /// The name the Sentinels know the master by.
+    pub const MASTER: &'static str = "tcc";
+
+    pub async fn start() -> SentinelSet {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_with(
+            free_port(false),
+            false,
+            &["--replicaof", "127.0.0.1", &master.port.to_string()],
+        );
+        let sentinels: Vec<RedisServer> =
+            (0..3).map(|_| RedisServer::sentinel(master.port)).collect();
+        // A failover needs a majority of the Sentinels to agree: each must have met the others
+        // (hello messages every 2 s) and the replica (the master's INFO).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sentinels.iter().all(|s| {
+            let info = s
+                .reply(&["SENTINEL", "MASTER", Self::MASTER])
+                .unwrap_or_default();
+            let field = |name: &str| {
+                let mut lines = info.lines();
+                while let Some(line) = lines.next() {
+                    if line == name {
+                        lines.next();
+                        return lines.next().map(str::to_owned);
+                    }
+                }
+                None
+            };
+            field("num-other-sentinels").as_deref() == Some("2")
+                && field("num-slaves").as_deref() == Some("1")
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinels did not see each other"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        SentinelSet {
+            master: Some(master),
+            replica,
+            sentinels,
+        }
+    }
+
+    /// The Sentinels' URLs, joined by commas.
+    pub fn url(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A replica's settings for this store (`redis-sentinel`).
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TCC_STORE", "redis-sentinel".to_string()),
+            ("TCC_STORE_URL", self.url()),
+        ]
+    }
+
+    /// Waits (at most 15 s) until `node` has `role` (`master`, `slave`).
+    pub async fn wait_role(node: &RedisServer, role: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !node.has_role(role) {
+            assert!(Instant::now() < deadline, "no {role} after 15 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// ----- A TCP proxy
+
+/// A TCP proxy on loopback in front of one upstream (replicas -> proxy -> store); what it does
+/// to the traffic is set at any time through [`control`](Self::control). Stops when dropped.
+pub struct Proxy {
+    pub port: u16,
+    pub control: std::sync::Arc<ProxyControl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The faults a [`Proxy`] plays.
+#[derive(Default)]
+pub struct ProxyControl {
+    /// While set, no byte moves in either direction (held, not dropped).
+    pub stalled: AtomicBool,
+    /// Added before each chunk from a client (a command) is forwarded.
+    pub latency_ms: AtomicU64,
+    /// The next this-many commands are forwarded, then their connection is reset (RST) before
+    /// the reply comes back.
+    pub resets: AtomicUsize,
+    /// Connections reset so far.
+    pub reset_done: AtomicUsize,
+    /// The next this-many commands that name a lease key are held `slow_lease_ms` first.
+    pub slow_lease_commands: AtomicUsize,
+    pub slow_lease_ms: AtomicU64,
+    /// Slowed lease commands forwarded so far.
+    pub slow_lease_forwarded: AtomicUsize,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
+        Self::start_on(0, upstream).await
+    }
+
+    /// A proxy listening on `port` (0: any free one).
+    pub async fn start_on(port: u16, upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let control = std::sync::Arc::new(ProxyControl::default());
+        let upstream: SocketAddr = ([127, 0, 0, 1], upstream).into();
+        let task = tokio::spawn({
+            let control = control.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(relay(client, upstream, control.clone()));
+                }
+            }
+        });
+        Proxy {
+            port,
+            control,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ProxyControl {
+    async fn unstalled(&self) {
+        // Bounded by the test that stalls: it always lifts the stall.
+        while self.stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn take(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    upstream: SocketAddr,
+    control: std::sync::Arc<ProxyControl>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    // Closed with a zero linger: a reset is an RST, as when a middlebox or a node dies.
+    let _ = client.set_zero_linger();
+    let _ = server.set_zero_linger();
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let up = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            control.unstalled().await;
+            let chunk = &buffer[..n];
+            let latency = control.latency_ms.load(Ordering::SeqCst);
+            if latency > 0 {
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+            }
+            let slowed = chunk.windows(6).any(|w| w == b":lease")
+                && ProxyControl::take(&control.slow_lease_commands);
+            if slowed {
+                let ms = control.slow_lease_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if server_write.write_all(chunk).await.is_err() {
+                return;
+            }
+            if slowed {
+                control.slow_lease_forwarded.fetch_add(1, Ordering::SeqCst);
+            }
+            if ProxyControl::take(&control.resets) {
+                // Let the command reach the store (it may well run), then cut before the reply.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                control.reset_done.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    };
+    let down = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            control.unstalled().await;
+            if client_write.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
     }
 }
