@@ -302,9 +302,9 @@ impl PostgresStore {
     }
 
     /// Encrypts stored tokens and failures with AES-256-GCM under `key`, with the store key, the
-    /// entry and its fingerprint as associated data. Every process of the fleet needs the same key; a value that
-    /// does not decrypt (another key, tampered, moved to another row, written unencrypted) is
-    /// ignored, as if absent.
+    /// entry and its fingerprint as associated data. Every process of the fleet needs the same
+    /// key; a value that does not decrypt (another key, tampered, moved to another row, written
+    /// unencrypted) is ignored, as if absent.
     pub fn encryption_key(self, key: [u8; 32]) -> Self {
         self.configure(|inner| inner.cipher = Some(Cipher::new(key)))
     }

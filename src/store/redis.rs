@@ -467,9 +467,10 @@ impl RedisStore {
         }
     }
 
-    /// Encrypts stored tokens with AES-256-GCM under `key`, with the entry's Redis key name as
-    /// associated data. Every process of the fleet needs the same key; a value that does not
-    /// decrypt (another key, tampered, written unencrypted) is ignored, as if absent.
+    /// Encrypts stored tokens and failures with AES-256-GCM under `key`, with the store key, the
+    /// entry and its fingerprint as associated data. Every process of the fleet needs the same
+    /// key; a value that does not decrypt (another key, tampered, moved to another entry or
+    /// behind another fingerprint, written unencrypted) is ignored, as if absent.
     pub fn encryption_key(self, key: [u8; 32]) -> Self {
         self.configure(|inner| inner.cipher = Some(Cipher::new(key)))
     }
