@@ -40,14 +40,15 @@
 //! # DPoP-bound tokens
 //!
 //! A DPoP-bound token (`token_type` `DPoP`) is useless without a proof per request. Make the
-//! middleware from the [`DpopAuthLayer`](crate::dpop::DpopAuthLayer) (feature `dpop`) with
+//! middleware from a layer with a DPoP key ([`BearerAuthLayer::dpop`], feature `dpop`) with
 //! [`BearerAuthMiddleware::dpop`]: every request then carries `Authorization: DPoP <token>`
 //! and a fresh `DPoP` proof for its method and URL, the `DPoP-Nonce` of every response is kept
 //! for the next proof to that origin, and an API's nonce challenge (`401` with
-//! `WWW-Authenticate: DPoP error="use_dpop_nonce"`) is answered by sending the request once
-//! more with the new nonce, when its body can be cloned (not a stream). A middleware made from
-//! a plain [`BearerAuthLayer`] does not send a DPoP-bound token at all: the request fails with
-//! an [`ErrorKind::Configuration`](crate::ErrorKind::Configuration) error that says so.
+//! `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce`) is answered by sending
+//! the request once more with the new nonce, when its body can be cloned (not a stream). A
+//! middleware made from a layer without a DPoP key does not send a DPoP-bound token at all:
+//! the request fails with an [`ErrorKind::Configuration`](crate::ErrorKind::Configuration)
+//! error that says so.
 //!
 //! ```
 //! # #[cfg(feature = "dpop")]
@@ -91,42 +92,44 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::cache::TokenCache;
 use crate::error::Error;
-use crate::layer::{BearerAuthLayer, ExtraHeaders};
+use crate::layer::{BearerAuthLayer, Binding, ExtraHeaders};
 
-/// reqwest-middleware [`Middleware`] that adds a bearer token from a shared [`TokenCache`] and
-/// the extra headers of a [`BearerAuthLayer`]. See the [module docs](crate::reqwest).
+/// reqwest-middleware [`Middleware`] that adds a token from a shared [`TokenCache`], the extra
+/// headers of a [`BearerAuthLayer`] and, when the layer has a DPoP key, a proof per request.
+/// See the [module docs](crate::reqwest).
 ///
-/// Cheap to clone; every clone, and the layer it was made from, shares one cache.
+/// The stages are the layer's own (take the token, bind it, insert the headers, answer a
+/// DPoP nonce challenge once): one implementation for tower and reqwest. Cheap to clone; every
+/// clone, and the layer it was made from, shares one cache.
 #[derive(Clone)]
 pub struct BearerAuthMiddleware {
     cache: TokenCache,
     headers: ExtraHeaders,
-    /// The key of DPoP-bound tokens; without it such a token is not sent.
-    #[cfg(feature = "dpop")]
-    dpop_key: Option<crate::dpop::DpopKey>,
+    binding: Binding,
+    /// Why the layer cannot work, if it cannot: every request fails with it, unsent.
+    refused: Option<Error>,
 }
 
 impl BearerAuthMiddleware {
-    /// A middleware with the token cache and the extra headers of `layer`. It sends bearer
-    /// tokens only: for DPoP-bound tokens use [`dpop`](Self::dpop).
+    /// A middleware with the token cache, the extra headers and the DPoP key (if it has one) of
+    /// `layer`. Without a DPoP key it sends bearer tokens only, and refuses a DPoP-bound token.
     pub fn new(layer: &BearerAuthLayer) -> Self {
         BearerAuthMiddleware {
             cache: layer.cache.clone(),
             headers: layer.headers.clone(),
-            #[cfg(feature = "dpop")]
-            dpop_key: None,
+            binding: layer.binding.clone(),
+            refused: layer.refusal(),
         }
     }
 
-    /// A middleware with the token cache, extra headers and DPoP key of `layer`: a DPoP-bound
-    /// token goes out with a fresh proof per request (see the
-    /// [module docs](crate::reqwest#dpop-bound-tokens)). Needs the cargo feature `dpop`.
+    /// A middleware with the token cache, extra headers and DPoP key of `layer` (made with
+    /// [`BearerAuthLayer::dpop`]): a DPoP-bound token goes out with a fresh proof per request
+    /// (see the [module docs](crate::reqwest#dpop-bound-tokens)). The same as
+    /// [`new`](Self::new), under the name that says what it is for. Needs the cargo feature
+    /// `dpop`.
     #[cfg(feature = "dpop")]
     pub fn dpop(layer: &crate::dpop::DpopAuthLayer) -> Self {
-        BearerAuthMiddleware {
-            dpop_key: Some(layer.key().clone()),
-            ..Self::new(layer.bearer())
-        }
+        Self::new(layer)
     }
 
     /// The shared token cache.
@@ -143,19 +146,7 @@ impl From<&BearerAuthLayer> for BearerAuthMiddleware {
 
 impl From<BearerAuthLayer> for BearerAuthMiddleware {
     fn from(layer: BearerAuthLayer) -> Self {
-        BearerAuthMiddleware {
-            cache: layer.cache,
-            headers: layer.headers,
-            #[cfg(feature = "dpop")]
-            dpop_key: None,
-        }
-    }
-}
-
-#[cfg(feature = "dpop")]
-impl From<&crate::dpop::DpopAuthLayer> for BearerAuthMiddleware {
-    fn from(layer: &crate::dpop::DpopAuthLayer) -> Self {
-        Self::dpop(layer)
+        Self::new(&layer)
     }
 }
 
@@ -167,74 +158,61 @@ impl Middleware for BearerAuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<::reqwest::Response> {
-        let token = self
-            .cache
-            .wait_for_token()
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?;
+        let failed = reqwest_middleware::Error::middleware;
+        if let Some(refused) = &self.refused {
+            return Err(failed(refused.clone()));
+        }
+        // Take the token (waiting for the shared refresh), then the pipeline's stages.
+        let token = self.cache.wait_for_token().await.map_err(failed)?;
+        let proof = self.binding.needs_proof(&token).map_err(failed)?;
         self.headers
             .insert_with_authorization(request.headers_mut(), token.header().clone());
-        if !token.is_dpop() {
+        if !proof {
             return next.run(request, extensions).await;
         }
-        #[cfg(feature = "dpop")]
-        if let Some(key) = &self.dpop_key {
-            use secrecy::ExposeSecret as _;
-            let token = token.secret().expose_secret();
-            return dpop::send(key, token, request, extensions, next).await;
+        // A DPoP-bound token: a proof per attempt, and one more attempt on a nonce challenge
+        // that brought its nonce, when the body can be cloned (not a stream).
+        let retry = request.try_clone();
+        let watch = self.prove(&token, &mut request)?;
+        let response = next.clone().run(request, extensions).await?;
+        watch.observe(response.headers());
+        let Some(mut retry) = retry else {
+            return Ok(response);
+        };
+        let sent = crate::retry::Sent {
+            cache: self.cache.clone(),
+            header: token.header().clone(),
+            proof: true,
+        };
+        let never_rejected = |_: http::StatusCode, _: &http::HeaderMap| false;
+        let verdict = crate::retry::judge(
+            &sent,
+            response.status(),
+            response.headers(),
+            &never_rejected,
+        );
+        if verdict != crate::retry::Verdict::Resend {
+            return Ok(response);
         }
-        Err(reqwest_middleware::Error::middleware(Error::config(
-            "the token is DPoP-bound (token_type DPoP) and needs a proof per request, which \
-             this middleware cannot make: build it with `BearerAuthMiddleware::dpop` from the \
-             `DpopAuthLayer` (feature `dpop`); the request was not sent",
-        )))
+        let watch = self.prove(&token, &mut retry)?;
+        let response = next.run(retry, extensions).await?;
+        watch.observe(response.headers());
+        Ok(response)
     }
 }
 
-/// The DPoP half of the middleware: a proof per request, the nonces of the responses, and one
-/// more try on a nonce challenge.
-#[cfg(feature = "dpop")]
-mod dpop {
-    use http::Extensions;
-    use reqwest_middleware::Next;
-
-    use crate::dpop::{is_nonce_challenge, DpopKey};
-    use crate::error::Error;
-
-    /// Sends `request` (its `Authorization` already set to `DPoP <token>`) with a proof; on a
-    /// nonce challenge that brought a nonce, sends it once more if its body can be cloned.
-    pub(super) async fn send(
-        key: &DpopKey,
-        token: &str,
-        mut request: ::reqwest::Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<::reqwest::Response> {
-        let (scheme, authority) = origin(request.url())?;
-        let retry = request.try_clone();
-        add_proof(key, token, (&scheme, &authority), &mut request)?;
-        let response = next.clone().run(request, extensions).await?;
-        let has_nonce = key
-            .nonces()
-            .update_from(&scheme, &authority, response.headers());
-        match retry {
-            Some(mut retry)
-                if has_nonce && is_nonce_challenge(response.status(), response.headers()) =>
-            {
-                add_proof(key, token, (&scheme, &authority), &mut retry)?;
-                let response = next.run(retry, extensions).await?;
-                key.nonces()
-                    .update_from(&scheme, &authority, response.headers());
-                Ok(response)
-            }
-            _ => Ok(response),
-        }
-    }
-
-    /// The URL's scheme and `host[:port]` (no user info: `htu` never carries it).
-    fn origin(url: &::reqwest::Url) -> Result<(String, String), reqwest_middleware::Error> {
+impl BearerAuthMiddleware {
+    /// The bind stage for a reqwest request: the URL's scheme, `host[:port]` (no user info:
+    /// `htu` never carries it) and path.
+    fn prove(
+        &self,
+        token: &crate::Token,
+        request: &mut ::reqwest::Request,
+    ) -> Result<crate::layer::Watch, reqwest_middleware::Error> {
+        let failed = reqwest_middleware::Error::middleware;
+        let url = request.url();
         let host = url.host_str().ok_or_else(|| {
-            reqwest_middleware::Error::middleware(Error::config(
+            failed(Error::config(
                 "a DPoP proof needs a URL with a host; the request was not sent",
             ))
         })?;
@@ -242,38 +220,27 @@ mod dpop {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        Ok((url.scheme().to_string(), authority))
-    }
-
-    fn add_proof(
-        key: &DpopKey,
-        token: &str,
-        (scheme, authority): (&str, &str),
-        request: &mut ::reqwest::Request,
-    ) -> Result<(), reqwest_middleware::Error> {
-        let proof = key
-            .proof_parts(
-                request.method(),
-                scheme,
-                authority,
-                request.url().path(),
-                Some(token),
+        let scheme = url.scheme().to_string();
+        let path = url.path().to_string();
+        let method = request.method().clone();
+        self.binding
+            .prove_parts(
+                token,
+                &method,
+                (&scheme, &authority, &path),
+                request.headers_mut(),
             )
-            .map_err(reqwest_middleware::Error::middleware)?;
-        request.headers_mut().insert("dpop", proof);
-        Ok(())
+            .map_err(failed)
     }
 }
 
 impl fmt::Debug for BearerAuthMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut debug = f.debug_struct("BearerAuthMiddleware");
-        debug
+        f.debug_struct("BearerAuthMiddleware")
             .field("cache", &self.cache)
-            .field("headers", &self.headers);
-        #[cfg(feature = "dpop")]
-        debug.field("dpop_key", &self.dpop_key);
-        debug.finish()
+            .field("headers", &self.headers)
+            .field("binding", &self.binding)
+            .finish()
     }
 }
 

@@ -253,3 +253,143 @@ fn the_hot_path_allocates_nothing() {
     let boxed = allocation_counter::measure(|| drop(std::hint::black_box(Box::new(1u64))));
     assert_eq!(boxed.count_total, 1);
 }
+
+/// Defect 19.5: past the bound on remembered origins, every request to an origin the layer had
+/// stopped remembering took the global mutex, called the rule, copied the map and boxed a
+/// future around a clone of the inner service, even with the set's token cached. Now 100
+/// origins (the old bound for `max_sets(1)` was 64) that share one set are each derived once;
+/// after that, a request to any of them takes no lock and allocates nothing, and the rule is
+/// not called again.
+#[test]
+fn many_origins_of_one_set_are_remembered_without_allocation() {
+    const ORIGINS: usize = 100;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rule_calls = Arc::new(AtomicUsize::new(0));
+    let (_auth, layer) = runtime.block_on(async {
+        let auth = AuthServer::start().await.unwrap();
+        let layer = MultiAudienceLayer::builder(default_client(&auth).build().unwrap())
+            .per_origin({
+                let rule_calls = rule_calls.clone();
+                move |_origin| {
+                    rule_calls.fetch_add(1, Ordering::SeqCst);
+                    CredentialSet::new().audience("https://tenants.example")
+                }
+            })
+            .max_sets(1)
+            .header("x-api-key", "key")
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut warm = layer.layer(tower::service_fn(echo_audience));
+        for i in 0..ORIGINS {
+            let aud = audience_of(&mut warm, get(&format!("https://tenant-{i}.example/")));
+            assert_eq!(aud.await.unwrap(), "https://tenants.example");
+        }
+        (auth, layer)
+    });
+    assert_eq!(rule_calls.load(Ordering::SeqCst), ORIGINS);
+    assert_eq!(layer.sets_in_use(), 1);
+    let mut client = layer.layer(tower::service_fn(|request: Request<()>| {
+        assert!(request.headers().contains_key(AUTHORIZATION));
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    }));
+    let mut requests: Vec<_> = (0..ORIGINS)
+        .map(|i| {
+            let mut request = get(&format!("https://tenant-{i}.example/v1/orders"));
+            request.headers_mut().reserve(8);
+            request
+        })
+        .collect();
+    let waker = bench_common::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut responses = Vec::with_capacity(requests.len());
+    let info = allocation_counter::measure(|| {
+        for request in requests.drain(..) {
+            assert!(client.poll_ready(&mut cx).is_ready());
+            let mut future = std::pin::pin!(client.call(request));
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(response)) => responses.push(response),
+                other => panic!("not answered at once: {:?}", other.is_ready()),
+            }
+        }
+    });
+    assert_eq!(responses.len(), ORIGINS);
+    assert_eq!(
+        rule_calls.load(Ordering::SeqCst),
+        ORIGINS,
+        "no origin derived twice"
+    );
+    assert_eq!(info.count_total, 0, "{info:?}");
+}
+
+/// Defect 19.5, its other half: the first request to a new origin whose set already has a
+/// fresh token is answered at once (the inner service's own future, no wait boxed around a
+/// clone of it), so a stream of new origins costs the rule's work and nothing else.
+#[test]
+fn a_new_origin_of_a_set_with_a_token_is_not_sent_through_a_boxed_wait() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_auth, layer) = runtime.block_on(async {
+        let auth = AuthServer::start().await.unwrap();
+        let layer = MultiAudienceLayer::builder(default_client(&auth).build().unwrap())
+            .per_origin(|_| CredentialSet::new().audience("https://tenants.example"))
+            .header("x-api-key", "key")
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut warm = layer.layer(tower::service_fn(echo_audience));
+        audience_of(&mut warm, get("https://tenant-0.example/"))
+            .await
+            .unwrap();
+        (auth, layer)
+    });
+    // An inner service whose future is pending once: a boxed wait would still answer, so
+    // what is checked is that no clone of the inner service was made for the request.
+    let clones = Arc::new(AtomicUsize::new(0));
+    let mut client = layer.layer(CountingClones {
+        clones: clones.clone(),
+    });
+    let waker = bench_common::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for i in 1..=200 {
+        let request = get(&format!("https://tenant-{i}.example/"));
+        assert!(client.poll_ready(&mut cx).is_ready());
+        let mut future = std::pin::pin!(client.call(request));
+        assert!(future.as_mut().poll(&mut cx).is_ready());
+    }
+    assert_eq!(clones.load(Ordering::SeqCst), 0);
+}
+
+#[derive(Debug)]
+struct CountingClones {
+    clones: Arc<AtomicUsize>,
+}
+
+impl Clone for CountingClones {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        CountingClones {
+            clones: self.clones.clone(),
+        }
+    }
+}
+
+impl Service<Request<()>> for CountingClones {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        assert!(request.headers().contains_key(AUTHORIZATION));
+        std::future::ready(Ok(Response::new(())))
+    }
+}

@@ -451,7 +451,8 @@ async fn a_tonic_call_without_a_proof_or_with_a_wrong_one_is_unauthenticated() {
     let addr = grpc_server(api.clone()).await;
     let key = DpopKey::generate().unwrap();
 
-    // The bearer layer alone: `Authorization: DPoP <token>` and no proof.
+    // The bearer layer alone over DPoP credentials cannot prove their tokens: refused before
+    // the wire (it used to send `Authorization: DPoP <token>` with no proof), naming the fix.
     let mut no_proof = HealthClient::new(
         ServiceBuilder::new()
             .layer(
@@ -462,8 +463,15 @@ async fn a_tonic_call_without_a_proof_or_with_a_wrong_one_is_unauthenticated() {
             .service(channel(addr)),
     );
     let status = no_proof.check(health_check()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(status.message(), "invalid_dpop_proof: no DPoP proof");
+    assert!(
+        status.message().contains("no DPoP proof stage") && status.message().contains(".dpop(key)"),
+        "{status:?}"
+    );
+    assert_eq!(
+        auth.token_requests(),
+        0,
+        "refused before anything was fetched"
+    );
 
     // A proof for another origin: `htu` does not match the request.
     let mut wrong_origin = HealthClient::new(
@@ -493,7 +501,7 @@ async fn a_tonic_call_without_a_proof_or_with_a_wrong_one_is_unauthenticated() {
         status.message().contains("DpopAuthLayer::origin"),
         "{status:?}"
     );
-    assert_eq!((api.accepted(), api.rejected()), (0, 2));
+    assert_eq!((api.accepted(), api.rejected()), (0, 1));
 }
 
 /// tonic bodies are not `Clone`, so a tonic client has no retry layer: a nonce challenge
@@ -625,7 +633,9 @@ async fn axum_handlers_call_the_api_through_one_dpop_client_in_state() {
 
 #[tokio::test]
 async fn an_axum_handler_whose_client_sends_no_proof_is_refused() {
-    // Guards the test above: the same app with the bearer layer alone gets the API's 401.
+    // Guards the test above: the same app with the bearer layer alone fails. Its layer cannot
+    // prove the DPoP credentials' tokens, so it refuses in `poll_ready` (a configuration
+    // error, the handler's 503) and the API never sees a proof-less bound token.
     let auth = AuthServer::start().await.unwrap();
     let api = ApiServer::start(&auth, API_KEY).await.unwrap();
     let key = DpopKey::generate().unwrap();
@@ -639,6 +649,266 @@ async fn an_axum_handler_whose_client_sends_no_proof_is_refused() {
         api_url: api.url().into(),
     })
     .await;
-    assert_eq!(call_downstream(addr).await.0, StatusCode::BAD_GATEWAY);
-    assert_eq!((api.accepted(), api.rejected()), (0, 1));
+    assert_eq!(
+        call_downstream(addr).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!((api.accepted(), api.rejected()), (0, 0));
+    assert_eq!(auth.token_requests(), 0);
+}
+
+// ----- issue 19: combinations -------------------------------------------------------------------
+
+/// Defect 19.7: a DPoP nonce challenge without a `DPoP-Nonce` header cannot be answered (the
+/// next proof would lack the nonce just the same), so the retry layer must not replay the body
+/// for it: the challenge goes back to the caller after one request.
+#[tokio::test]
+async fn a_nonce_challenge_without_a_nonce_is_not_retried() {
+    struct Bound;
+    impl TokenSource for Bound {
+        fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+            Box::pin(async { Token::dpop("bound", Some(Duration::from_secs(60))) })
+        }
+    }
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let key = DpopKey::generate().unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(
+            BearerAuthLayer::new(Bound)
+                .dpop(key)
+                .retry_on_unauthorized(),
+        )
+        .service(tower::service_fn(move |request: Request<Full<Bytes>>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert!(request.headers().contains_key("dpop"));
+            let response = Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header(
+                    "www-authenticate",
+                    r#"DPoP error="use_dpop_nonce", error_description="nonce required""#,
+                )
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            async move { Ok::<_, BoxError>(response) }
+        }));
+    let request = Request::post("https://api.example/v1/orders")
+        .body(Full::new(Bytes::from_static(b"{\"order\":1}")))
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// Defect 19.6 through the layer: `htu` of a request whose URI has user info is the origin
+/// and path only, so the API accepts it (and no password reaches the API inside the proof).
+#[tokio::test]
+async fn a_uri_with_user_info_gets_a_proof_without_it() {
+    let auth = AuthServer::start().await.unwrap();
+    let key = DpopKey::generate().unwrap();
+    let layer = BearerAuthLayer::new(credentials(&auth, &key)).dpop(key);
+    let mut client =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|request: Request<Full<Bytes>>| async move {
+                let proof = request.headers()["dpop"].to_str().unwrap().to_string();
+                Ok::<_, BoxError>(Response::new(claims(&proof)))
+            });
+    let request = Request::get("https://user:pa55word@api.example:8443/v1/items?page=2")
+        .body(Full::default())
+        .unwrap();
+    let claims = client.ready().await.unwrap().call(request).await.unwrap();
+    let claims = claims.into_body();
+    assert_eq!(claims["htu"], "https://api.example:8443/v1/items");
+    assert!(!claims.to_string().contains("pa55word"));
+}
+
+/// Refusals before the wire: a layer whose DPoP key is not its credentials' key, or that has
+/// one over credentials without a key, fails `poll_ready` with a configuration error naming
+/// the combination, and fetches and sends nothing.
+#[tokio::test]
+async fn a_layer_key_other_than_the_credentials_key_is_refused() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let (key, other) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+    let plain = ClientCredentials::builder()
+        .token_endpoint(auth.token_endpoint())
+        .unwrap()
+        .client_id(AuthServer::CLIENT_ID)
+        .client_secret(AuthServer::CLIENT_SECRET)
+        .build()
+        .unwrap();
+    let cases = [
+        (
+            BearerAuthLayer::new(credentials(&auth, &key)).dpop(other.clone()),
+            "thumbprints differ",
+        ),
+        (
+            BearerAuthLayer::new(plain).dpop(other),
+            "credentials have none",
+        ),
+    ];
+    for (layer, why) in cases {
+        let mut client = ServiceBuilder::new()
+            .layer(layer.retry_on_unauthorized())
+            .service(hyper_client());
+        let error = get(&mut client, &api.url()).await.unwrap_err();
+        let error = error.downcast::<Error>().unwrap();
+        assert_eq!(
+            error.kind(),
+            tower_client_credentials::ErrorKind::Configuration
+        );
+        assert!(error.to_string().contains(why), "{error}");
+    }
+    assert_eq!(auth.token_requests(), 0);
+    assert_eq!((api.accepted(), api.rejected()), (0, 0));
+}
+
+/// Defect 19.4: several APIs × DPoP × retry. Each request through a `MultiAudienceLayer` with
+/// a DPoP key gets a proof for its own origin (the API checks `htu` against the request), a
+/// nonce challenge is answered per origin with one more attempt and the same token, and a
+/// revoked token is replaced once.
+#[tokio::test]
+async fn several_apis_get_proofs_for_their_own_origin_and_retry() {
+    use tower_client_credentials::audience::MultiAudienceLayer;
+    use tower_client_credentials::CredentialSet;
+
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let port = api.url().rsplit(':').next().unwrap().to_string();
+    let (api_a, api_b) = (
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    );
+    let key = DpopKey::generate().unwrap();
+    let layer = MultiAudienceLayer::builder(credentials(&auth, &key))
+        .origin(&api_a, CredentialSet::new().audience("api-a"))
+        .origin(&api_b, CredentialSet::new().audience("api-b"))
+        .refuse_unknown_origins()
+        .header("x-api-key", API_KEY)
+        .unwrap()
+        .dpop(key.clone())
+        .build()
+        .unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(layer.clone().retry_on_unauthorized())
+        .service(hyper_client());
+
+    for origin in [&api_a, &api_b] {
+        let response = get(&mut client, &format!("{origin}/v1/items?page=1")).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!((api.accepted(), api.rejected()), (2, 0));
+    assert_eq!(auth.token_requests(), 2, "one token per set");
+    let token = layer
+        .cache(&CredentialSet::new().audience("api-a"))
+        .unwrap()
+        .cached()
+        .unwrap();
+    assert!(token.is_dpop());
+
+    // A nonce per origin: each origin's first request is challenged once, then retried.
+    api.require_dpop_nonce(Some("multi-nonce-1"));
+    for origin in [&api_a, &api_b] {
+        let response = get(&mut client, &format!("{origin}/v1/items")).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!((api.accepted(), api.rejected()), (4, 2));
+    assert_eq!(
+        auth.token_requests(),
+        2,
+        "a nonce challenge keeps the token"
+    );
+
+    // A revoked token: one 401, one new token for that set, then success.
+    auth.revoke_all();
+    let response = get(&mut client, &format!("{api_a}/v1/items")).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    assert_eq!((api.accepted(), api.rejected()), (5, 3));
+    assert_eq!(auth.token_requests(), 3);
+}
+
+/// Refusals at build: DPoP credentials through a `MultiAudienceLayer` without a proof stage,
+/// a layer key other than the credentials', a layer key over credentials without one.
+#[test]
+fn a_multi_audience_layer_that_cannot_prove_its_tokens_is_refused_at_build() {
+    use tower_client_credentials::audience::MultiAudienceLayer;
+
+    let key = DpopKey::generate().unwrap();
+    let with_key = |key: Option<&DpopKey>| {
+        let builder = ClientCredentials::builder()
+            .token_endpoint("https://idp.example/token")
+            .unwrap()
+            .client_id("c")
+            .client_secret("s");
+        match key {
+            Some(key) => builder.dpop(key.clone()).build().unwrap(),
+            None => builder.build().unwrap(),
+        }
+    };
+    let refused = [
+        (
+            MultiAudienceLayer::builder(with_key(Some(&key))),
+            "no DPoP proof stage",
+        ),
+        (
+            MultiAudienceLayer::builder(with_key(Some(&key))).dpop(DpopKey::generate().unwrap()),
+            "thumbprints differ",
+        ),
+        (
+            MultiAudienceLayer::builder(with_key(None)).dpop(key.clone()),
+            "credentials have none",
+        ),
+    ];
+    for (builder, why) in refused {
+        let error = builder.build().unwrap_err();
+        assert_eq!(
+            error.kind(),
+            tower_client_credentials::ErrorKind::Configuration
+        );
+        assert!(error.to_string().contains(why), "{error}");
+        assert!(error.to_string().contains("MultiAudienceLayer"), "{error}");
+    }
+    MultiAudienceLayer::builder(with_key(Some(&key)))
+        .dpop(key)
+        .build()
+        .unwrap();
+}
+
+/// Where the layer cannot see the credentials (`from_cache`), the token's own binding decides:
+/// a token bound to another key than the layer's is refused before the wire, by its thumbprint.
+#[tokio::test]
+async fn a_token_bound_to_another_key_is_not_sent() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let (key, other) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+    let cache = tower_client_credentials::TokenCache::new(credentials(&auth, &key));
+    let mut client = ServiceBuilder::new()
+        .layer(BearerAuthLayer::from_cache(cache.clone()).dpop(other))
+        .service(hyper_client());
+    let error = get(&mut client, &api.url()).await.unwrap_err();
+    let error = error.downcast::<Error>().unwrap();
+    assert_eq!(
+        error.kind(),
+        tower_client_credentials::ErrorKind::Configuration
+    );
+    assert!(error.to_string().contains("another DPoP key"), "{error}");
+    assert_eq!((api.accepted(), api.rejected()), (0, 0));
+    // The same cache through a layer with the right key works.
+    let mut client = ServiceBuilder::new()
+        .layer(
+            BearerAuthLayer::from_cache(cache)
+                .dpop(key)
+                .with_header("x-api-key", API_KEY)
+                .unwrap(),
+        )
+        .service(hyper_client());
+    let response = get(&mut client, &api.url()).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.headers()
+    );
+    assert_eq!(auth.token_requests(), 1);
 }

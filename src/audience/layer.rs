@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::header::{HeaderName, AUTHORIZATION};
 use tower_layer::Layer;
 
 use super::origin::NormalOrigin;
@@ -12,7 +11,8 @@ use super::MultiAudience;
 use crate::cache::{TokenCache, TokenCacheBuilder};
 use crate::client_credentials::{ClientCredentials, CredentialSet};
 use crate::error::Error;
-use crate::layer::ExtraHeaders;
+use crate::layer::{check_keys, Binding, ExtraHeaders};
+use crate::retry::RetryUnauthorizedLayer;
 
 /// The default bound on credential sets made on demand; see
 /// [`MultiAudienceLayerBuilder::max_sets`].
@@ -27,6 +27,7 @@ pub const DEFAULT_MAX_SETS: usize = 256;
 pub struct MultiAudienceLayer {
     pub(super) registry: Arc<Registry>,
     pub(super) headers: ExtraHeaders,
+    pub(super) binding: Binding,
 }
 
 impl MultiAudienceLayer {
@@ -41,8 +42,42 @@ impl MultiAudienceLayer {
             max_sets: DEFAULT_MAX_SETS,
             settings: Arc::new(|builder| builder),
             headers: ExtraHeaders::default(),
+            binding: Binding::default(),
             error: None,
         }
+    }
+
+    /// Retries a request once with a fresh token of its set when the API rejects the one sent
+    /// (HTTP 401 by default), or once with the new nonce when the API answers a DPoP nonce
+    /// challenge that carries one; see [`RetryUnauthorizedLayer`] for the body rules,
+    /// [`retry_if`](RetryUnauthorizedLayer::retry_if) and
+    /// [`replay_limit`](RetryUnauthorizedLayer::replay_limit).
+    ///
+    /// ```
+    /// use tower_client_credentials::audience::MultiAudienceLayer;
+    /// use tower_client_credentials::retry::is_invalid_token;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/v1/token")?
+    ///     .client_id("my-client")
+    ///     .client_secret("my-secret")
+    ///     .build()?;
+    /// let layer = MultiAudienceLayer::builder(credentials)
+    ///     .per_origin(|origin| {
+    ///         tower_client_credentials::CredentialSet::new().resource(origin)
+    ///     })
+    ///     .build()?
+    ///     .retry_on_unauthorized()
+    ///     .retry_if(is_invalid_token)
+    ///     .replay_limit(16 * 1024);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retry_on_unauthorized(self) -> RetryUnauthorizedLayer<MultiAudienceLayer> {
+        RetryUnauthorizedLayer::over(self)
     }
 
     /// How many credential sets have a token cache now (made on first use).
@@ -98,6 +133,7 @@ impl fmt::Debug for MultiAudienceLayer {
         f.debug_struct("MultiAudienceLayer")
             .field("registry", &self.registry)
             .field("headers", &self.headers)
+            .field("binding", &self.binding)
             .finish()
     }
 }
@@ -145,6 +181,7 @@ pub struct MultiAudienceLayerBuilder {
     max_sets: usize,
     settings: CacheSettings,
     headers: ExtraHeaders,
+    binding: Binding,
     error: Option<Error>,
 }
 
@@ -212,36 +249,62 @@ impl MultiAudienceLayerBuilder {
 
     /// Adds a header sent with every request, marked sensitive: typically `x-api-key`. Fails,
     /// without echoing the value, if the name or value is not valid HTTP or the name is
-    /// `authorization`.
+    /// `authorization` or `dpop`.
     pub fn header(mut self, name: &str, value: &str) -> Result<Self, Error> {
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-            Error::config(format!(
-                "the header name given to `header` ({} characters) is not a valid HTTP header \
-                 name; check that the name comes first and the value second",
-                name.chars().count()
-            ))
-        })?;
-        if name == AUTHORIZATION {
-            return Err(Error::config(
-                "the `authorization` header is set by the layer from the token; add other headers",
-            ));
-        }
-        // Kept zeroizing and marked sensitive, as `BearerAuthLayer::with_header` keeps it.
-        self.headers = self.headers.with(&name, value.as_bytes()).map_err(|_| {
-            Error::config(format!(
-                "the value for the `{name}` header is not a valid HTTP header value; check it \
-                 for line breaks or other control characters"
-            ))
-        })?;
+        // Checked and kept as `BearerAuthLayer::with_header` does: one implementation.
+        self.headers = self.headers.with_text("header", name, value)?;
         Ok(self)
     }
 
-    /// Checks the table and the sets and builds the layer. Fetches nothing: each set's cache is
-    /// made, and its first token fetched, when a request first needs it.
+    /// Sends every set's tokens as DPoP-bound tokens (RFC 9449) with a proof signed by `key`
+    /// on every request: for its own method and URL (`htu` is that request's origin and path),
+    /// with the nonce that origin last gave. The `DPoP-Nonce` of every response is kept per
+    /// origin. Needs the cargo feature `dpop`.
+    ///
+    /// `key` must be the key given to
+    /// [`ClientCredentialsBuilder::dpop`](crate::ClientCredentialsBuilder::dpop):
+    /// [`build`](Self::build) refuses another key, DPoP credentials without this call, and this
+    /// call over credentials without a key.
+    ///
+    /// ```
+    /// use tower_client_credentials::audience::MultiAudienceLayer;
+    /// use tower_client_credentials::dpop::DpopKey;
+    /// use tower_client_credentials::ClientCredentials;
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// let key = DpopKey::generate()?;
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://idp.example/oauth2/v1/token")?
+    ///     .client_id("my-client")
+    ///     .client_secret("my-secret")
+    ///     .dpop(key.clone())
+    ///     .build()?;
+    /// let layer = MultiAudienceLayer::builder(credentials.clone()).dpop(key).build()?;
+    /// # let _ = layer;
+    /// // Another key than the credentials' is refused here, not on the wire.
+    /// let other = DpopKey::generate()?;
+    /// let refused = MultiAudienceLayer::builder(credentials).dpop(other).build().unwrap_err();
+    /// assert_eq!(refused.kind(), tower_client_credentials::ErrorKind::Configuration);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "dpop")]
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.binding.dpop = Some(crate::dpop::ProofStage::new(key));
+        self
+    }
+
+    /// Checks the table, the sets and the DPoP keys, and builds the layer. Fetches nothing:
+    /// each set's cache is made, and its first token fetched, when a request first needs it.
     pub fn build(self) -> Result<MultiAudienceLayer, Error> {
         if let Some(error) = self.error {
             return Err(error);
         }
+        check_keys(
+            "MultiAudienceLayer",
+            self.credentials.dpop_thumbprint(),
+            self.binding.dpop_thumbprint(),
+        )?;
         let registry = Registry::new(RegistryConfig {
             base: self.credentials,
             settings: self.settings,
@@ -253,6 +316,7 @@ impl MultiAudienceLayerBuilder {
         Ok(MultiAudienceLayer {
             registry: Arc::new(registry),
             headers: self.headers,
+            binding: self.binding,
         })
     }
 }

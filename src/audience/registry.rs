@@ -1,15 +1,23 @@
 //! The credential sets of one [`MultiAudienceLayer`](super::MultiAudienceLayer) and their
 //! caches: the configured ones (the origin table and the default), fixed at build; and the
 //! ones made on demand (from a request's [`CredentialSet`] extension or the per-origin rule),
-//! in an immutable map that is replaced, copied, on every insertion (`arc_swap`), so that a
+//! in an immutable map that is replaced, copied, when a set is made (`arc_swap`), so that a
 //! lookup takes no lock and allocates nothing. At most `max_sets` sets are made on demand.
+//!
+//! The origins the per-origin rule has seen are remembered in a fixed table of slots
+//! ([`RememberedOrigins`]): finding one is a hash and an atomic load; remembering one is one
+//! atomic swap of its slot. No global lock and no map copy per origin, however many origins
+//! come: past the table's size an origin replaces another in its slot (and is derived by the
+//! rule again when it comes back), never a request that serialises every other.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::time::Instant;
 
 use super::origin::{NormalOrigin, Origin};
@@ -33,6 +41,8 @@ pub(super) struct SetCache {
     credentials: ClientCredentials,
     cache: OnceLock<TokenCache>,
     created: Instant,
+    /// Dropped at the bound (idle): a remembered origin that still points here is a miss.
+    retired: AtomicBool,
 }
 
 impl SetCache {
@@ -42,6 +52,7 @@ impl SetCache {
             set,
             cache: OnceLock::new(),
             created: Instant::now(),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -80,10 +91,6 @@ impl Origins {
         }
     }
 
-    fn len(&self) -> usize {
-        self.http.len() + self.https.len()
-    }
-
     fn insert(&mut self, origin: NormalOrigin, entry: Arc<SetCache>) {
         let side = if origin.secure {
             &mut self.https
@@ -107,11 +114,106 @@ impl Origins {
     }
 }
 
-/// The sets made on demand: replaced as a whole on every change.
+/// The sets made on demand: replaced as a whole when a set is made or dropped.
 #[derive(Clone, Default)]
 struct OnDemand {
     by_set: HashMap<CredentialSet, Arc<SetCache>>,
-    by_origin: Origins,
+}
+
+/// One origin the rule has seen, and the set it derived.
+struct Remembered {
+    secure: bool,
+    authority: Box<str>,
+    entry: Arc<SetCache>,
+}
+
+/// The origins the rule has seen: groups of [`WAYS`] slots, and two groups per origin chosen
+/// by its hash ("two choices": an origin goes to the emptier one, so that groups overflow only
+/// when the table is nearly full). A lookup loads at most `2 × WAYS` slots (no lock, no
+/// allocation); remembering an origin swaps one slot. The hash has fixed keys, so that the
+/// table behaves the same in every run: origins chosen to collide only make each other be
+/// derived by the rule again.
+struct RememberedOrigins {
+    slots: Box<[ArcSwapOption<Remembered>]>,
+    /// `groups - 1`; the number of groups is a power of two.
+    mask: usize,
+}
+
+/// Slots per group.
+const WAYS: usize = 4;
+
+impl RememberedOrigins {
+    /// A table with room for at least `origins` (`WAYS` slots per origin, in groups).
+    fn new(origins: usize) -> Self {
+        let groups = origins.max(1).next_power_of_two();
+        RememberedOrigins {
+            slots: (0..groups * WAYS).map(|_| ArcSwapOption::empty()).collect(),
+            mask: groups - 1,
+        }
+    }
+
+    /// The first slots of the origin's two groups, and its hash.
+    #[inline]
+    fn groups(&self, secure: bool, authority: &str) -> ([usize; 2], u64) {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((secure, authority));
+        let first = (hash as usize & self.mask) * WAYS;
+        let second = ((hash >> 32) as usize & self.mask) * WAYS;
+        ([first, second], hash)
+    }
+
+    /// Calls `f` with the set remembered for the origin, or with `None`.
+    #[inline]
+    fn with<R>(
+        &self,
+        secure: bool,
+        authority: &str,
+        f: impl FnOnce(Option<&Arc<SetCache>>) -> R,
+    ) -> R {
+        let (starts, _) = self.groups(secure, authority);
+        for start in starts {
+            for slot in &self.slots[start..start + WAYS] {
+                let guard = slot.load();
+                if let Some(remembered) = &*guard {
+                    if remembered.secure == secure
+                        && &*remembered.authority == authority
+                        && !remembered.entry.retired.load(Ordering::Relaxed)
+                    {
+                        return f(Some(&remembered.entry));
+                    }
+                }
+            }
+        }
+        f(None)
+    }
+
+    /// Remembers `origin` → `entry`: in its own stale slot, else an empty or stale slot of its
+    /// emptier group, else in place of one of its groups' origins.
+    fn remember(&self, origin: &NormalOrigin, entry: &Arc<SetCache>) {
+        let (starts, hash) = self.groups(origin.secure, &origin.authority);
+        let group = |start: usize| &self.slots[start..start + WAYS];
+        let is_free = |slot: &ArcSwapOption<Remembered>| {
+            slot.load().as_ref().is_none_or(|r| {
+                r.entry.retired.load(Ordering::Relaxed)
+                    || (r.secure == origin.secure && r.authority == origin.authority)
+            })
+        };
+        let free = |start: usize| group(start).iter().filter(|slot| is_free(slot)).count();
+        let [first, second] = starts;
+        let emptier = if free(second) > free(first) {
+            second
+        } else {
+            first
+        };
+        let slot = group(emptier)
+            .iter()
+            .find(|slot| is_free(slot))
+            .unwrap_or(&group(emptier)[(hash >> 62) as usize % WAYS]);
+        slot.store(Some(Arc::new(Remembered {
+            secure: origin.secure,
+            authority: origin.authority.clone(),
+            entry: entry.clone(),
+        })));
+    }
 }
 
 /// Everything the layer's services share.
@@ -124,7 +226,9 @@ pub(super) struct Registry {
     default: Option<Arc<SetCache>>,
     rule: Option<OriginRule>,
     on_demand: ArcSwap<OnDemand>,
-    /// Serialises insertions (the cold path), so that none is lost to a concurrent copy.
+    remembered: RememberedOrigins,
+    /// Serialises the making of sets (the cold path), so that none is lost to a concurrent
+    /// copy. Never taken for an origin whose set exists.
     inserting: Mutex<()>,
     max_sets: usize,
 }
@@ -193,6 +297,7 @@ impl Registry {
             default,
             rule: config.rule,
             on_demand: ArcSwap::from_pointee(OnDemand::default()),
+            remembered: RememberedOrigins::new(max_origins(config.max_sets)),
             inserting: Mutex::new(()),
             max_sets: config.max_sets,
         })
@@ -219,10 +324,18 @@ impl Registry {
                     return f(Found::Set(entry));
                 }
                 if self.rule.is_some() {
-                    let on_demand = self.on_demand.load();
-                    return match on_demand.by_origin.get(*origin) {
+                    let found = |entry: Option<&Arc<SetCache>>| match entry {
                         Some(entry) => f(Found::Set(entry)),
                         None => f(Found::Missing),
+                    };
+                    return match origin.as_normal() {
+                        Some(authority) => self.remembered.with(origin.secure, authority, found),
+                        // A URI not spelled in normal form (upper case, default port).
+                        None => {
+                            let normal = origin.normalized();
+                            self.remembered
+                                .with(normal.secure, &normal.authority, found)
+                        }
                     };
                 }
                 f(self.default_or_refuse(Some(*origin)))
@@ -249,75 +362,67 @@ impl Registry {
         }
     }
 
-    /// The cold path: makes the set of `key` (under a lock, copying the map), or finds that
-    /// another caller just did. Refuses when `max_sets` sets made on demand are all in use.
+    /// The cold path: the set of `key` when the lookup missed. For an origin: the rule derives
+    /// its set, found among the sets (no lock) or made, and the origin is remembered (one slot
+    /// swapped). Refuses when `max_sets` sets made on demand are all in use.
     pub(super) fn insert(&self, key: &Key<'_>) -> Result<Arc<SetCache>, Error> {
-        let _inserting = self.inserting.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.on_demand.load_full();
-        let (set, origin) = match key {
-            Key::Set(set) => ((*set).clone(), None),
+        match key {
+            Key::Set(set) => self.entry_of(set, None),
             Key::Origin(origin) => {
-                if let Some(entry) = current.by_origin.get(*origin) {
-                    return Ok(entry.clone());
-                }
                 let normal = origin.normalized();
                 let rule = self.rule.as_ref().ok_or_else(|| {
                     Error::config("no per-origin rule to make a credential set with")
                 })?;
-                (rule(&normal.to_string()), Some(normal))
+                let set = rule(&normal.to_string());
+                let entry = self.entry_of(&set, Some(&normal))?;
+                self.remembered.remember(&normal, &entry);
+                Ok(entry)
             }
-            Key::None => return Err(Error::config("a request without an origin has no set")),
-        };
-        if let Some(entry) = current.by_set.get(&set) {
-            if origin.is_none() {
-                return Ok(entry.clone());
-            }
+            Key::None => Err(Error::config("a request without an origin has no set")),
+        }
+    }
+
+    /// The entry of `set`: configured, made on demand already (both without a lock), or made
+    /// now under the lock, copying the map of sets.
+    fn entry_of(
+        &self,
+        set: &CredentialSet,
+        origin: Option<&NormalOrigin>,
+    ) -> Result<Arc<SetCache>, Error> {
+        if let Some(entry) = self.configured.get(set) {
+            return Ok(entry.clone());
+        }
+        if let Some(entry) = self.on_demand.load().by_set.get(set) {
+            return Ok(entry.clone());
+        }
+        let _inserting = self.inserting.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.on_demand.load_full();
+        if let Some(entry) = current.by_set.get(set) {
+            return Ok(entry.clone());
         }
         let mut next = (*current).clone();
-        let entry = match next.by_set.get(&set).or_else(|| self.configured.get(&set)) {
-            Some(existing) => existing.clone(),
-            None => {
-                if next.by_set.len() >= self.max_sets {
-                    self.sweep(&mut next);
-                }
-                if next.by_set.len() >= self.max_sets {
-                    return Err(self.full_error(origin.as_ref()));
-                }
-                let made = Arc::new(SetCache::new(set.clone(), &self.base)?);
-                next.by_set.insert(set, made.clone());
-                made
-            }
-        };
-        if let Some(origin) = origin {
-            // Many origins may map to one set (a rule that returns the same set for every
-            // tenant): the remembered origins are bounded too, or origins from user input would
-            // grow the map (and its copy per insertion) without end. Past the bound, an origin
-            // is resolved through the rule on each request instead of remembered.
-            if next.by_origin.len() >= self.max_origins() {
-                self.sweep(&mut next);
-            }
-            if next.by_origin.len() < self.max_origins() {
-                next.by_origin.insert(origin, entry.clone());
-            }
+        if next.by_set.len() >= self.max_sets {
+            self.sweep(&mut next);
         }
+        if next.by_set.len() >= self.max_sets {
+            return Err(self.full_error(origin));
+        }
+        let made = Arc::new(SetCache::new(set.clone(), &self.base)?);
+        next.by_set.insert(set.clone(), made.clone());
         self.on_demand.store(Arc::new(next));
-        Ok(entry)
+        Ok(made)
     }
 
-    /// How many origins are remembered: a few per set the bound allows.
-    fn max_origins(&self) -> usize {
-        self.max_sets.saturating_mul(4).max(64)
-    }
-
-    /// Drops the sets made on demand that are idle, and the origins that led to them.
+    /// Drops the sets made on demand that are idle; origins remembered for them become misses.
     fn sweep(&self, on_demand: &mut OnDemand) {
         let before = on_demand.by_set.len();
-        on_demand.by_set.retain(|_, entry| !entry.is_idle());
-        let kept = &on_demand.by_set;
-        let live =
-            |entry: &Arc<SetCache>| kept.get(&entry.set).is_some_and(|k| Arc::ptr_eq(k, entry));
-        on_demand.by_origin.http.retain(|_, entry| live(entry));
-        on_demand.by_origin.https.retain(|_, entry| live(entry));
+        on_demand.by_set.retain(|_, entry| {
+            let idle = entry.is_idle();
+            if idle {
+                entry.retired.store(true, Ordering::Relaxed);
+            }
+            !idle
+        });
         tracing::debug!(
             dropped = before - on_demand.by_set.len(),
             "idle credential sets dropped at the bound"
@@ -355,6 +460,11 @@ impl Registry {
             .or_else(|| on_demand.by_set.get(set))
             .and_then(|entry| entry.cache.get().cloned())
     }
+}
+
+/// How many origins the rule's table is sized for: a few per set the bound allows.
+fn max_origins(max_sets: usize) -> usize {
+    max_sets.saturating_mul(4).max(64)
 }
 
 impl fmt::Debug for Registry {

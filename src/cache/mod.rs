@@ -160,7 +160,6 @@ impl TokenCache {
     }
 
     /// A token valid now, shared, waiting for the refresh if needed.
-    #[cfg(feature = "reqwest")]
     pub(crate) async fn wait_for_token(&self) -> Result<Arc<Token>, Error> {
         self.usable_or_refreshed().await
     }

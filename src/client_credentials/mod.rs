@@ -186,6 +186,14 @@ impl ClientCredentials {
         }
     }
 
+    /// The RFC 7638 thumbprint of the DPoP key, if one is set: what a layer's own key must match.
+    pub(crate) fn dpop_thumbprint(&self) -> Option<&str> {
+        #[cfg(feature = "dpop")]
+        return self.inner.dpop.as_ref().map(|key| key.thumbprint());
+        #[cfg(not(feature = "dpop"))]
+        None
+    }
+
     fn has_dpop_key(&self) -> bool {
         #[cfg(feature = "dpop")]
         return self.inner.dpop.is_some();

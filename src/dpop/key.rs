@@ -118,13 +118,17 @@ impl DpopKey {
     /// (`-----BEGIN PRIVATE KEY-----`), for PS256 and RS256 an RSA key (PKCS#8 or PKCS#1), for
     /// EdDSA an Ed25519 key in PKCS#8.
     pub fn from_pem(algorithm: DpopAlgorithm, pem: &[u8]) -> Result<Self, Error> {
-        let key = PrivateKeyDer::from_pem_slice(pem).map_err(|_| {
+        let mut key = PrivateKeyDer::from_pem_slice(pem).map_err(|_| {
             Error::config(format!(
                 "the {} DPoP key is not a PEM private key; expected `-----BEGIN PRIVATE KEY-----`",
                 algorithm.as_str()
             ))
         })?;
-        Self::from_der(algorithm, key.secret_der(), SystemRandom::new())
+        let made = Self::from_der(algorithm, key.secret_der(), SystemRandom::new());
+        // The decoded DER is ours; what the type's docs promise (as for `ClientIdentity`): it
+        // does not outlive the call, whether *ring* accepted the key or not.
+        zeroize::Zeroize::zeroize(&mut key);
+        made
     }
 
     fn from_der(algorithm: DpopAlgorithm, der: &[u8], rng: SystemRandom) -> Result<Self, Error> {
@@ -250,11 +254,19 @@ impl DpopKey {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        // Unique, not secret: a replay cache keys on it. A thread-local generator, no syscall.
-        let jti = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        // RFC 9449 §4.2 and §11.1: `jti` must not be guessable or collide, since a server's
+        // replay cache keys on it: 128 bits from the system CSPRNG (the one that signs).
+        let mut jti = [0u8; 16];
+        ring::rand::SecureRandom::fill(&self.inner.rng, &mut jti).map_err(|_| {
+            Error::config("the system random generator failed to make a DPoP proof `jti`")
+        })?;
+        // RFC 9449 §4.2: `htu` is the URI without query and fragment, and user info is no part
+        // of what the server sees as the target (and a password must not be signed into a JWT
+        // sent to the API, which stores or logs it).
+        let authority = super::nonce::host_port(authority);
         let mut claims = String::with_capacity(160 + path.len() + authority.len());
         claims.push_str(r#"{"jti":""#);
-        claims.push_str(&jti);
+        URL_SAFE_NO_PAD.encode_string(jti, &mut claims);
         claims.push_str(r#"","htm":"#);
         push_json_string(&mut claims, method.as_str());
         claims.push_str(r#","htu":"#);

@@ -13,10 +13,12 @@
 //! Server nonces (RFC 9449 §8, §9) are handled for you: the `DPoP-Nonce` of every response is
 //! kept per origin and put in the next proof to that origin; a token endpoint's
 //! `use_dpop_nonce` error is answered by one retry with the new nonce, and an API's
-//! `WWW-Authenticate: DPoP error="use_dpop_nonce"` by one retry through
-//! [`DpopAuthLayer::retry_on_unauthorized`] (which needs a `Clone` body). A plain
-//! [`DpopAuthLayer`] does not retry: the challenge reaches the caller and the next request to
-//! that origin carries the nonce; see [its docs](DpopAuthLayer#nonce-challenges-from-the-api).
+//! `WWW-Authenticate: DPoP error="use_dpop_nonce"` with a `DPoP-Nonce` by one retry through
+//! [`BearerAuthLayer::retry_on_unauthorized`](crate::BearerAuthLayer::retry_on_unauthorized)
+//! (any [`ReplayableBody`](crate::retry::ReplayableBody)). A layer without the retry does not
+//! retry: the challenge reaches the caller and the next request to that origin carries the
+//! nonce; see [its docs](DpopAuthLayer#nonce-challenges-from-the-api). Several APIs get proofs
+//! the same way: [`MultiAudienceLayerBuilder::dpop`](crate::audience::MultiAudienceLayerBuilder::dpop).
 //!
 //! Keys, proofs and nonces never appear in errors, `Debug` or logs.
 //!
@@ -57,7 +59,9 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
 pub use self::key::{DpopAlgorithm, DpopKey};
+pub(crate) use self::nonce::valid_nonce;
 pub use self::service::{DpopAuthLayer, DpopProof, DpopResponseFuture, DpopRetryLayer};
+pub(crate) use self::service::{NonceWatch, ProofStage};
 
 use crate::error::Error;
 

@@ -31,6 +31,7 @@ struct Entry {
 impl NonceStore {
     /// Calls `use_nonce` with the origin's current nonce, if there is one.
     pub(crate) fn with_nonce(&self, scheme: &str, authority: &str, use_nonce: impl FnOnce(&str)) {
+        let authority = host_port(authority);
         let entries = self.entries.load();
         if let Some(entry) = entries.iter().find(|e| e.matches(scheme, authority)) {
             use_nonce(&entry.nonce);
@@ -40,11 +41,8 @@ impl NonceStore {
     /// Stores the `DPoP-Nonce` of a response from the origin, if it carries a valid one that
     /// differs from the stored one. Returns whether it carried a valid one at all.
     pub(crate) fn update_from(&self, scheme: &str, authority: &str, headers: &HeaderMap) -> bool {
-        let Some(nonce) = headers
-            .get(DPOP_NONCE)
-            .and_then(|v| v.to_str().ok())
-            .filter(|n| is_valid_nonce(n))
-        else {
+        let authority = host_port(authority);
+        let Some(nonce) = valid_nonce(headers) else {
             return false;
         };
         let current = self.entries.load();
@@ -90,6 +88,23 @@ impl Entry {
     fn matches(&self, scheme: &str, authority: &str) -> bool {
         self.scheme.eq_ignore_ascii_case(scheme) && self.authority.eq_ignore_ascii_case(authority)
     }
+}
+
+/// `authority` without its user info: an origin is its scheme, host and port, and the nonces of
+/// `https://user@api.example` are those of `https://api.example`.
+pub(crate) fn host_port(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest)
+}
+
+/// The response's `DPoP-Nonce`, if it carries a valid one: what a retry after a nonce
+/// challenge needs (without it, the retry would be refused the same way).
+pub(crate) fn valid_nonce(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(DPOP_NONCE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|n| is_valid_nonce(n))
 }
 
 /// RFC 9449 §8.1: `nonce = 1*NQCHAR`, NQCHAR = %x21 / %x23-5B / %x5D-7E. Anything else could

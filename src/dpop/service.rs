@@ -1,36 +1,39 @@
-//! The per-request side of DPoP: a proof on every request that carries a DPoP-bound token, and
-//! the nonces of the responses.
+//! The DPoP stage of the request pipeline: the proof on every request that carries a
+//! DPoP-bound token (called by the bind stage, `layer/bind.rs`), and the nonces of the
+//! responses. The layer names users know (`DpopAuthLayer`, `DpopRetryLayer`, `DpopProof`) are
+//! the one pipeline's types under their old names.
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
-
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use pin_project_lite::pin_project;
-use tower_layer::Layer;
-use tower_service::Service;
+use http::{HeaderMap, Method, Uri};
+use secrecy::ExposeSecret as _;
 
 use super::DpopKey;
-use crate::error::{BoxError, Error};
-use crate::layer::{BearerAuth, BearerAuthLayer};
-use crate::retry::{RejectionPredicate, RetryUnauthorized, RetryUnauthorizedLayer};
-use crate::TokenCache;
+use crate::error::Error;
+use crate::layer::BearerAuthLayer;
+use crate::retry::RetryUnauthorizedLayer;
+use crate::token::Token;
 
 /// The `DPoP` request header.
 pub(crate) static DPOP: HeaderName = HeaderName::from_static("dpop");
 
-/// Layer for DPoP-bound tokens (RFC 9449): every request gets `Authorization: DPoP <token>`
-/// from the shared cache and a `DPoP` header with a fresh proof for its method and URI, bound
-/// to the token by `ath`; the `DPoP-Nonce` of every response is kept for the next proof to that
-/// origin. Made by [`BearerAuthLayer::dpop`].
+/// A [`BearerAuthLayer`] with a DPoP key (RFC 9449): every request gets
+/// `Authorization: DPoP <token>` from the shared cache and a `DPoP` header with a fresh proof
+/// for its method and URI, bound to the token by `ath`; the `DPoP-Nonce` of every response is
+/// kept for the next proof to that origin. Made by [`BearerAuthLayer::dpop`].
+///
+/// The proof is a stage of the one layer, not a type of its own: this name is the
+/// [`BearerAuthLayer`] it always was to its users, and every method of that layer
+/// ([`with_header`](BearerAuthLayer::with_header), [`cache`](BearerAuthLayer::cache),
+/// [`retry_on_unauthorized`](BearerAuthLayer::retry_on_unauthorized)) works in any order.
 ///
 /// The key must be the one the token was bound to: give the same [`DpopKey`] to
-/// [`ClientCredentialsBuilder::dpop`](crate::ClientCredentialsBuilder::dpop). When the server
-/// answers the token request with a plain Bearer token (it does not support DPoP), requests
-/// carry `Authorization: Bearer` and no proof.
+/// [`ClientCredentialsBuilder::dpop`](crate::ClientCredentialsBuilder::dpop). A layer made with
+/// [`BearerAuthLayer::new`] over `ClientCredentials` whose key is another one (or that have
+/// none) refuses every request in `poll_ready` with an
+/// [`ErrorKind::Configuration`](crate::ErrorKind::Configuration) error naming the mismatch, and
+/// sends nothing. When the server answers the token request with a plain Bearer token (it
+/// does not support DPoP), requests carry `Authorization: Bearer` and no proof.
 ///
 /// A proof is signed per request by design (ES256: tens of microseconds, see the crate's
 /// `dpop` bench); everything else is the bearer layer's hot path.
@@ -39,20 +42,20 @@ pub(crate) static DPOP: HeaderName = HeaderName::from_static("dpop");
 ///
 /// RFC 9449 §9 has the client answer an API's nonce challenge (`401` with
 /// `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce`) by sending the request
-/// again with the nonce. That means sending the body again, which needs a `Clone` body, so it
-/// is the job of [`retry_on_unauthorized`](Self::retry_on_unauthorized): it sends the request
+/// again with the nonce. That means sending the body again, so it is the job of
+/// [`retry_on_unauthorized`](BearerAuthLayer::retry_on_unauthorized): it sends the request
 /// once more with the new nonce and keeps the token (and replaces a rejected token, as for
-/// bearer tokens). **This layer alone does not retry**: it works with any body, the challenge
-/// goes back to the caller, the nonce is stored, and the next request to that origin carries
-/// it. Use `retry_on_unauthorized()` whenever the body type allows (hyper with `Full<Bytes>`,
-/// axum's outgoing clients); a tonic client, whose body is not `Clone`, sees one failed call
-/// each time the API rotates its nonce.
+/// bearer tokens), for every [`ReplayableBody`](crate::retry::ReplayableBody) (tonic's and
+/// axum's included). A challenge without a `DPoP-Nonce` is not retried: a second attempt
+/// would carry no nonce either. **The layer alone does not retry**: the challenge goes back to
+/// the caller, the nonce is stored, and the next request to that origin carries it.
 ///
 /// # Requests that carry only a path
 ///
 /// `htu` is the request's scheme, host and path. A tonic `Channel` adds its origin after this
-/// layer: name it with [`origin`](Self::origin), or the request fails with a configuration
-/// error and is not sent.
+/// layer: name it with [`origin`](BearerAuthLayer::origin), or the request fails with a
+/// configuration error and is not sent. User info in the URI (`user:password@`) never goes into
+/// `htu`, nor do the query and fragment (RFC 9449 §4.2).
 ///
 /// # Example
 ///
@@ -89,292 +92,182 @@ pub(crate) static DPOP: HeaderName = HeaderName::from_static("dpop");
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct DpopAuthLayer {
-    auth: BearerAuthLayer,
-    proof: DpopProofLayer,
-}
+pub type DpopAuthLayer = BearerAuthLayer;
+
+/// [`DpopAuthLayer`] that also retries once on a nonce challenge or a rejected token; made by
+/// [`BearerAuthLayer::retry_on_unauthorized`] on a layer with a DPoP key. The retry layer of
+/// every layer: [`retry_if`](RetryUnauthorizedLayer::retry_if) takes any closure, and
+/// [`replay_limit`](RetryUnauthorizedLayer::replay_limit) is there too.
+pub type DpopRetryLayer = RetryUnauthorizedLayer;
+
+/// The DPoP stage was a service of its own under [`BearerAuth`](crate::BearerAuth); it is now a
+/// stage inside it, and this alias keeps the type names written for it compiling:
+/// `BearerAuth<DpopProof<Channel>>` is `BearerAuth<Channel>`.
+pub type DpopProof<S> = S;
+
+/// The response future of a layer with a DPoP key: the one
+/// [`ResponseFuture`](crate::layer::ResponseFuture) of the pipeline, which keeps the response's
+/// `DPoP-Nonce`.
+pub type DpopResponseFuture<F> = crate::layer::ResponseFuture<F>;
 
 impl BearerAuthLayer {
     /// Sends the tokens of this layer as DPoP-bound tokens with a proof signed by `key` on every
     /// request; see [`DpopAuthLayer`]. Needs the cargo feature `dpop`.
-    pub fn dpop(self, key: DpopKey) -> DpopAuthLayer {
-        DpopAuthLayer {
-            auth: self,
-            proof: DpopProofLayer { key, origin: None },
-        }
+    ///
+    /// Give the same key to [`ClientCredentialsBuilder::dpop`](crate::ClientCredentialsBuilder::dpop):
+    /// over `ClientCredentials` with another key (RFC 7638 thumbprints compared) or none, the
+    /// layer's services refuse every request in `poll_ready` with a configuration error.
+    pub fn dpop(mut self, key: DpopKey) -> Self {
+        let stage = self.binding.dpop.get_or_insert_with(ProofStage::default);
+        stage.key = Some(key);
+        self
     }
-}
 
-impl DpopAuthLayer {
     /// The origin (`https://host[:port]`) to put in `htu` for requests whose URI is only a
     /// path: a tonic `Channel` adds its origin after this layer. Absolute request URIs (hyper,
-    /// axum clients) keep their own.
+    /// axum clients) keep their own. Needs the cargo feature `dpop`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenSource};
+    /// use tower_client_credentials::dpop::DpopKey;
+    /// # struct Bound;
+    /// # impl TokenSource for Bound {
+    /// #     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+    /// #         Box::pin(async { Token::dpop("t", Some(Duration::from_secs(60))) })
+    /// #     }
+    /// # }
+    /// let layer = BearerAuthLayer::new(Bound)
+    ///     .dpop(DpopKey::generate()?)
+    ///     .origin("https://grpc.example:8443")?;
+    /// assert!(BearerAuthLayer::new(Bound).origin("https://grpc.example/v1").is_err());
+    /// # let _ = layer;
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn origin(mut self, origin: impl AsRef<str>) -> Result<Self, Error> {
         let uri: Uri = origin.as_ref().parse().map_err(|_| {
             Error::config("the DPoP origin is not a URI; give `https://host[:port]`")
         })?;
         match (uri.scheme(), uri.authority()) {
-            (Some(scheme), Some(authority)) if matches!(uri.path(), "" | "/") => {
-                self.proof.origin = Some((scheme.clone(), authority.clone()));
+            (Some(scheme), Some(authority))
+                if matches!(uri.path(), "" | "/") && !authority.as_str().contains('@') =>
+            {
+                let stage = self.binding.dpop.get_or_insert_with(ProofStage::default);
+                stage.origin = Some((scheme.clone(), authority.clone()));
                 Ok(self)
             }
             _ => Err(Error::config(
                 "the DPoP origin must be a scheme and a host, e.g. `https://api.example:8443`, \
-                 with no path",
+                 with no path and no user info",
             )),
         }
     }
 
-    /// Retries a request once when the API asks for a DPoP nonce or rejects the token; see
-    /// [`RetryUnauthorizedLayer`]. The body type must be `Clone`.
-    pub fn retry_on_unauthorized(self) -> DpopRetryLayer {
-        DpopRetryLayer {
-            retry: self.auth.retry_on_unauthorized(),
-            proof: self.proof,
-        }
-    }
-
-    /// The shared token cache.
-    pub fn cache(&self) -> &TokenCache {
-        self.auth.cache()
-    }
-
-    /// The DPoP key.
-    pub fn key(&self) -> &DpopKey {
-        &self.proof.key
-    }
-
-    /// The bearer layer underneath (token cache and extra headers).
-    #[cfg(feature = "reqwest")]
-    pub(crate) fn bearer(&self) -> &BearerAuthLayer {
-        &self.auth
+    /// The DPoP key of this layer, if it has one ([`dpop`](Self::dpop)).
+    pub fn dpop_key(&self) -> Option<&DpopKey> {
+        self.binding.dpop.as_ref()?.key.as_ref()
     }
 }
 
-impl<S> Layer<S> for DpopAuthLayer {
-    type Service = BearerAuth<DpopProof<S>>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        self.auth.layer(self.proof.layer(inner))
-    }
-}
-
-impl fmt::Debug for DpopAuthLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpopAuthLayer")
-            .field("auth", &self.auth)
-            .field("key", &self.proof.key)
-            .finish()
-    }
-}
-
-/// [`DpopAuthLayer`] that also retries once on a nonce challenge or a rejected token; made by
-/// [`DpopAuthLayer::retry_on_unauthorized`].
-#[derive(Clone)]
-pub struct DpopRetryLayer {
-    retry: RetryUnauthorizedLayer,
-    proof: DpopProofLayer,
-}
-
-impl DpopRetryLayer {
-    /// What counts as a rejected token; see [`RetryUnauthorizedLayer::retry_if`]. A nonce
-    /// challenge is always retried.
-    pub fn retry_if(mut self, rejected: RejectionPredicate) -> Self {
-        self.retry = self.retry.retry_if(rejected);
-        self
-    }
-}
-
-impl<S> Layer<S> for DpopRetryLayer {
-    type Service = RetryUnauthorized<DpopProof<S>>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        self.retry.layer(self.proof.layer(inner))
-    }
-}
-
-impl fmt::Debug for DpopRetryLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpopRetryLayer")
-            .field("retry", &self.retry)
-            .field("key", &self.proof.key)
-            .finish()
-    }
-}
-
-/// Makes [`DpopProof`] services (the inner half of [`DpopAuthLayer`]).
-#[derive(Clone)]
-struct DpopProofLayer {
-    key: DpopKey,
+/// The DPoP half of a layer's bind stage: the key, and the origin for path-only requests.
+#[derive(Clone, Default)]
+pub(crate) struct ProofStage {
+    pub(crate) key: Option<DpopKey>,
     origin: Option<(Scheme, Authority)>,
 }
 
-impl<S> Layer<S> for DpopProofLayer {
-    type Service = DpopProof<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DpopProof {
-            inner,
-            key: self.key.clone(),
-            origin: self.origin.clone(),
+impl ProofStage {
+    pub(crate) fn new(key: DpopKey) -> Self {
+        ProofStage {
+            key: Some(key),
+            origin: None,
         }
     }
-}
 
-/// The service under [`BearerAuth`] in a [`DpopAuthLayer`] stack: adds the proof to a request
-/// whose `Authorization` is a DPoP token, and keeps the nonces of the responses. A request
-/// with any other `Authorization` passes through untouched.
-#[derive(Clone)]
-pub struct DpopProof<S> {
-    inner: S,
-    key: DpopKey,
-    origin: Option<(Scheme, Authority)>,
-}
-
-impl<S> DpopProof<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    fn key(&self) -> Result<&DpopKey, Error> {
+        self.key.as_ref().ok_or_else(|| {
+            Error::config(
+                "the token is DPoP-bound and the layer has an origin for DPoP proofs but no DPoP \
+                 key; add `.dpop(key)` with the key given to `ClientCredentialsBuilder::dpop`; \
+                 the request was not sent",
+            )
+        })
     }
 
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-/// The token of a DPoP `Authorization` value (scheme compared case-insensitively).
-fn dpop_token(value: &HeaderValue) -> Option<&str> {
-    let value = value.to_str().ok()?;
-    let (scheme, token) = value.split_at_checked(5)?;
-    scheme.eq_ignore_ascii_case("dpop ").then_some(token)
-}
-
-impl<S, B, RB> Service<Request<B>> for DpopProof<S>
-where
-    S: Service<Request<B>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = Response<RB>;
-    type Error = BoxError;
-    type Future = DpopResponseFuture<S::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    /// Refuses a DPoP-bound token this stage cannot prove.
+    pub(crate) fn check(&self, token: &Token) -> Result<(), Error> {
+        let key = self.key()?;
+        crate::layer::check_token_binding(token, key.thumbprint())
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let Some(token) = request.headers().get(AUTHORIZATION).and_then(dpop_token) else {
-            return DpopResponseFuture::plain(self.inner.call(request));
-        };
-        let uri = request.uri();
-        let origin = match (uri.scheme(), uri.authority(), &self.origin) {
-            (Some(scheme), Some(authority), _) => (scheme.clone(), authority.clone()),
-            (_, _, Some(origin)) => origin.clone(),
+    /// Signs and inserts the proof for a request of `method` to `uri` carrying `token`.
+    pub(crate) fn prove(
+        &self,
+        token: &Token,
+        method: &Method,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+    ) -> Result<NonceWatch, Error> {
+        let key = self.key()?;
+        let (scheme, authority) = match (uri.scheme(), uri.authority(), &self.origin) {
+            (Some(scheme), Some(authority), _) => (scheme, authority),
+            (_, _, Some((scheme, authority))) => (scheme, authority),
             _ => {
-                return DpopResponseFuture::failed(Error::config(
+                return Err(Error::config(
                     "a DPoP proof needs the request's absolute URI (scheme and host); for a \
                      client that sends only the path (a tonic Channel), set the origin with \
-                     `DpopAuthLayer::origin`",
+                     `.origin(..)` (`DpopAuthLayer::origin`); the request was not sent",
                 ))
             }
         };
-        let proof = self.key.proof_parts(
-            request.method(),
-            origin.0.as_str(),
-            origin.1.as_str(),
+        let proof = key.proof_parts(
+            method,
+            scheme.as_str(),
+            authority.as_str(),
             uri.path(),
-            Some(token),
-        );
-        match proof {
-            Ok(proof) => {
-                request.headers_mut().insert(DPOP.clone(), proof);
-                DpopResponseFuture {
-                    kind: Kind::Bound {
-                        future: self.inner.call(request),
-                        key: self.key.clone(),
-                        origin,
-                    },
-                }
-            }
-            Err(error) => DpopResponseFuture::failed(error),
-        }
+            Some(token.secret().expose_secret()),
+        )?;
+        headers.insert(DPOP.clone(), proof);
+        Ok(NonceWatch {
+            key: key.clone(),
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+        })
+    }
+
+    /// [`prove`](Self::prove) with the URI in parts.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn prove_parts(
+        &self,
+        token: &Token,
+        method: &Method,
+        (scheme, authority, path): (&str, &str, &str),
+        headers: &mut HeaderMap,
+    ) -> Result<NonceWatch, Error> {
+        let uri = Uri::builder()
+            .scheme(scheme)
+            .authority(super::nonce::host_port(authority))
+            .path_and_query(if path.is_empty() { "/" } else { path })
+            .build()
+            .map_err(|_| {
+                Error::config("a DPoP proof needs a URL with a host; the request was not sent")
+            })?;
+        self.prove(token, method, &uri, headers)
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for DpopProof<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpopProof")
-            .field("inner", &self.inner)
-            .field("key", &self.key)
-            .finish()
-    }
+/// Keeps the `DPoP-Nonce` of the response to a proven request, for its origin.
+pub(crate) struct NonceWatch {
+    key: DpopKey,
+    scheme: Scheme,
+    authority: Authority,
 }
 
-pin_project! {
-    /// Response future of [`DpopProof`]: stores the response's `DPoP-Nonce` for its origin.
-    pub struct DpopResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Plain { #[pin] future: F },
-        Bound { #[pin] future: F, key: DpopKey, origin: (Scheme, Authority) },
-        Failed { error: Option<Error> },
-    }
-}
-
-impl<F> DpopResponseFuture<F> {
-    fn plain(future: F) -> Self {
-        DpopResponseFuture {
-            kind: Kind::Plain { future },
-        }
-    }
-
-    fn failed(error: Error) -> Self {
-        DpopResponseFuture {
-            kind: Kind::Failed { error: Some(error) },
-        }
-    }
-}
-
-impl<F, RB, E> Future for DpopResponseFuture<F>
-where
-    F: Future<Output = Result<Response<RB>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<RB>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Plain { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Bound {
-                future,
-                key,
-                origin,
-            } => {
-                let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                key.nonces()
-                    .update_from(origin.0.as_str(), origin.1.as_str(), response.headers());
-                Poll::Ready(Ok(response))
-            }
-            KindProj::Failed { error } => {
-                Poll::Ready(Err(Box::new(error.take().unwrap_or_else(|| {
-                    Error::config("the response future was polled after it completed")
-                }))))
-            }
-        }
-    }
-}
-
-impl<F> fmt::Debug for DpopResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpopResponseFuture").finish_non_exhaustive()
+impl NonceWatch {
+    #[inline]
+    pub(crate) fn observe(&self, headers: &HeaderMap) {
+        self.key
+            .nonces()
+            .update_from(self.scheme.as_str(), self.authority.as_str(), headers);
     }
 }

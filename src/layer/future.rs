@@ -1,15 +1,62 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
+use http::{HeaderMap, Response};
 use pin_project_lite::pin_project;
 
+use super::bind::Watch;
 use crate::error::{BoxError, Error};
 
+/// The response of a service under the layer, as the pipeline reads it: the headers, where a
+/// proof's origin hands out its next `DPoP-Nonce` (RFC 9449 §8). Implemented for
+/// [`http::Response`] (every HTTP client: hyper, tonic, axum) and `()`; implement it for
+/// another response type to put the layer over a service that returns one.
+///
+/// ```
+/// use http::HeaderMap;
+/// use tower_client_credentials::layer::ResponseHeaders;
+///
+/// struct Reply { headers: HeaderMap, body: Vec<u8> }
+///
+/// impl ResponseHeaders for Reply {
+///     fn response_headers(&self) -> Option<&HeaderMap> {
+///         Some(&self.headers)
+///     }
+/// }
+/// # let reply = Reply { headers: HeaderMap::new(), body: Vec::new() };
+/// # assert!(reply.response_headers().is_some() && reply.body.is_empty());
+/// ```
+pub trait ResponseHeaders {
+    /// The response's headers, if it has any.
+    fn response_headers(&self) -> Option<&HeaderMap>;
+}
+
+impl<B> ResponseHeaders for Response<B> {
+    #[inline]
+    fn response_headers(&self) -> Option<&HeaderMap> {
+        Some(self.headers())
+    }
+}
+
+impl ResponseHeaders for () {
+    #[inline]
+    fn response_headers(&self) -> Option<&HeaderMap> {
+        None
+    }
+}
+
+/// The cold start of a request whose token was not cached yet: waits for it, binds it, and
+/// calls the inner service, giving its future (and the proof's watch) back.
+pub(crate) type Waiting<F> =
+    Pin<Box<dyn Future<Output = Result<(F, Option<Watch>), Error>> + Send>>;
+
 pin_project! {
-    /// Response future of [`BearerAuth`](super::BearerAuth): the inner service's future, or an
-    /// immediate token error.
+    /// Response future of every service of the pipeline ([`BearerAuth`](super::BearerAuth),
+    /// [`MultiAudience`](crate::audience::MultiAudience), with or without a DPoP key): the inner
+    /// service's future (reading the response's `DPoP-Nonce` when the request carried a
+    /// proof), a wait for the token before the inner call, or an immediate error.
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -19,15 +66,23 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Inner { #[pin] future: F },
+        Inner { #[pin] future: F, watch: Option<Watch> },
+        Waiting { wait: Waiting<F> },
         Failed { error: Option<Error> },
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F) -> Self {
+    #[inline]
+    pub(crate) fn new(future: F, watch: Option<Watch>) -> Self {
         ResponseFuture {
-            kind: Kind::Inner { future },
+            kind: Kind::Inner { future, watch },
+        }
+    }
+
+    pub(crate) fn waiting(wait: Waiting<F>) -> Self {
+        ResponseFuture {
+            kind: Kind::Waiting { wait },
         }
     }
 
@@ -38,24 +93,36 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, R, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<R, E>>,
+    R: ResponseHeaders,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<R, BoxError>;
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Failed { error } => match error.take() {
-                Some(error) => Poll::Ready(Err(Box::new(error))),
-                None => Poll::Ready(Err(Box::new(Error::new(
-                    crate::ErrorKind::Configuration,
-                    "the response future was polled after it completed",
-                )))),
-            },
+        let mut kind = self.project().kind;
+        loop {
+            match kind.as_mut().project() {
+                KindProj::Inner { future, watch } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if let (Some(watch), Some(headers)) = (watch, response.response_headers()) {
+                        watch.observe(headers);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                KindProj::Waiting { wait } => match ready!(wait.as_mut().poll(cx)) {
+                    Ok((future, watch)) => kind.set(Kind::Inner { future, watch }),
+                    Err(error) => kind.set(Kind::Failed { error: Some(error) }),
+                },
+                KindProj::Failed { error } => {
+                    return Poll::Ready(Err(Box::new(error.take().unwrap_or_else(|| {
+                        Error::config("the response future was polled after it completed")
+                    }))))
+                }
+            }
         }
     }
 }

@@ -3,6 +3,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
+use crate::error::Error;
 use crate::secret_header::SecretHeaderValue;
 
 /// The token header and the fixed extra headers (such as `x-api-key`) of a layer, shared by every
@@ -18,6 +19,39 @@ impl Default for ExtraHeaders {
 }
 
 impl ExtraHeaders {
+    /// These headers with `name: value` given as text to the layer method `method`
+    /// (`with_header`, `header`): checked once here for every layer, without echoing a value.
+    pub(crate) fn with_text(&self, method: &str, name: &str, value: &str) -> Result<Self, Error> {
+        let parsed = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            // The name is not echoed: with the arguments swapped it would be the API key.
+            Error::config(format!(
+                "the header name given to `{method}` ({} characters) is not a valid HTTP \
+                 header name; check that the name comes first and the value second",
+                name.chars().count()
+            ))
+        })?;
+        // What `HeaderValue::from_str` accepts (visible ASCII and tabs), without its copy.
+        if !value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Err(invalid_value(&parsed));
+        }
+        self.with_checked(parsed, value.as_bytes())
+    }
+
+    /// These headers with `name` set to a copy of `value`, unless the name is one the
+    /// pipeline sets itself (`authorization`, `dpop`).
+    pub(crate) fn with_checked(&self, name: HeaderName, value: &[u8]) -> Result<Self, Error> {
+        if name == AUTHORIZATION || name == "dpop" {
+            return Err(Error::config(format!(
+                "the `{name}` header is set by the layer (from the token, or the DPoP proof); \
+                 add other headers"
+            )));
+        }
+        self.with(&name, value).map_err(|_| invalid_value(&name))
+    }
+
     /// These headers with `name` set to a copy of `value` (replacing a header of the same name).
     pub(crate) fn with(
         &self,
@@ -52,6 +86,13 @@ impl ExtraHeaders {
     pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+fn invalid_value(name: &HeaderName) -> Error {
+    Error::config(format!(
+        "the value for the `{name}` header is not a valid HTTP header value; check it for line \
+         breaks or other control characters"
+    ))
 }
 
 impl fmt::Debug for ExtraHeaders {

@@ -1,11 +1,13 @@
 use std::fmt;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderName, HeaderValue};
 use tower_layer::Layer;
 
+use super::bind::{check_keys, Binding};
 use super::BearerAuth;
 use super::ExtraHeaders;
 use crate::cache::TokenCache;
+use crate::client_credentials::ClientCredentials;
 use crate::error::Error;
 use crate::retry::RetryUnauthorizedLayer;
 use crate::source::TokenSource;
@@ -14,16 +16,32 @@ use crate::source::TokenSource;
 /// fixed headers such as `X-Api-Key`. See the [module docs](crate::layer) for an example.
 ///
 /// Every clone of the layer, and every service it makes, shares one [`TokenCache`].
+///
+/// The layer is the request pipeline for one API (see `ARCHITECTURE.md`): take the token from
+/// the cache, bind it (a DPoP proof with [`dpop`](Self::dpop)), insert the headers, send; and
+/// with [`retry_on_unauthorized`](Self::retry_on_unauthorized), retry once on a rejection. The
+/// DPoP stage is optional and every method works with or without it, in any order.
 #[derive(Clone)]
 pub struct BearerAuthLayer {
     pub(crate) cache: TokenCache,
     pub(crate) headers: ExtraHeaders,
+    pub(crate) binding: Binding,
+    /// When the source is [`ClientCredentials`]: the thumbprint of its DPoP key (`Some(None)`:
+    /// it has none), checked against the layer's own key. `None`: another source, whose tokens
+    /// are checked one by one.
+    source_dpop: Option<Option<Box<str>>>,
 }
 
 impl BearerAuthLayer {
     /// A layer with its own token cache over `source`, with the default cache settings.
     pub fn new(source: impl TokenSource) -> Self {
-        Self::from_cache(TokenCache::new(source))
+        let source_dpop = (&source as &dyn std::any::Any)
+            .downcast_ref::<ClientCredentials>()
+            .map(|credentials| credentials.dpop_thumbprint().map(Box::from));
+        BearerAuthLayer {
+            source_dpop,
+            ..Self::from_cache(TokenCache::new(source))
+        }
     }
 
     /// A layer over an existing cache, shared with whoever else holds it.
@@ -31,61 +49,41 @@ impl BearerAuthLayer {
         BearerAuthLayer {
             cache,
             headers: ExtraHeaders::default(),
+            binding: Binding::default(),
+            source_dpop: None,
         }
+    }
+
+    /// Why this layer cannot work, if it cannot: its DPoP key and its credentials' differ (or
+    /// one of them has none). Its services refuse every request with it in `poll_ready`.
+    pub(crate) fn refusal(&self) -> Option<crate::Error> {
+        let source = self.source_dpop.as_ref()?;
+        check_keys(
+            "BearerAuthLayer",
+            source.as_deref(),
+            self.binding.dpop_thumbprint(),
+        )
+        .err()
     }
 
     /// Adds a header sent with every request, marked sensitive (kept out of logs and HPACK
     /// tables): typically `x-api-key`. Replaces a header of the same name on the request.
     ///
     /// Fails, without echoing the value, if the name or value is not valid HTTP or the name is
-    /// `authorization` (the layer sets that one).
+    /// `authorization` or `dpop` (the layer sets those).
     pub fn with_header(self, name: impl AsRef<str>, value: impl AsRef<str>) -> Result<Self, Error> {
-        let name_str = name.as_ref();
-        let name = HeaderName::from_bytes(name_str.trim().as_bytes()).map_err(|_| {
-            // The name is not echoed: with the arguments swapped it would be the API key.
-            Error::config(format!(
-                "the header name given to `with_header` ({} characters) is not a valid HTTP \
-                 header name; check that the name comes first and the value second",
-                name_str.chars().count()
-            ))
-        })?;
-        let value = value.as_ref();
-        // What `HeaderValue::from_str` accepts (visible ASCII and tabs), without its copy.
-        if !value
-            .bytes()
-            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-        {
-            return Err(Error::config(format!(
-                "the value for the `{name}` header is not a valid HTTP header value; check it for \
-                 line breaks or other control characters"
-            )));
-        }
-        self.with_secret_header(name, value.as_bytes())
+        let headers = self
+            .headers
+            .with_text("with_header", name.as_ref(), value.as_ref())?;
+        Ok(BearerAuthLayer { headers, ..self })
     }
 
     /// Like [`with_header`](Self::with_header), with a typed name and value. The layer keeps its
     /// own copy of the value, marked sensitive and zeroized when the layer, its services and the
     /// last request carrying it are dropped (`value` itself is the caller's to drop).
     pub fn with_header_value(self, name: HeaderName, value: HeaderValue) -> Result<Self, Error> {
-        self.with_secret_header(name, value.as_bytes())
-    }
-
-    fn with_secret_header(self, name: HeaderName, value: &[u8]) -> Result<Self, Error> {
-        if name == AUTHORIZATION {
-            return Err(Error::config(
-                "the `authorization` header is set by the layer from the token; add other headers",
-            ));
-        }
-        let headers = self.headers.with(&name, value).map_err(|_| {
-            Error::config(format!(
-                "the value for the `{name}` header is not a valid HTTP header value; check it for \
-                 line breaks or other control characters"
-            ))
-        })?;
-        Ok(BearerAuthLayer {
-            headers,
-            cache: self.cache,
-        })
+        let headers = self.headers.with_checked(name, value.as_bytes())?;
+        Ok(BearerAuthLayer { headers, ..self })
     }
 
     /// Retries a request once with a fresh token when the API rejects the one sent; see
@@ -113,6 +111,7 @@ impl fmt::Debug for BearerAuthLayer {
         f.debug_struct("BearerAuthLayer")
             .field("cache", &self.cache)
             .field("headers", &self.headers)
+            .field("binding", &self.binding)
             .finish()
     }
 }

@@ -64,15 +64,20 @@
 //! buffer; HPACK does not index sensitive values), the caller's own copies (a `HeaderValue`
 //! passed to [`BearerAuthLayer::with_header_value`]), and request bodies.
 
+mod bind;
 mod future;
 mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
 mod service;
 
+#[cfg(feature = "dpop")]
+pub(crate) use self::bind::check_token_binding;
+pub(crate) use self::bind::{check_keys, Binding, Watch};
+pub(crate) use self::future::Waiting;
 pub(crate) use self::headers::ExtraHeaders;
 
-pub use self::future::ResponseFuture;
+pub use self::future::{ResponseFuture, ResponseHeaders};
 pub use self::layer::BearerAuthLayer;
 // The retry middleware lived here first; its public paths stay.
 pub use self::service::BearerAuth;

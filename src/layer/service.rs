@@ -3,20 +3,26 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use http::header::HeaderValue;
 use http::Request;
 use tower_service::Service;
 
 use super::headers::OwnHeaders;
-use super::ExtraHeaders;
 use super::{BearerAuthLayer, ResponseFuture};
+use super::{Binding, ExtraHeaders, ResponseHeaders, Watch};
 use crate::cache::{Reader, TokenCache};
 use crate::error::{BoxError, Error, ErrorKind};
+use crate::retry::{Authenticate, Report, Sent};
 
 type WaitForToken = Pin<Box<dyn Future<Output = Result<HeaderValue, Error>> + Send + Sync>>;
 
-/// Middleware that adds a bearer token and fixed headers to every request. Made by
-/// [`BearerAuthLayer`]; see the [module docs](crate::layer).
+/// Middleware that adds a bearer token and fixed headers to every request, and a DPoP proof
+/// when the layer has a DPoP key and the token is DPoP-bound. Made by [`BearerAuthLayer`]; see
+/// the [module docs](crate::layer).
+///
+/// A layer that cannot work (its DPoP key is not its `ClientCredentials`' key, or one of them
+/// has none) makes services whose `poll_ready` fails with that
+/// [`ErrorKind::Configuration`] error, every time: nothing is sent.
 ///
 /// With a fresh token cached, `poll_ready` and `call` allocate nothing, take no lock, write no
 /// memory shared with other services and never await (see `benches/hot_path.rs` and
@@ -40,6 +46,9 @@ pub struct BearerAuth<S> {
     cache: TokenCache,
     reader: Reader,
     headers: ExtraHeaders,
+    binding: Binding,
+    /// Why the layer cannot work, if it cannot (see [`BearerAuthLayer::refusal`]).
+    refused: Option<Error>,
     /// This service's own copies of the headers for one token (see [`OwnHeaders`]): on the fresh
     /// path, a request bumps only reference counts that no other service touches.
     own: Option<OwnHeaders>,
@@ -69,8 +78,10 @@ impl<S> BearerAuth<S> {
         BearerAuth {
             inner,
             reader: layer.cache.reader(),
+            refused: layer.refusal(),
             cache: layer.cache,
             headers: layer.headers,
+            binding: layer.binding,
             own: None,
             shared_calls_left: SHARED_CALLS,
             pending: Pending::None,
@@ -101,6 +112,7 @@ impl<S> BearerAuth<S> {
 impl<S, B> Service<Request<B>> for BearerAuth<S>
 where
     S: Service<Request<B>>,
+    S::Response: ResponseHeaders,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -109,6 +121,11 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(refused) = &self.refused {
+            // A configuration that cannot work: permanent, so tower's "this service failed" is
+            // the right answer, and no request is ever sent.
+            return Poll::Ready(Err(Box::new(refused.clone())));
+        }
         let fresh =
             matches!(self.pending, Pending::None) && self.cache.usable(&mut self.reader).is_some();
         if !fresh && !ready!(self.poll_token(cx)) {
@@ -124,17 +141,18 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The fresh path: a valid token whose copies this service already made.
+        // The fresh path: a valid bearer token whose copies this service already made (own
+        // copies are made only for tokens that need no proof, so a match proves that too).
         if matches!(self.pending, Pending::None) {
             if let (Some(current), Some(own)) = (self.cache.usable(&mut self.reader), &self.own) {
                 if own.generation == current.generation() {
                     own.insert(request.headers_mut());
-                    return ResponseFuture::new(self.inner.call(request));
+                    return ResponseFuture::new(self.inner.call(request), None);
                 }
             }
         }
-        match self.authorize_slow(request.headers_mut()) {
-            Ok(()) => ResponseFuture::new(self.inner.call(request)),
+        match self.authorize_slow(&mut request) {
+            Ok(watch) => ResponseFuture::new(self.inner.call(request), watch),
             Err(error) => ResponseFuture::failed(error),
         }
     }
@@ -182,9 +200,14 @@ impl<S> BearerAuth<S> {
 
     /// Cold path of `call`: the error `poll_ready` left, or the token valid now, with own copies
     /// made if this service is used again, or the error that no token is valid now.
+    ///
+    /// A DPoP-bound token takes this path on every request: the proof is per request.
     #[cold]
     #[inline(never)]
-    fn authorize_slow(&mut self, headers: &mut HeaderMap) -> Result<(), Error> {
+    fn authorize_slow<B>(&mut self, request: &mut Request<B>) -> Result<Option<Watch>, Error> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.clone());
+        }
         if let Pending::Failed(error) = std::mem::replace(&mut self.pending, Pending::None) {
             return Err(error);
         }
@@ -200,6 +223,15 @@ impl<S> BearerAuth<S> {
                  the refresh, and call it without delay",
             ));
         };
+        let token = current.token();
+        if self.binding.needs_proof(token)? {
+            let (method, uri) = (request.method().clone(), request.uri().clone());
+            let headers = request.headers_mut();
+            self.headers
+                .insert_with_authorization(headers, token.header().clone());
+            return self.binding.prove(token, &method, &uri, headers).map(Some);
+        }
+        let headers = request.headers_mut();
         match &self.own {
             Some(own) if own.generation == current.generation() => own.insert(headers),
             _ if self.shared_calls_left == 0 => {
@@ -214,26 +246,27 @@ impl<S> BearerAuth<S> {
             _ => {
                 self.shared_calls_left -= 1;
                 self.headers
-                    .insert_with_authorization(headers, current.token().header().clone());
+                    .insert_with_authorization(headers, token.header().clone());
             }
         }
-        Ok(())
+        Ok(None)
     }
+}
 
-    /// Like `call`, and also returns the token sent (for the 401 retry).
-    pub(crate) fn call_reporting<B>(
-        &mut self,
-        mut request: Request<B>,
-    ) -> (ResponseFuture<S::Future>, Option<HeaderValue>)
-    where
-        S: Service<Request<B>>,
-    {
-        match self.authorize_slow(request.headers_mut()) {
-            Ok(()) => {
-                let sent = request.headers().get(AUTHORIZATION).cloned();
-                (ResponseFuture::new(self.inner.call(request)), sent)
+impl<S, B> Authenticate<B> for BearerAuth<S>
+where
+    S: Service<Request<B>> + Clone,
+    S::Response: ResponseHeaders,
+    S::Error: Into<BoxError>,
+{
+    fn call_reporting(&mut self, mut request: Request<B>) -> (Self::Future, Report) {
+        match self.authorize_slow(&mut request) {
+            Ok(watch) => {
+                let sent = Sent::of(&self.cache, request.headers(), watch.is_some());
+                let future = ResponseFuture::new(self.inner.call(request), watch);
+                (future, sent.into())
             }
-            Err(error) => (ResponseFuture::failed(error), None),
+            Err(error) => (ResponseFuture::failed(error), Report::None),
         }
     }
 }
@@ -246,6 +279,8 @@ impl<S: Clone> Clone for BearerAuth<S> {
             cache: self.cache.clone(),
             reader: self.reader.clone(),
             headers: self.headers.clone(),
+            binding: self.binding.clone(),
+            refused: self.refused.clone(),
             // Made by the clone itself if it is used more than once (see `shared_calls_left`).
             own: None,
             shared_calls_left: SHARED_CALLS,
@@ -265,6 +300,7 @@ impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
             .field("inner", &self.inner)
             .field("state", &state)
             .field("headers", &self.headers)
+            .field("binding", &self.binding)
             .finish()
     }
 }

@@ -37,6 +37,7 @@
 mod body;
 mod future;
 mod service;
+mod stage;
 
 use std::fmt;
 use std::sync::Arc;
@@ -47,8 +48,10 @@ use tower_layer::Layer;
 pub use self::body::{Replay, ReplayableBody, RetryBody, DEFAULT_REPLAY_LIMIT};
 pub use self::future::ResponseFuture;
 pub use self::service::RetryUnauthorized;
+pub(crate) use self::stage::sealed::Authenticate;
+pub(crate) use self::stage::{judge, Report, Sent, Verdict};
 use crate::http::challenge;
-use crate::layer::{BearerAuth, BearerAuthLayer};
+use crate::layer::BearerAuthLayer;
 
 /// Decides whether an API response means "this token was rejected": the form of
 /// [`is_unauthorized`] and [`is_invalid_token`]. [`RetryUnauthorizedLayer::retry_if`] takes any
@@ -97,7 +100,9 @@ pub fn is_invalid_token(status: StatusCode, headers: &HeaderMap) -> bool {
         })
 }
 
-/// [`BearerAuthLayer`] that also retries a request once when the API rejects its token. See the
+/// A layer of the pipeline ([`BearerAuthLayer`] by default, with or without a DPoP key, or a
+/// [`MultiAudienceLayer`](crate::MultiAudienceLayer)) that also retries a request once when the
+/// API rejects its token, or asks for a DPoP nonce and gives one. See the
 /// [module docs](crate::retry).
 ///
 /// The request body is sent again on the retry: any body type that implements
@@ -108,8 +113,8 @@ pub fn is_invalid_token(status: StatusCode, headers: &HeaderMap) -> bool {
 /// and the recording is shared with the body: this costs allocations per request that the
 /// plain [`BearerAuthLayer`] does not.
 #[derive(Clone)]
-pub struct RetryUnauthorizedLayer {
-    auth: BearerAuthLayer,
+pub struct RetryUnauthorizedLayer<L = BearerAuthLayer> {
+    auth: L,
     rejected: SharedPredicate,
     replay_limit: usize,
 }
@@ -117,11 +122,28 @@ pub struct RetryUnauthorizedLayer {
 impl RetryUnauthorizedLayer {
     /// Retries requests authenticated by `auth` once when the API rejects the token (HTTP 401).
     pub fn new(auth: BearerAuthLayer) -> Self {
+        Self::over(auth)
+    }
+
+    /// The shared token cache, e.g. to [`invalidate`](crate::TokenCache::invalidate) a token.
+    pub fn cache(&self) -> &crate::TokenCache {
+        self.auth.cache()
+    }
+}
+
+impl<L> RetryUnauthorizedLayer<L> {
+    /// The retry stage over any layer of the pipeline.
+    pub(crate) fn over(auth: L) -> Self {
         RetryUnauthorizedLayer {
             auth,
             rejected: Arc::new(is_unauthorized),
             replay_limit: DEFAULT_REPLAY_LIMIT,
         }
+    }
+
+    /// The layer under the retry stage.
+    pub fn get_ref(&self) -> &L {
+        &self.auth
     }
 
     /// What counts as a rejected token. Default [`is_unauthorized`] (HTTP 401). Any
@@ -167,19 +189,19 @@ impl RetryUnauthorizedLayer {
     }
 }
 
-impl<S> Layer<S> for RetryUnauthorizedLayer {
-    type Service = RetryUnauthorized<S>;
+impl<S, L: Layer<S>> Layer<S> for RetryUnauthorizedLayer<L> {
+    type Service = RetryUnauthorized<S, L::Service>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RetryUnauthorized {
-            auth: BearerAuth::new(inner, self.auth.clone()),
-            rejected: self.rejected.clone(),
-            replay_limit: self.replay_limit,
-        }
+        RetryUnauthorized::from_parts(
+            self.auth.layer(inner),
+            self.rejected.clone(),
+            self.replay_limit,
+        )
     }
 }
 
-impl fmt::Debug for RetryUnauthorizedLayer {
+impl<L: fmt::Debug> fmt::Debug for RetryUnauthorizedLayer<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryUnauthorizedLayer")
             .field("auth", &self.auth)

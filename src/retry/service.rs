@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -6,17 +7,22 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use tower_service::Service;
 
 use super::body::DEFAULT_REPLAY_LIMIT;
-use super::{ReplayableBody, ResponseFuture, SharedPredicate};
+use super::{judge, Authenticate, ReplayableBody, ResponseFuture, SharedPredicate, Verdict};
 use crate::error::BoxError;
-use crate::http::challenge::is_dpop_nonce_challenge;
 use crate::layer::BearerAuth;
 
-/// Service of [`RetryUnauthorizedLayer`](super::RetryUnauthorizedLayer): a [`BearerAuth`] that
-/// retries once with a fresh token when the API rejects the one sent.
-pub struct RetryUnauthorized<S> {
-    pub(super) auth: BearerAuth<S>,
+/// Service of [`RetryUnauthorizedLayer`](super::RetryUnauthorizedLayer): an authenticating
+/// service of the pipeline (`A`: a [`BearerAuth`] over `S` by default, or a
+/// [`MultiAudience`](crate::audience::MultiAudience)) that retries once when the API rejects
+/// the token sent, or asks for a DPoP nonce and gives one.
+///
+/// `RetryUnauthorized<Channel>` is the retrying [`BearerAuth<Channel>`](BearerAuth), as it
+/// always was; the second parameter names the service under the retry stage.
+pub struct RetryUnauthorized<S, A = BearerAuth<S>> {
+    pub(super) auth: A,
     pub(super) rejected: SharedPredicate,
     pub(super) replay_limit: usize,
+    _inner: PhantomData<fn() -> S>,
 }
 
 impl<S> RetryUnauthorized<S> {
@@ -28,10 +34,17 @@ impl<S> RetryUnauthorized<S> {
     where
         P: Fn(StatusCode, &HeaderMap) -> bool + Send + Sync + 'static,
     {
+        Self::from_parts(auth, Arc::new(rejected), DEFAULT_REPLAY_LIMIT)
+    }
+}
+
+impl<S, A> RetryUnauthorized<S, A> {
+    pub(super) fn from_parts(auth: A, rejected: SharedPredicate, replay_limit: usize) -> Self {
         RetryUnauthorized {
             auth,
-            rejected: Arc::new(rejected),
-            replay_limit: DEFAULT_REPLAY_LIMIT,
+            rejected,
+            replay_limit,
+            _inner: PhantomData,
         }
     }
 
@@ -42,27 +55,26 @@ impl<S> RetryUnauthorized<S> {
         self
     }
 
-    /// The bearer-auth service inside.
-    pub fn get_ref(&self) -> &BearerAuth<S> {
+    /// The authenticating service inside.
+    pub fn get_ref(&self) -> &A {
         &self.auth
     }
 
-    /// The bearer-auth service inside, mutably.
-    pub fn get_mut(&mut self) -> &mut BearerAuth<S> {
+    /// The authenticating service inside, mutably.
+    pub fn get_mut(&mut self) -> &mut A {
         &mut self.auth
     }
 
-    /// Consumes `self`, returning the bearer-auth service inside.
-    pub fn into_inner(self) -> BearerAuth<S> {
+    /// Consumes `self`, returning the authenticating service inside.
+    pub fn into_inner(self) -> A {
         self.auth
     }
 }
 
-impl<S, B, RB> Service<Request<B>> for RetryUnauthorized<S>
+impl<S, A, B, RB> Service<Request<B>> for RetryUnauthorized<S, A>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
+    A: Authenticate<B, Response = Response<RB>> + Send + 'static,
+    A::Future: Send,
     B: ReplayableBody + Send + 'static,
     RB: Send + 'static,
 {
@@ -83,24 +95,12 @@ where
         let rejected = self.rejected.clone();
         ResponseFuture::new(async move {
             let response = first.await?;
-            let Some(sent) = sent else {
+            let Some(sent) = sent.get() else {
                 return Ok(response);
             };
-            // RFC 9449 §9: a DPoP nonce challenge. The token is fine; the proof lacked the nonce
-            // the response carried, which the DPoP service has stored: send once more, token kept.
-            let nonce_challenge = cfg!(feature = "dpop")
-                && is_dpop_nonce_challenge(response.status(), response.headers());
-            if !nonce_challenge {
-                if !rejected(response.status(), response.headers()) {
-                    return Ok(response);
-                }
-                let cache = again.cache().clone();
-                let invalidated = cache.invalidate_header(&sent);
-                let newer = cache.cached_header().as_ref() != Some(&sent);
-                if !(invalidated || newer) {
-                    // Rate-limited and no newer token: the rejection goes back to the caller.
-                    return Ok(response);
-                }
+            let verdict = judge(sent, response.status(), response.headers(), &*rejected);
+            if verdict == Verdict::Return {
+                return Ok(response);
             }
             // Only now: a recording is complete once the first attempt has sent its body.
             let Some(body) = replay.into_body() else {
@@ -112,7 +112,7 @@ where
                 return Ok(response);
             };
             tracing::debug!(
-                nonce_challenge,
+                nonce_challenge = verdict == Verdict::Resend,
                 "API rejected the request's token or DPoP proof; retrying once"
             );
             drop(response);
@@ -134,17 +134,13 @@ fn copy_head<B>(request: &Request<B>) -> Request<()> {
     head
 }
 
-impl<S: Clone> Clone for RetryUnauthorized<S> {
+impl<S, A: Clone> Clone for RetryUnauthorized<S, A> {
     fn clone(&self) -> Self {
-        RetryUnauthorized {
-            auth: self.auth.clone(),
-            rejected: self.rejected.clone(),
-            replay_limit: self.replay_limit,
-        }
+        Self::from_parts(self.auth.clone(), self.rejected.clone(), self.replay_limit)
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for RetryUnauthorized<S> {
+impl<S, A: fmt::Debug> fmt::Debug for RetryUnauthorized<S, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryUnauthorized")
             .field("auth", &self.auth)

@@ -158,3 +158,51 @@ fn jsonwebtoken_verifies_the_proofs_against_the_embedded_jwk() {
         assert_eq!(header.typ.as_deref(), Some("dpop+jwt"));
     }
 }
+
+/// Defect 19.6: `htu` kept `user:password@` of the request URI, so the API refused the proof
+/// and the password was signed into a JWT sent to the API. RFC 9449 §4.2: `htu` is the target
+/// URI without query and fragment; user info is no part of it either. The nonce of the origin
+/// is found with or without user info.
+#[test]
+fn htu_has_no_user_info_query_or_fragment() {
+    let key = DpopKey::generate().unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("dpop-nonce", "n-1".parse().unwrap());
+    key.nonces()
+        .update_from("https", "api.example:8443", &headers);
+    let uri: Uri = "https://user:s3cr3t@api.example:8443/v1/items?page=2#frag"
+        .parse()
+        .unwrap();
+    let proof = key.proof(&Method::GET, &uri, Some("the-token")).unwrap();
+    let (_, claims) = parts(&proof);
+    assert_eq!(claims["htu"], "https://api.example:8443/v1/items");
+    assert_eq!(claims["nonce"], "n-1");
+    assert!(!claims.to_string().contains("s3cr3t"));
+    assert!(!claims.to_string().contains("user"));
+}
+
+/// RFC 9449 §11.1 (the "smaller" item of issue 19): a `jti` from the system CSPRNG, 128 bits,
+/// base64url (it was 128 bits printed from `fastrand`, a generator with 64 bits of state).
+#[test]
+fn jti_is_128_random_bits() {
+    let key = DpopKey::generate().unwrap();
+    let uri: Uri = "https://api.example/".parse().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..64 {
+        let (_, claims) = parts(&key.proof(&Method::GET, &uri, None).unwrap());
+        let jti = claims["jti"].as_str().unwrap().to_string();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&jti).unwrap().len(), 16, "{jti}");
+        assert!(seen.insert(jti));
+    }
+}
+
+/// `from_pem` wipes the DER it decoded, whether the key is accepted or not (the docs' promise,
+/// as for `ClientIdentity`); here: a key of the wrong algorithm still fails cleanly.
+#[test]
+fn from_pem_refuses_a_key_of_another_algorithm() {
+    let error = DpopKey::from_pem(DpopAlgorithm::ES256, RSA_PEM)
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("ES256"), "{error}");
+    assert!(!error.to_string().contains("PRIVATE"));
+}
