@@ -51,6 +51,7 @@ mod status;
 mod task;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -63,10 +64,12 @@ pub use self::builder::TokenCacheBuilder;
 pub use self::metrics::metric;
 pub(crate) use self::read::Reader;
 pub use self::status::{TokenState, TokenStatus};
+pub(crate) use self::wait::TokenWait;
 
 use self::builder::Config;
 use self::read::Current;
 use self::refresh::RefreshState;
+use self::task::Flight;
 use crate::error::Error;
 use crate::source::TokenSource;
 use crate::token::Token;
@@ -113,7 +116,11 @@ struct Shared {
     current: Arc<ArcSwapOption<Current>>,
     source: Arc<dyn TokenSource>,
     config: Config,
-    /// Refresh and backoff state; never locked on the read path.
+    /// The running refresh, for callers that join it without the mutex (see `wait.rs`); the
+    /// mutex's state decides which refresh runs.
+    flight: ArcSwapOption<Flight>,
+    /// Refresh and backoff state; never locked on the read path, nor by a caller joining a
+    /// running refresh.
     refresh: Mutex<RefreshState>,
     /// Coordinates refreshes with other processes through a shared store (feature `store`).
     #[cfg(feature = "store")]
@@ -139,6 +146,7 @@ impl TokenCache {
         TokenCache {
             shared: Arc::new(Shared {
                 current: Arc::new(ArcSwapOption::empty()),
+                flight: ArcSwapOption::empty(),
                 source,
                 config,
                 refresh: Mutex::new(RefreshState::default()),
@@ -165,6 +173,7 @@ impl TokenCache {
     }
 
     /// The `Authorization` value of a token valid now, waiting for the refresh if needed.
+    #[cfg(test)]
     pub(crate) async fn wait_for_header(&self) -> Result<HeaderValue, Error> {
         self.usable_or_refreshed().await.map(|t| t.header().clone())
     }

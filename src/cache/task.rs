@@ -1,12 +1,11 @@
 //! The refresh task: one call of the token source, run as a task of its own so that no
 //! caller's cancellation cancels it; its outcome goes to every waiter, also when the task is
-//! dropped before it finishes.
+//! dropped before it finishes. The waiters meet it in a [`Flight`].
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::task::Poll;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{metrics, Shared};
@@ -16,11 +15,114 @@ use crate::token::Token;
 /// What a refresh gives every waiter: the new token, or the error.
 pub(super) type Outcome = Result<Arc<Token>, Error>;
 
+/// One refresh as its waiters see it: its id, when they give up on it, and its outcome once
+/// settled. Published beside the current token (`Shared::flight`) so that a caller joins it with
+/// two atomic loads, without the cache's mutex.
+///
+/// A waiter registers its waker in a plain list (no intrusive node, so the waiting future is
+/// `Unpin` and needs no box); settling wakes them all, once. A waiter dropped before that leaves
+/// its waker in the list until then: waking a finished task does nothing.
+pub(super) struct Flight {
+    pub(super) id: u64,
+    /// The refresh's time limit plus a grace, from its start: one that outlives it (its runtime
+    /// is no longer driven) is given up on, by its waiters and by later callers alike.
+    pub(super) give_up_at: Instant,
+    /// The runtime the refresh task runs on: a waiter polled there needs no timer of its own (the
+    /// task has its own time limit and is driven whenever the waiter is).
+    pub(super) runtime: tokio::runtime::Id,
+    /// `Some(outcome)`, or `None` when the task was dropped before its first poll (its runtime
+    /// was shutting down) and could not say more.
+    outcome: OnceLock<Option<Outcome>>,
+    /// The waiters to wake; `None` once settled.
+    wakers: Mutex<Option<Vec<Waker>>>,
+}
+
+impl Flight {
+    pub(super) fn new(id: u64, give_up_at: Instant, runtime: tokio::runtime::Id) -> Self {
+        Flight {
+            id,
+            give_up_at,
+            runtime,
+            outcome: OnceLock::new(),
+            wakers: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// Whether a caller may still join it: not settled, and not past the time its waiters give
+    /// up (a settled or given-up flight is handled under the cache's mutex).
+    #[inline]
+    pub(super) fn is_live(&self, now: Instant) -> bool {
+        self.outcome.get().is_none() && now < self.give_up_at
+    }
+
+    /// Whether the task went away without a word (dropped before its first poll).
+    pub(super) fn abandoned(&self) -> bool {
+        matches!(self.outcome.get(), Some(None))
+    }
+
+    /// The outcome once settled; until then registers (or updates) this waiter's waker at
+    /// `slot` (its index in the list, `None` before the first registration).
+    pub(super) fn poll_settled(
+        &self,
+        slot: &mut Option<usize>,
+        cx: &mut Context<'_>,
+    ) -> Poll<&Option<Outcome>> {
+        if let Some(outcome) = self.outcome.get() {
+            return Poll::Ready(outcome);
+        }
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = wakers.as_mut() else {
+            // Settled since the check above: the outcome is set before the list is taken.
+            drop(wakers);
+            return Poll::Ready(self.outcome.get().unwrap_or(&None));
+        };
+        match *slot {
+            Some(i) if !list[i].will_wake(cx.waker()) => list[i] = cx.waker().clone(),
+            Some(_) => {}
+            None => {
+                *slot = Some(list.len());
+                list.push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Sets the outcome (the first call wins) and wakes every waiter.
+    fn settle(&self, outcome: Option<Outcome>) {
+        let _ = self.outcome.set(outcome);
+        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+}
+
+/// The refresh task's end of a [`Flight`]: dropped without an outcome (the task was dropped
+/// before its first poll), it settles the flight as abandoned, so no waiter waits on.
+pub(super) struct FlightSender(Arc<Flight>);
+
+impl FlightSender {
+    pub(super) fn new(flight: Arc<Flight>) -> Self {
+        FlightSender(flight)
+    }
+
+    fn send(&self, outcome: Outcome) {
+        self.0.settle(Some(outcome));
+    }
+}
+
+impl Drop for FlightSender {
+    fn drop(&mut self) {
+        // No effect if the task settled it.
+        self.0.settle(None);
+    }
+}
+
 /// One refresh, as a task of its own. Dropped without finishing (its runtime shut down, a panic
 /// in the source), it still releases the refresh and tells every waiter.
 pub(super) struct RefreshTask {
     shared: Arc<Shared>,
-    sender: watch::Sender<Option<Outcome>>,
+    sender: FlightSender,
     refresh_id: u64,
     /// The source's credentials changed since the failures that started the last backoff.
     credentials_changed: bool,
@@ -30,7 +132,7 @@ pub(super) struct RefreshTask {
 impl RefreshTask {
     pub(super) fn new(
         shared: Arc<Shared>,
-        sender: watch::Sender<Option<Outcome>>,
+        sender: FlightSender,
         refresh_id: u64,
         credentials_changed: bool,
     ) -> Self {
@@ -66,7 +168,7 @@ impl RefreshTask {
         metrics::token_request(result.is_ok(), started.elapsed());
         let outcome = self.shared.finish(self.refresh_id, result);
         self.finished = true;
-        self.sender.send_replace(Some(outcome));
+        self.sender.send(outcome);
     }
 }
 
@@ -74,7 +176,7 @@ impl Drop for RefreshTask {
     fn drop(&mut self) {
         if !self.finished {
             let outcome = self.shared.finish(self.refresh_id, Err(aborted()));
-            self.sender.send_replace(Some(outcome));
+            self.sender.send(outcome);
         }
     }
 }

@@ -1,20 +1,15 @@
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::header::HeaderValue;
 use http::Request;
 use tower_service::Service;
 
 use super::headers::OwnHeaders;
 use super::{BearerAuthLayer, ResponseFuture};
 use super::{Binding, ExtraHeaders, ResponseHeaders, Watch};
-use crate::cache::{Reader, TokenCache};
+use crate::cache::{Reader, TokenCache, TokenWait};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::retry::{Authenticate, Report, Sent};
-
-type WaitForToken = Pin<Box<dyn Future<Output = Result<HeaderValue, Error>> + Send + Sync>>;
 
 /// Middleware that adds a bearer token and fixed headers to every request, and a DPoP proof
 /// when the layer has a DPoP key and the token is DPoP-bound. Made by [`BearerAuthLayer`]; see
@@ -62,9 +57,8 @@ pub struct BearerAuth<S> {
 
 enum Pending {
     None,
-    /// Waiting for the shared refresh; boxed once per refresh per waiting service, never on the
-    /// hot path.
-    Waiting(WaitForToken),
+    /// Waiting for the shared refresh (a named future kept in place: no allocation).
+    Waiting(TokenWait),
     /// Getting a token failed: the next call fails at once with this error.
     Failed(Error),
 }
@@ -175,13 +169,9 @@ impl<S> BearerAuth<S> {
                 return Poll::Ready(true);
             }
             match &mut self.pending {
-                Pending::None => {
-                    let cache = self.cache.clone();
-                    self.pending =
-                        Pending::Waiting(Box::pin(async move { cache.wait_for_header().await }));
-                }
+                Pending::None => self.pending = Pending::Waiting(TokenWait::default()),
                 Pending::Waiting(wait) => {
-                    return Poll::Ready(match ready!(wait.as_mut().poll(cx)) {
+                    return Poll::Ready(match ready!(wait.poll_token(&self.cache, cx, |_| ())) {
                         // `call` takes the token from the cache, where the refresh put it.
                         Ok(_) => {
                             self.pending = Pending::None;
