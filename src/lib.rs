@@ -78,7 +78,7 @@
 //!   401 resends `tonic::body::Body` requests.
 //! * `axum`: the retry on 401 resends `axum::body::Body` requests.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(hidden)]
 pub mod __fuzz;

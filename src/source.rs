@@ -95,6 +95,34 @@ pub trait TokenSource: Send + Sync + 'static {
     ///
     /// Default: [`store_key`](Self::store_key). [`ClientCredentials`](crate::ClientCredentials)
     /// reads its secret source here and keys the hash with the secret's current value.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_client_credentials::store::StoreKey;
+    /// use tower_client_credentials::{BoxFuture, Error, Token, TokenSource};
+    ///
+    /// /// Reads its API secret from a mounted file at every token request.
+    /// struct Sidecar;
+    ///
+    /// fn key(secret: &str) -> StoreKey {
+    ///     StoreKey::builder("http://127.0.0.1:9000/token", "orders").secret(secret.as_bytes()).build()
+    /// }
+    ///
+    /// impl TokenSource for Sidecar {
+    ///     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+    ///         Box::pin(async { Token::bearer("from-the-sidecar", Some(Duration::from_secs(60))) })
+    ///     }
+    ///     fn store_key(&self) -> Option<StoreKey> {
+    ///         Some(key("")) // a store is used; the key comes from `current_store_key`
+    ///     }
+    ///     fn current_store_key(&self) -> BoxFuture<'_, Option<StoreKey>> {
+    ///         Box::pin(async {
+    ///             let secret = tokio::fs::read_to_string("/run/secrets/api").await.ok()?;
+    ///             Some(key(secret.trim()))
+    ///         })
+    ///     }
+    /// }
+    /// ```
     #[cfg(feature = "store")]
     fn current_store_key(&self) -> BoxFuture<'_, Option<StoreKey>> {
         let key = self.store_key();

@@ -763,6 +763,92 @@ mod jwt_client_auth {
         }
     }
 
+    /// Issue 23: a workload identity token from a file. The test plays the platform: it signs a
+    /// short-lived JWT with the platform's key (whose public half `workload-client` registers)
+    /// and writes it to the file as the kubelet does, rotating it between token requests.
+    /// oidc-provider accepts each `jti` once, so every success proves the file was read again.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_file_assertion_from_the_platform_gets_a_token_and_follows_its_rotation() {
+        use tower_client_credentials::client_credentials::FileAssertion;
+        const WORKLOAD_CLIENT: &str = "workload-client";
+        const PLATFORM_KEY: &[u8] = include_bytes!("oidc-provider/test-platform-key.pem");
+
+        let provider = provider_or_skip!(
+            "a_file_assertion_from_the_platform_gets_a_token_and_follows_its_rotation"
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "tcc-oidc-platform-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("..data/token", dir.join("token")).unwrap();
+        let mut version = 0;
+        let mut rotate = || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let claims = serde_json::json!({
+                "iss": WORKLOAD_CLIENT,
+                "sub": WORKLOAD_CLIENT,
+                "aud": provider.token_endpoint(),
+                "iat": now,
+                "exp": now + 300,
+                "jti": format!("{:032x}", fastrand::u128(..)),
+            });
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+            header.kid = Some("platform".into());
+            let token = jsonwebtoken::encode(
+                &header,
+                &claims,
+                &jsonwebtoken::EncodingKey::from_rsa_pem(PLATFORM_KEY).unwrap(),
+            )
+            .unwrap();
+            version += 1;
+            let data = format!("..2026_{version}");
+            std::fs::create_dir(dir.join(&data)).unwrap();
+            std::fs::write(dir.join(&data).join("token"), &token).unwrap();
+            std::os::unix::fs::symlink(&data, dir.join("..data_tmp")).unwrap();
+            std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+            token
+        };
+        let recorder = Recorder::default();
+        let credentials = recorded(
+            ClientCredentials::builder()
+                .issuer(&provider.issuer)
+                .unwrap()
+                .client_id(WORKLOAD_CLIENT)
+                .client_assertion_source(FileAssertion::new(dir.join("token")))
+                .scopes(["api:read"]),
+            &recorder,
+        )
+        .build()
+        .unwrap();
+        for round in 1..=3 {
+            rotate();
+            let access = credentials.fetch_token().await.unwrap();
+            let introspection = provider.introspect(access.secret().expose_secret()).await;
+            assert_eq!(introspection["active"], true, "{introspection}");
+            assert_eq!(introspection["client_id"], WORKLOAD_CLIENT);
+            assert_eq!(recorder.token_requests(), round);
+        }
+        // Not rotated: oidc-provider refuses the replay; the file is read once more, unchanged,
+        // so the refusal is the error, after one request, never quoting the assertion.
+        let token = std::fs::read_to_string(dir.join("token")).unwrap();
+        let error = credentials.fetch_token().await.unwrap_err();
+        assert_eq!(
+            error.oauth_error().unwrap().error,
+            "invalid_client",
+            "{error}"
+        );
+        assert_eq!(recorder.token_requests(), 4);
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!format!("{error} {error:?}").contains(signature));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn wrong_secret_or_key_is_invalid_client() {
         let provider = provider_or_skip!("wrong_secret_or_key_is_invalid_client");
@@ -1027,6 +1113,57 @@ mod dpop {
         // The nonce from the answer serves the next request at once.
         credentials.fetch_token().await.unwrap();
         assert_eq!(recorder.token_requests(), 3);
+    }
+
+    /// Issue 19 defect 3: a `JwtSigner` (a key in a KMS) and a DPoP nonce. oidc-provider
+    /// authenticates the client before it checks the proof, so the first request uses up the
+    /// assertion's `jti`; the retry after `use_dpop_nonce` must carry a new assertion. Before
+    /// the fix it resent the first: `invalid_client` at the first fetch.
+    #[cfg(feature = "jwt-client-auth")]
+    #[tokio::test]
+    async fn a_signer_and_a_nonce_get_a_token_with_a_new_assertion_for_the_retry() {
+        use tower_client_credentials::client_credentials::PemSigner;
+        use tower_client_credentials::JwtSigningAlgorithm;
+        const RS256_KEY: &[u8] = include_bytes!("oidc-provider/test-client-key.pem");
+
+        let provider = provider_or_skip!(
+            "a_signer_and_a_nonce_get_a_token_with_a_new_assertion_for_the_retry"
+        );
+        let key = DpopKey::generate().unwrap();
+        let signer = PemSigner::from_pem(
+            JwtSigningAlgorithm::RS256,
+            RS256_KEY,
+            Some("test-client-rs256"),
+        )
+        .unwrap();
+        let recorder = Recorder::default();
+        let credentials = recorded(
+            ClientCredentials::builder()
+                .token_endpoint(provider.token_endpoint())
+                .unwrap()
+                .client_id("key-jwt-dpop-nonce-client")
+                .private_key_jwt_signer(signer)
+                .scopes(["api:read"])
+                .dpop(key.clone()),
+            &recorder,
+        )
+        .build()
+        .unwrap();
+        let token = credentials.fetch_token().await.unwrap();
+        assert!(token.is_dpop());
+        assert_eq!(
+            recorder.token_requests(),
+            2,
+            "use_dpop_nonce, then the retry"
+        );
+        let introspection = provider.introspect(token.secret().expose_secret()).await;
+        assert_eq!(
+            introspection["cnf"]["jkt"],
+            key.thumbprint(),
+            "{introspection}"
+        );
+        credentials.fetch_token().await.unwrap();
+        assert_eq!(recorder.token_requests(), 3, "the nonce is kept");
     }
 
     #[tokio::test]

@@ -648,3 +648,101 @@ async fn a_three_master_cluster_passes_the_cold_start_case() {
     );
     assert_eq!(auth.token_requests(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The store's own operations on a real Redis (branch store-model): self-contained, one server.
+
+mod store_operations {
+    use std::time::{Duration, Instant};
+
+    use tower_client_credentials::store::{Record, RedisStore, Slot, StoreKey, TokenStore};
+
+    use super::RedisServer;
+
+    /// Waiters hear at once: `changed` resolves when another connection (another process)
+    /// saves, removes or releases, not after its timeout; without Redis it is a bounded sleep.
+    /// Ages and the atomic lease attempt come from the server (`TIME` inside the scripts).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changed_is_announced_by_writes_and_ages_are_the_servers() {
+        let mut redis = RedisServer::start();
+        let (a, b) = (
+            RedisStore::new(&redis.url()).unwrap(),
+            RedisStore::new(&redis.url()).unwrap(),
+        );
+        let key = StoreKey::builder("https://idp.example/token", "pubsub").build();
+        // Each of a save, a compare-and-delete and a release wakes a waiter at once.
+        let writes: [&str; 3] = ["save", "remove", "release"];
+        let owner = "owner-a";
+        for write in writes {
+            let (waiting, waiting_key) = (a.clone(), key.clone());
+            let waiter = tokio::spawn(async move {
+                let started = Instant::now();
+                waiting
+                    .changed(&waiting_key, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                started.elapsed()
+            });
+            // Subscribed (one round trip) well before the write.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            match write {
+                "save" => {
+                    let record = Record::new("fp-1", b"payload".to_vec());
+                    b.save(&key, Slot::Token, record, Duration::from_secs(60))
+                        .await
+                        .unwrap();
+                }
+                "remove" => assert!(b.remove_if(&key, Slot::Token, "fp-1").await.unwrap()),
+                _ => b.release_lease(&key, owner).await.unwrap(),
+            }
+            let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                waited < Duration::from_secs(2),
+                "{write}: woken after {waited:?}, not by the write"
+            );
+            if write == "remove" {
+                // The lease for the release case, with both entries read in the same step.
+                let record = Record::new("fp-2", b"second".to_vec());
+                b.save(&key, Slot::Token, record, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let attempt = a
+                    .acquire_lease(&key, owner, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                assert!(attempt.acquired);
+                let token = attempt.stored.token.unwrap();
+                assert_eq!(token.fingerprint(), "fp-2");
+                assert_eq!(token.payload(), b"second");
+                let age = token.age().unwrap();
+                assert!(
+                    age >= Duration::from_millis(250) && age < Duration::from_secs(5),
+                    "{age:?}"
+                );
+                let other = b
+                    .acquire_lease(&key, "owner-b", Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                assert!(!other.acquired);
+                assert_eq!(other.stored.token.unwrap().fingerprint(), "fp-2");
+            }
+        }
+        // Redis gone: a bounded sleep, no error.
+        redis.stop();
+        let fresh = RedisStore::new(&redis.url()).unwrap();
+        let started = Instant::now();
+        fresh
+            .changed(&key, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+    }
+}

@@ -44,6 +44,7 @@ fn margin(config: &Config, lifetime: Duration) -> Duration {
 /// ending at its refresh point (before jitter). Zero: not worth adopting. The store's coordinator
 /// uses it to choose between a stored token and the lease, and for how long a token it writes
 /// stays in the store, so a replica never adopts a token its cache then refuses.
+#[cfg_attr(not(feature = "store"), allow(dead_code))] // its callers: the store, tests
 pub(super) fn worth_adopting_for(config: &Config, token: &crate::Token, now: Instant) -> Duration {
     let lifetime = believed_lifetime(config, token.lifetime());
     let Some(expires_at) = token.received_at().checked_add(lifetime) else {

@@ -37,6 +37,9 @@ pub(super) enum Authentication {
     /// `private_key_jwt`: a JWT client assertion signed by the user's signer (a KMS, an HSM).
     #[cfg(feature = "jwt-client-auth")]
     Signer(Arc<dyn super::signer::JwtSigner>),
+    /// A client assertion signed by someone else (a platform's workload identity token), read
+    /// from its source at every token request.
+    AssertionSource(super::assertion_source::ClientAssertion),
     /// The TLS client certificate (RFC 8705 §2): it authenticates the connection; the form
     /// only names the client.
     Certificate {
@@ -49,10 +52,11 @@ pub(super) enum Authentication {
 pub(super) struct ClientSecret {
     /// Read at every token request (and once more after `invalid_client`).
     pub(super) source: Arc<dyn SecretSource>,
-    /// The HMAC key of the store key (see `store_identity`), fixed when the credentials are
-    /// built so that the key stays the same while the secret rotates: the secret itself for
-    /// `client_secret("..")` (it never changes), the source's name (its `Debug`, which a
-    /// `SecretSource` must keep free of the secret) for a source.
+    /// The HMAC key of the store key before the secret is read (see `store_identity`): the
+    /// secret itself for `client_secret("..")` (it never changes), the source's name (its
+    /// `Debug`, which a `SecretSource` must keep free of the secret) for a source. The cache
+    /// keys the store by the value the source gives now instead
+    /// (`ClientCredentials::current_store_key`); this one only says that a store may be used.
     #[cfg(feature = "store")]
     store_hmac_key: SecretString,
 }
@@ -227,6 +231,7 @@ impl Authentication {
                     ClientAuthMethod::PrivateKeyJwt
                 }
             }),
+            Authentication::AssertionSource(_) => Some(ClientAuthMethod::PrivateKeyJwt),
             Authentication::Certificate { kind, .. } => Some(kind.method()),
         }
     }
@@ -237,10 +242,10 @@ impl Authentication {
     ///
     /// With a secret, the hash is keyed by what was fixed at build (see
     /// [`ClientSecret::store_hmac_key`]): the secret itself for `client_secret("..")`, the
-    /// source's name for a [`SecretSource`]. Never the value a source gives: the key would
-    /// change at every rotation (and caches with the old and the new secret, which are one
-    /// credential set, would stop sharing), and it is not known without reading the source,
-    /// which is asynchronous and may fail.
+    /// source's name for a [`SecretSource`]. That is the key known without reading the source
+    /// (which is asynchronous and may fail); before each use of the store the cache asks for
+    /// the key keyed by the secret the source gives now (`current_store_key`), so a rotated
+    /// secret gets a new key and its predecessor's failures do not hold it up.
     #[cfg(feature = "store")]
     pub(super) fn store_identity(&self) -> (&'static str, Option<&SecretString>) {
         match self {
@@ -264,6 +269,11 @@ impl Authentication {
             },
             #[cfg(feature = "jwt-client-auth")]
             Authentication::Signer(_) => (ClientAuthMethod::PrivateKeyJwt.as_str(), None),
+            // Keyed by the source's name: the assertion changes at every rotation.
+            Authentication::AssertionSource(assertion) => (
+                ClientAuthMethod::PrivateKeyJwt.as_str(),
+                Some(&assertion.store_hmac_key),
+            ),
             Authentication::Certificate { kind, .. } => (kind.method().as_str(), None),
         }
     }
@@ -399,6 +409,7 @@ impl Authentication {
 
     /// Whether the token requests present a certificate the crate cannot see (the caller's
     /// HTTP client's): its tokens may be bound to it, so they cannot be shared by store key.
+    #[cfg(feature = "store")]
     pub(super) fn certificate_unknown(&self) -> bool {
         matches!(
             self,
@@ -470,7 +481,8 @@ mod tests {
                 ClientAuth::Basic(_) => SecretEncoding::Basic,
                 ClientAuth::Post(_) => SecretEncoding::Post,
                 #[cfg(feature = "jwt-client-auth")]
-                ClientAuth::Assertion(_) | ClientAuth::SignedAssertion(_) => unreachable!(),
+                ClientAuth::Assertion(_) => unreachable!(),
+                ClientAuth::SignedAssertion(_) => unreachable!(),
                 ClientAuth::Certificate => unreachable!(),
             });
             async { Err(refused()) }

@@ -13,6 +13,7 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use tower_service::Service;
 
+use super::assertion_source::AssertionSource;
 use super::auth_method::{
     Authentication, CertificateHolder, CertificateKind, ClientSecret, Negotiation, SecretEncoding,
     SecretMethod,
@@ -31,6 +32,7 @@ pub struct ClientCredentialsBuilder {
     client_id: Option<String>,
     client_secret: Option<SecretString>,
     client_secret_source: Option<Arc<dyn SecretSource>>,
+    client_assertion_source: Option<Arc<dyn AssertionSource>>,
     #[cfg(feature = "jwt-client-auth")]
     private_key: Option<crate::oauth::assertion::PrivateKey>,
     #[cfg(feature = "jwt-client-auth")]
@@ -63,6 +65,7 @@ impl ClientCredentialsBuilder {
             client_id: None,
             client_secret: None,
             client_secret_source: None,
+            client_assertion_source: None,
             #[cfg(feature = "jwt-client-auth")]
             private_key: None,
             #[cfg(feature = "jwt-client-auth")]
@@ -236,6 +239,7 @@ impl ClientCredentialsBuilder {
             algorithm, pem, kid,
         )?);
         self.signer = None;
+        self.client_assertion_source = None;
         self.method = Some(ClientAuthMethod::PrivateKeyJwt);
         Ok(self)
     }
@@ -265,6 +269,48 @@ impl ClientCredentialsBuilder {
     pub fn private_key_jwt_signer(mut self, signer: impl super::signer::JwtSigner) -> Self {
         self.signer = Some(Arc::new(signer));
         self.private_key = None;
+        self.client_assertion_source = None;
+        self.method = Some(ClientAuthMethod::PrivateKeyJwt);
+        self
+    }
+
+    /// Authenticates with a client assertion signed by someone else (RFC 7523 §2.2): a
+    /// platform's workload identity token, read from `source` at every token request and sent
+    /// as `client_assertion` with `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`.
+    /// [`FileAssertion`](super::FileAssertion) reads a file (a Kubernetes projected
+    /// service-account token, `AZURE_FEDERATED_TOKEN_FILE`, `AWS_WEB_IDENTITY_TOKEN_FILE`);
+    /// implement [`AssertionSource`] for another place.
+    ///
+    /// An assertion that is not a signed JWT or whose `exp` has passed is a configuration error
+    /// naming the source; after `invalid_client` the source is read once more, and a changed
+    /// assertion is tried before the failure counts. Selects
+    /// [`ClientAuthMethod::PrivateKeyJwt`] (the server verifies the platform's signature) and
+    /// replaces a key or signer given before; no client secret and no cargo feature is needed.
+    /// With a shared token store, the store key is made of the client id and the source's
+    /// [`name`](AssertionSource::name), never of an assertion.
+    ///
+    /// ```
+    /// use tower_client_credentials::client_credentials::FileAssertion;
+    /// use tower_client_credentials::{ClientAuthMethod, ClientCredentials};
+    ///
+    /// # fn main() -> Result<(), tower_client_credentials::Error> {
+    /// let credentials = ClientCredentials::builder()
+    ///     .token_endpoint("https://login.example/oauth2/v2.0/token")?
+    ///     .client_id("my-client")
+    ///     .client_assertion_source(FileAssertion::new("/var/run/secrets/tokens/idp-token"))
+    ///     .scopes(["api://orders/.default"])
+    ///     .build()?;
+    /// assert_eq!(credentials.auth_method(), Some(ClientAuthMethod::PrivateKeyJwt));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_assertion_source(mut self, source: impl AssertionSource) -> Self {
+        self.client_assertion_source = Some(Arc::new(source));
+        #[cfg(feature = "jwt-client-auth")]
+        {
+            self.signer = None;
+            self.private_key = None;
+        }
         self.method = Some(ClientAuthMethod::PrivateKeyJwt);
         self
     }
@@ -453,7 +499,8 @@ impl fmt::Debug for ClientCredentialsBuilder {
         debug
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
-            .field("client_secret_source", &self.client_secret_source);
+            .field("client_secret_source", &self.client_secret_source)
+            .field("client_assertion_source", &self.client_assertion_source);
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.private_key);
         #[cfg(feature = "mtls")]

@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+mod assertion_source;
 mod auth_method;
 mod builder;
 mod credential_set;
@@ -35,6 +36,7 @@ use crate::oauth::token_response::parse_response;
 use crate::source::{BoxFuture, TokenSource};
 use crate::token::Token;
 
+pub use self::assertion_source::{AssertionSource, FileAssertion};
 use self::auth_method::Authentication;
 pub use self::builder::ClientCredentialsBuilder;
 pub use self::credential_set::CredentialSet;
@@ -111,7 +113,9 @@ impl ClientCredentials {
     /// `auth` nor the secret in it (the secret is read per attempt and lives no longer than
     /// it). With a DPoP key the request for the nonce retry is built now too, with its own
     /// fresh client assertion; only its proof is made later, when the nonce is known. It is
-    /// dropped unsent when no nonce is asked for.
+    /// dropped unsent when no nonce is asked for. An assertion made before the request (by a
+    /// `JwtSigner`, or read from an `AssertionSource`) is never sent twice: then the nonce is
+    /// only recorded, and the caller retries with a new assertion (see `rotation`).
     fn request<'a>(
         &'a self,
         endpoint: &'a http::Uri,
@@ -130,7 +134,11 @@ impl ClientCredentials {
         };
         let first = build();
         #[cfg(feature = "dpop")]
-        let for_nonce_retry = inner.dpop.as_ref().map(|_| build());
+        let for_nonce_retry = inner
+            .dpop
+            .as_ref()
+            .filter(|_| auth.may_be_resent())
+            .map(|_| build());
         async move {
             #[allow(unused_mut)]
             let (mut request, secrets) = first?;
@@ -145,10 +153,12 @@ impl ClientCredentials {
             #[allow(unused_mut)]
             let mut secrets = secrets;
             #[cfg(feature = "dpop")]
-            if let (Some(key), Some(retry)) = (&inner.dpop, for_nonce_retry) {
-                // RFC 9449 §8: the server wants a nonce; it came with the error. One retry, with
-                // a fresh proof (and a fresh client assertion).
-                if crate::dpop::is_token_nonce_challenge(key, endpoint, &response) {
+            if let Some(key) = &inner.dpop {
+                // RFC 9449 §8: the server wants a nonce; it came with the error (and is kept
+                // for the next proof). One retry, with a fresh proof (and a fresh client
+                // assertion), when the request could be built again.
+                let challenged = crate::dpop::is_token_nonce_challenge(key, endpoint, &response);
+                if let (true, Some(retry)) = (challenged, for_nonce_retry) {
                     tracing::debug!("token endpoint asked for a DPoP nonce; retrying once with it");
                     let (mut request, retry_secrets) = retry?;
                     crate::dpop::sign_token_request(key, &mut request)?;
@@ -228,12 +238,16 @@ impl TokenSource for ClientCredentials {
         Box::pin(self.fetch())
     }
 
-    /// Whether the client secret's source reports a new secret since it was last read.
+    /// Whether the client secret's (or the client assertion's) source reports a new one since
+    /// it was last read.
     fn credentials_changed(&self) -> bool {
-        self.inner
-            .authentication
+        let authentication = &self.inner.authentication;
+        authentication
             .secret_source()
             .is_some_and(|source| source.changed())
+            || authentication
+                .assertion_source()
+                .is_some_and(|source| source.changed())
     }
 
     /// The credential set: token endpoint (or issuer), client id, configured auth method
@@ -317,7 +331,11 @@ impl fmt::Debug for ClientCredentials {
         debug
             .field("endpoint", &self.inner.endpoint)
             .field("client_id", &self.inner.client_id)
-            .field("client_secret", &self.inner.authentication.secret_source());
+            .field("client_secret", &self.inner.authentication.secret_source())
+            .field(
+                "client_assertion",
+                &self.inner.authentication.assertion_source(),
+            );
         #[cfg(feature = "jwt-client-auth")]
         debug.field("private_key", &self.inner.authentication.private_key());
         debug.field(

@@ -105,8 +105,9 @@ impl<T: SecretSource + ?Sized> SecretSource for Arc<T> {
     }
 }
 
-/// Why a [`SecretSource`] could not give a secret: which source, and what went wrong, never
-/// the secret. The [`cause`](Error::cause) of the crate's [`Error`] (of kind
+/// Why a [`SecretSource`] could not give a secret (or an
+/// [`AssertionSource`](super::AssertionSource) a usable assertion): which source, and what went
+/// wrong, never the secret. The [`cause`](Error::cause) of the crate's [`Error`] (of kind
 /// [`Configuration`](ErrorKind::Configuration)) when a source fails.
 ///
 /// # Example
@@ -127,6 +128,14 @@ pub struct SecretSourceError {
 }
 
 impl SecretSourceError {
+    /// The cause naming `source_name` and `problem` (an assertion source's errors have it too).
+    pub(super) fn new(source_name: String, problem: String) -> Self {
+        SecretSourceError {
+            source_name,
+            problem,
+        }
+    }
+
     /// The source, as its implementation names it: `environment variable IDP_SECRET`, `file
     /// /var/run/secrets/idp/client-secret`.
     pub fn source_name(&self) -> &str {

@@ -156,7 +156,7 @@ pub(super) async fn client_assertion(
     if let Some(kid) = signer.key_id() {
         header["kid"] = serde_json::json!(kid);
     }
-    let claims = Claims::new(client_id, token_endpoint, SystemTime::now());
+    let claims = Claims::new(client_id, token_endpoint, SystemTime::now())?;
     let claims = serde_json::to_vec(&claims)
         .map_err(|_| Error::config("the client assertion's claims could not be encoded"))?;
     let input = format!(

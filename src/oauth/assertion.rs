@@ -25,20 +25,41 @@ pub(crate) struct Claims {
 
 impl Claims {
     /// The claims for `client_id` at `token_endpoint`, made at `now`: a fresh 128-bit `jti`.
-    pub(crate) fn new(client_id: &str, token_endpoint: &str, now: SystemTime) -> Self {
+    pub(crate) fn new(
+        client_id: &str,
+        token_endpoint: &str,
+        now: SystemTime,
+    ) -> Result<Self, Error> {
         let iat = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        Claims {
+        Ok(Claims {
             iss: client_id.to_string(),
             sub: client_id.to_string(),
             aud: token_endpoint.to_string(),
-            jti: format!("{:032x}", fastrand::u128(..)),
+            jti: random_jti()?,
             iat,
             exp: iat + LIFETIME_SECS,
-        }
+        })
     }
+}
+
+/// 128 bits from the operating system's CSPRNG, as 32 hex digits. A server that refuses a
+/// replayed `jti` (RFC 7523 §3) keeps the ones it saw: they must be unguessable and must not
+/// collide, which a small-state PRNG (fastrand's 64 bits) does not promise.
+fn random_jti() -> Result<String, Error> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| {
+            Error::config(
+                "the operating system's random number generator failed; a client assertion \
+                 needs a random `jti`",
+            )
+        })?;
+    Ok(format!("{:032x}", u128::from_be_bytes(bytes)))
 }
 
 /// What signs the assertion: the client secret (`client_secret_jwt`, HS256) or the client's
@@ -89,7 +110,7 @@ impl PrivateKey {
             "probe",
             "https://probe.invalid/",
             SystemTime::now(),
-        ))
+        )?)
         .map_err(|_| unusable(algorithm))?;
         Ok(key)
     }
@@ -162,7 +183,7 @@ pub(crate) fn client_assertion(
     token_endpoint: &str,
     now: SystemTime,
 ) -> Result<SecretString, Error> {
-    let claims = Claims::new(client_id, token_endpoint, now);
+    let claims = Claims::new(client_id, token_endpoint, now)?;
     let signed = match key {
         AssertionKey::ClientSecret(secret) => jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -7,9 +7,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::Error;
 
-/// RFC 7521 §4.2 / RFC 7523 §2.2: the `client_assertion_type` for a JWT assertion (sent with
-/// `jwt-client-auth`, checked by the test server of `test-util`).
-#[cfg(any(feature = "jwt-client-auth", feature = "test-util"))]
+/// RFC 7521 §4.2 / RFC 7523 §2.2: the `client_assertion_type` for a JWT assertion (one the
+/// crate signs with `jwt-client-auth`, or one from an `AssertionSource`).
 pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2).

@@ -34,12 +34,23 @@ pub(crate) enum ClientAuth<'a> {
     /// `client_secret_jwt` or `private_key_jwt`: a signed JWT client assertion (RFC 7523).
     #[cfg(feature = "jwt-client-auth")]
     Assertion(&'a crate::oauth::assertion::AssertionKey),
-    /// `private_key_jwt` with a client assertion already signed (by a `JwtSigner`).
-    #[cfg(feature = "jwt-client-auth")]
+    /// A client assertion made before the request: signed by a `JwtSigner`, or read from an
+    /// `AssertionSource` (a platform's workload identity token).
     SignedAssertion(&'a SecretString),
     /// `tls_client_auth` or `self_signed_tls_client_auth` (RFC 8705 §2): the TLS client
     /// certificate authenticates; the form only names the client.
     Certificate,
+}
+
+impl ClientAuth<'_> {
+    /// Whether a second request (the retry a DPoP nonce challenge asks for) may carry the same
+    /// client authentication. An assertion made before the request may not: a server that
+    /// checked the client before the nonce has used up its `jti` (RFC 7523 §3), so the caller
+    /// gets a new one for the retry. Every other form is made anew by `build` or has no `jti`.
+    #[cfg(feature = "dpop")]
+    pub(crate) fn may_be_resent(&self) -> bool {
+        !matches!(self, ClientAuth::SignedAssertion(_))
+    }
 }
 
 /// Everything that goes into a token request except the endpoint's URL.
@@ -104,7 +115,6 @@ impl TokenRequest<'_> {
                 secrets.add(client_assertion.expose_secret());
                 secrets
             }
-            #[cfg(feature = "jwt-client-auth")]
             ClientAuth::SignedAssertion(client_assertion) => {
                 form.append_pair("client_assertion_type", client_auth::JWT_BEARER);
                 form.append_pair("client_assertion", client_assertion.expose_secret());

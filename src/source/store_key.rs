@@ -149,6 +149,15 @@ impl StoreKeyBuilder {
     /// The `x5t#S256` of the client certificate the tokens are bound to (RFC 8705 §3.1;
     /// [`ClientIdentity::thumbprint`](crate::mtls::ClientIdentity::thumbprint), feature
     /// `mtls`): only sources presenting the same certificate share them.
+    ///
+    /// ```
+    /// use tower_client_credentials::store::StoreKey;
+    ///
+    /// let key = StoreKey::builder("https://idp.example/token", "c")
+    ///     .certificate_thumbprint("q3hWbHAiHtI6sTlFqNp3dTs8KXJCm1Hm3ZOAf2_Yp5E")
+    ///     .build();
+    /// assert_ne!(key, StoreKey::builder("https://idp.example/token", "c").build());
+    /// ```
     pub fn certificate_thumbprint(mut self, thumbprint: impl Into<String>) -> Self {
         self.certificate_thumbprint = Some(thumbprint.into());
         self

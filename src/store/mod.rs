@@ -6,20 +6,28 @@
 //! when the cache needs a token (cold start, its refresh point, expiry, invalidation) does it go
 //! through the store:
 //!
-//! 1. **Read.** A stored token with enough life left, other than the one being replaced, is
-//!    used: no token request. A stored failure that is still backing off is returned as this
+//! 1. **Read.** A stored token worth adopting (judged by this cache's own lifetime policy:
+//!    `max_lifetime`, `default_lifetime`, the refresh margin), bound as this cache's tokens are
+//!    (the same DPoP key and client certificate), other than the one being replaced, is used:
+//!    no token request. A stored failure that is still backing off is returned as this
 //!    process's error (same [`ErrorKind`](crate::ErrorKind), OAuth2 error and a
 //!    [`retry_after`](crate::Error::retry_after) up to the end of the fleet's backoff), so the
 //!    whole fleet backs off as one.
-//! 2. **Lease.** Otherwise the process tries to take the lease (`SET NX PX` with an owner id of
-//!    its own). The holder requests the token, writes it with its wall-clock issue and expiry
-//!    times and a time-to-live that ends before expiry (or writes the failure, with the fleet's
+//! 2. **Lease.** Otherwise the process tries to take the lease (an owner id of its own), reading
+//!    both entries again in the same atomic step ([`TokenStore::acquire_lease`]): what another
+//!    process wrote meanwhile wins. The holder requests the token, writes it with its lifetime
+//!    and a time-to-live that ends at its refresh point (or writes the failure, with the fleet's
 //!    backoff), and releases the lease by compare-and-delete. While the request runs it renews
 //!    the lease by compare-and-set; a holder that dies is replaced once its lease expires.
-//! 3. **Wait.** The others poll (every few tens of milliseconds) until the token or failure
-//!    appears or the lease is free again, bounded by half the cache's
+//! 3. **Wait.** The others wait for the store to announce a change ([`TokenStore::changed`]),
+//!    reading again at least every 200 ms, until the token or failure appears or the lease is
+//!    free again, bounded by half the cache's
 //!    [`refresh_timeout`](crate::TokenCacheBuilder::refresh_timeout); past that they fetch on
 //!    their own.
+//!
+//! Nothing stored is a wall-clock time: records hold durations, and a store reports each
+//! record's age by its own clock ([`Record::age`]), so replicas whose clocks disagree agree on a
+//! token's life and on the fleet's backoff.
 //!
 //! A 401 from the API ([`TokenCache::invalidate`](crate::TokenCache::invalidate)) removes the
 //! stored token only if it is the one that was rejected (compare-and-delete on its fingerprint).
@@ -143,8 +151,9 @@ impl Record {
     }
 
     /// How long ago the store saved this entry, by the store's clock; `None` on a record not
-    /// read from a store. A record read back without an age is treated as saved just now by
-    /// nobody: a token is not adopted from it, a failure not obeyed.
+    /// read from a store. A record a store returns without an age cannot be judged (how much
+    /// of its life is left is unknown): the cache ignores it, adopting no token from it and
+    /// obeying no failure in it.
     pub fn age(&self) -> Option<Duration> {
         self.age
     }
@@ -400,6 +409,20 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     ///
     /// Default: sleeps `timeout` (polling). [`RedisStore`] subscribes to a per-key channel that
     /// its writes publish on.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "redis")] {
+    /// use std::time::Duration;
+    /// use tower_client_credentials::store::{RedisStore, StoreKey, TokenStore};
+    ///
+    /// # async fn wait() -> Result<(), tower_client_credentials::BoxError> {
+    /// let store = RedisStore::new("redis://127.0.0.1:6379")?;
+    /// let key = StoreKey::builder("https://idp.example/token", "my-client").build();
+    /// // Back as soon as any process writes one of the key's entries, or after 200 ms.
+    /// store.changed(&key, Duration::from_millis(200)).await?;
+    /// # Ok(()) }
+    /// # }
+    /// ```
     fn changed<'a>(
         &'a self,
         key: &'a StoreKey,

@@ -86,7 +86,13 @@ return 0";
 ///
 /// Every key of one credential set, `tcc:{<key>}:token`, `tcc:{<key>}:failure` and
 /// `tcc:{<key>}:lease`, carries the same hash tag, so a Cluster keeps them in one slot (the lease
-/// and compare-and-delete scripts need that).
+/// and compare-and-delete scripts need that). Every operation is one Lua script; those that
+/// write stamp the value with the server's `TIME`, and those that read return the server's
+/// `TIME` beside the values, so ages are measured by Redis' clock alone. Saves, removals and
+/// releases are published on the channel `tcc:{<key>}:changed`, to which
+/// [`changed`](TokenStore::changed) subscribes (one extra connection per store, made on the
+/// first wait); on a Cluster, and while that connection cannot be made, waiters poll. Redis 5
+/// or later (scripts that call `TIME` before writing).
 ///
 /// **Tokens at rest are credentials**: whoever reads the store can use them until they expire.
 /// Restrict access to Redis (ACLs, TLS) and set an [`encryption_key`](Self::encryption_key).
@@ -516,8 +522,11 @@ impl TokenStore for RedisStore {
 
     /// Waits for a message on the key's channel (a save, a compare-and-delete or a release by
     /// any process), or `timeout`. The subscription is made once per key, on a connection of
-    /// its own, and kept; while it cannot be made (or on a Cluster, whose pub/sub this store
-    /// does not use), this polls: it sleeps `timeout`.
+    /// its own, and kept; making it is bounded by the operation limit and comes before the
+    /// wait (so the first wait for a key may last that much longer: cutting the subscription
+    /// short instead would make a slow link start it again at every short wait). While it
+    /// cannot be made (or on a Cluster, whose pub/sub this store does not use), this polls: it
+    /// sleeps `timeout`.
     fn changed<'a>(
         &'a self,
         key: &'a StoreKey,
@@ -530,13 +539,11 @@ impl TokenStore for RedisStore {
             tokio::pin!(notified);
             // Registered before subscribing: a message that arrives meanwhile is not missed.
             notified.as_mut().enable();
-            let _ = tokio::time::timeout(timeout, async {
-                if !self.subscribe(&channel).await {
-                    std::future::pending::<()>().await;
-                }
-                notified.await
-            })
-            .await;
+            if self.subscribe(&channel).await {
+                let _ = tokio::time::timeout(timeout, notified).await;
+            } else {
+                tokio::time::sleep(timeout).await;
+            }
             Ok(())
         })
     }

@@ -1,7 +1,7 @@
 //! [`AuthServer`]: its builder and the methods tests drive it with (scripts, counters, secret
 //! rotation, DPoP nonces).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +34,7 @@ pub struct AuthServerBuilder {
     locations: Vec<MetadataLocation>,
     wrong_issuer: bool,
     advertised_methods: Option<Vec<String>>,
+    refuse_replayed_assertions: bool,
 }
 
 impl AuthServer {
@@ -57,6 +58,7 @@ impl AuthServer {
             clients: HashMap::new(),
             locations: vec![MetadataLocation::Rfc8414, MetadataLocation::Okta],
             wrong_issuer: false,
+            refuse_replayed_assertions: false,
             advertised_methods: Some(vec![
                 "client_secret_basic".to_string(),
                 "client_secret_post".to_string(),
@@ -206,8 +208,51 @@ impl AuthServerBuilder {
                 secret: secret.to_string(),
                 method,
                 scopes: None,
+                public_key: None,
             },
         );
+        self
+    }
+
+    /// Registers a `private_key_jwt` client (RFC 7523 §2.2, feature `jwt-client-auth`): its
+    /// assertions must be signed (RS256 or ES256) by the private half of `public_key_pem` (an
+    /// SPKI `-----BEGIN PUBLIC KEY-----`), with `iss` and `sub` the client id, `aud` the token
+    /// endpoint or the issuer, an `exp` ahead and a `jti`. The key may be a platform's, as for
+    /// a workload identity token.
+    ///
+    /// ```
+    /// use tower_client_credentials::testing::AuthServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let pem = include_bytes!("../../tests/oidc-provider/test-client-key.pub.pem");
+    /// let server = AuthServer::builder()
+    ///     .private_key_jwt_client("workload", pem)
+    ///     .refuse_replayed_assertions()
+    ///     .start()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn private_key_jwt_client(mut self, id: &str, public_key_pem: &[u8]) -> Self {
+        self.clients.insert(
+            id.to_string(),
+            Client {
+                secret: String::new(),
+                method: Some(ClientAuthMethod::PrivateKeyJwt),
+                scopes: None,
+                public_key: Some(public_key_pem.to_vec()),
+            },
+        );
+        self
+    }
+
+    /// Accepts each client assertion's `jti` once (RFC 7523 §3 lets a server refuse a replay;
+    /// oidc-provider and Okta do): a second request with an assertion already seen gets
+    /// `invalid_client`. The server authenticates the client before it checks a DPoP proof,
+    /// as they do, so a request refused for its nonce has used up its assertion.
+    pub fn refuse_replayed_assertions(mut self) -> Self {
+        self.refuse_replayed_assertions = true;
         self
     }
 
@@ -272,6 +317,9 @@ impl AuthServerBuilder {
             request_paths: Mutex::new(Vec::new()),
             issued: Mutex::new(HashMap::new()),
             last_request: Mutex::new(None),
+            used_jtis: self
+                .refuse_replayed_assertions
+                .then(|| Mutex::new(HashSet::new())),
             rotation: Mutex::default(),
             addr: Mutex::new(None),
             #[cfg(feature = "dpop")]

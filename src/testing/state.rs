@@ -49,6 +49,10 @@ pub(super) struct Client {
     pub(super) method: Option<ClientAuthMethod>,
     /// The scopes it may request; `None`: any.
     pub(super) scopes: Option<Vec<String>>,
+    /// The public key (PEM) its `private_key_jwt` assertions are verified with; `None`: that
+    /// method is refused.
+    #[cfg_attr(not(feature = "jwt-client-auth"), allow(dead_code))]
+    pub(super) public_key: Option<Vec<u8>>,
 }
 
 /// The rotation state of a server's clients (the rules are in `rotation`).
@@ -89,6 +93,10 @@ pub(super) struct State {
     /// Every token issued, with the moment it expires.
     pub(super) issued: Mutex<HashMap<String, SystemTime>>,
     pub(super) last_request: Mutex<Option<TokenRequestSeen>>,
+    /// The `jti`s of the client assertions accepted so far, when each may be used only once
+    /// (RFC 7523 §3); `None`: replays are not checked.
+    #[cfg_attr(not(feature = "jwt-client-auth"), allow(dead_code))]
+    pub(super) used_jtis: Option<Mutex<HashSet<String>>>,
     /// Extra and revoked client secrets, and the requests that presented each.
     pub(super) rotation: Mutex<Rotation>,
     /// Known once the listener is bound; the issuer URL and the tokens name it.

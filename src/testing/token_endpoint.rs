@@ -1,6 +1,7 @@
 //! The token endpoint (RFC 6749 §4.4), in the order it decides: read the request, tell how the
-//! client authenticated, play any scripted behaviour, authenticate the client, check the grant
-//! type and the scopes, issue a token.
+//! client authenticated, play any scripted behaviour, authenticate the client, check the DPoP
+//! proof (after the client, as oidc-provider and Okta do), check the grant type and the scopes,
+//! issue a token.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,12 +55,7 @@ impl State {
             ));
         }
         #[cfg(feature = "dpop")]
-        let dpop_jkt = match self.dpop_token_request(request.headers()) {
-            Ok(jkt) => jkt,
-            Err(refused) => return Ok(*refused),
-        };
-        #[cfg(not(feature = "dpop"))]
-        let dpop_jkt: Option<String> = None;
+        let headers = request.headers().clone();
         let request = TokenRequest::read(request).await?;
         let authentication = request.client_authentication()?;
         *lock(&self.last_request) = Some(request.seen(authentication.method));
@@ -68,6 +64,15 @@ impl State {
         }
         request.require_form_body()?;
         let client = self.authenticate(&authentication)?;
+        // The client is authenticated before the proof is checked, as oidc-provider and Okta
+        // do: a request refused for its DPoP nonce has used up its client assertion's `jti`.
+        #[cfg(feature = "dpop")]
+        let dpop_jkt = match self.dpop_token_request(&headers) {
+            Ok(jkt) => jkt,
+            Err(refused) => return Ok(*refused),
+        };
+        #[cfg(not(feature = "dpop"))]
+        let dpop_jkt: Option<String> = None;
         request.require_client_credentials_grant()?;
         let scope = request.field("scope").unwrap_or_default();
         require_allowed_scopes(client, &scope)?;
@@ -106,9 +111,7 @@ impl State {
         let client = self.clients.get(client_id).ok_or_else(failed)?;
         let authenticated = match credential {
             Credential::Secret(secret) => self.secret_accepted(client_id, client, secret),
-            Credential::Assertion(jwt) => {
-                self.verify_assertion(jwt, client_id, &client.secret, *method)
-            }
+            Credential::Assertion(jwt) => self.verify_assertion(jwt, client_id, client, *method),
         };
         if !authenticated || client.method.is_some_and(|m| m != *method) {
             return Err(failed());
@@ -116,36 +119,60 @@ impl State {
         Ok(client)
     }
 
-    /// RFC 7523 §3: a `client_secret_jwt` assertion signed HS256 with the client's secret, `iss`
-    /// and `sub` the client id, `aud` this token endpoint, unexpired, with a `jti`.
-    /// `private_key_jwt` is not verified here (no client keys are registered): refused.
+    /// RFC 7523 §3: a `client_secret_jwt` assertion signed HS256 with the client's secret, or
+    /// a `private_key_jwt` one signed RS256/ES256 with the client's registered key; `iss` and
+    /// `sub` the client id, `aud` this token endpoint (or, for a key, the issuer), unexpired,
+    /// with a `jti` (not seen before, when replays are refused).
     #[cfg(feature = "jwt-client-auth")]
     fn verify_assertion(
         &self,
         jwt: &str,
         client_id: &str,
-        secret: &str,
+        client: &Client,
         method: ClientAuthMethod,
     ) -> bool {
-        if method != ClientAuthMethod::ClientSecretJwt {
-            return false;
-        }
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        validation.set_audience(&[format!("{}/v1/token", self.issuer_url())]);
+        use jsonwebtoken::{Algorithm, DecodingKey};
+        let token_endpoint = format!("{}/v1/token", self.issuer_url());
+        let (key, algorithm, audiences) = match (method, &client.public_key) {
+            (ClientAuthMethod::ClientSecretJwt, _) => (
+                DecodingKey::from_secret(client.secret.as_bytes()),
+                Algorithm::HS256,
+                vec![token_endpoint],
+            ),
+            (ClientAuthMethod::PrivateKeyJwt, Some(pem)) => {
+                let header = jsonwebtoken::decode_header(jwt).ok();
+                let key = match header.as_ref().map(|h| h.alg) {
+                    Some(Algorithm::RS256) => DecodingKey::from_rsa_pem(pem),
+                    Some(Algorithm::ES256) => DecodingKey::from_ec_pem(pem),
+                    _ => return false,
+                };
+                let (Ok(key), Some(header)) = (key, header) else {
+                    return false;
+                };
+                (key, header.alg, vec![token_endpoint, self.issuer_url()])
+            }
+            _ => return false,
+        };
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
+        validation.set_audience(&audiences);
         validation.set_issuer(&[client_id]);
         validation.sub = Some(client_id.to_string());
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         validation.leeway = 0;
-        jsonwebtoken::decode::<serde_json::Value>(
-            jwt,
-            &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
-            &validation,
-        )
-        .is_ok_and(|data| data.claims["jti"].as_str().is_some_and(|j| !j.is_empty()))
+        let Ok(data) = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &validation) else {
+            return false;
+        };
+        let Some(jti) = data.claims["jti"].as_str().filter(|j| !j.is_empty()) else {
+            return false;
+        };
+        match &self.used_jtis {
+            Some(used) => lock(used).insert(jti.to_string()),
+            None => true,
+        }
     }
 
     #[cfg(not(feature = "jwt-client-auth"))]
-    fn verify_assertion(&self, _: &str, _: &str, _: &str, _: ClientAuthMethod) -> bool {
+    fn verify_assertion(&self, _: &str, _: &str, _: &Client, _: ClientAuthMethod) -> bool {
         false
     }
 

@@ -107,6 +107,19 @@ const CLIENT_ES256_JWK = {
   y: 'YFxXA0TfvuG-RrOdfFvpYoBLie7rqa5nIOoLhuwhem0',
 };
 
+// Workload identity (issue 23): the "platform" (a Kubernetes cluster, Entra, AWS) signs the
+// workload's short-lived JWT with its own key; the client registers the platform's public key
+// and sends the platform's JWT as its private_key_jwt assertion. TEST-ONLY key pair: the private
+// half is tests/oidc-provider/test-platform-key.pem, which the tests sign with.
+const PLATFORM_JWK = {
+  ...crypto.createPublicKey(
+    fs.readFileSync(new URL('./test-platform-key.pub.pem', import.meta.url)),
+  ).export({ format: 'jwk' }),
+  kid: 'platform',
+  use: 'sig',
+  alg: 'RS256',
+};
+
 // TLS=1: serve https with the test certificates of tests/mtls/ (made with openssl, valid for a
 // century, TEST-ONLY), asking every client for a certificate (verified against the test CA but
 // not required: `tls_client_auth` checks it). The mTLS clients below need this mode.
@@ -191,6 +204,29 @@ server.listen(port, HOST, () => {
         jwks: { keys: [CLIENT_ES256_JWK] },
         scope: API_SCOPES,
       },
+      {
+        client_id: 'workload-client',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_signing_alg: 'RS256',
+        jwks: { keys: [PLATFORM_JWK] },
+        scope: API_SCOPES,
+      },
+      // private_key_jwt and a DPoP nonce: oidc-provider authenticates the client (and uses up
+      // the assertion's jti) before it checks the proof's nonce (issue 19, defect 3).
+      {
+        client_id: 'key-jwt-dpop-nonce-client',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_signing_alg: 'RS256',
+        jwks: { keys: [CLIENT_RS256_JWK] },
+        scope: API_SCOPES,
+        dpop_bound_access_tokens: true,
+      },
       // DPoP (RFC 9449): tokens must be bound to the proof's key; the second client must
       // also put a server nonce in its proofs (see features.dPoP.requireNonce).
       {
@@ -267,7 +303,8 @@ server.listen(port, HOST, () => {
       dPoP: {
         enabled: true,
         nonceSecret: crypto.randomBytes(32),
-        requireNonce: (ctx) => ctx.oidc?.client?.clientId === 'dpop-nonce-client',
+        requireNonce: (ctx) => ['dpop-nonce-client', 'key-jwt-dpop-nonce-client']
+          .includes(ctx.oidc?.client?.clientId),
       },
       // Lets a test inspect the opaque (no `resource`) tokens; any
       // authenticated confidential client may introspect any token.

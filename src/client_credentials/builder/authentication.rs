@@ -22,6 +22,9 @@ impl ClientCredentialsBuilder {
                 self.method.map_or("unset", ClientAuthMethod::as_str)
             )));
         }
+        if let Some(source) = self.client_assertion_source.take() {
+            return self.assertion_source(source);
+        }
         let encoding = match self.method {
             None => None,
             Some(ClientAuthMethod::ClientSecretBasic) => Some(SecretEncoding::Basic),
@@ -88,6 +91,26 @@ impl ClientCredentialsBuilder {
 }
 
 impl ClientCredentialsBuilder {
+    /// A client assertion from a source is `private_key_jwt` as far as the server knows: a
+    /// method set to anything else afterwards contradicts it (a secret given anyway is still
+    /// checked, as for the other secretless methods).
+    fn assertion_source(
+        &mut self,
+        source: Arc<dyn super::super::AssertionSource>,
+    ) -> Result<Authentication, Error> {
+        if self.method != Some(ClientAuthMethod::PrivateKeyJwt) {
+            return Err(Error::config(format!(
+                "a client assertion source was given with `.client_assertion_source(..)`, but \
+                 the client authentication method is now {}; drop one of the two",
+                self.method.map_or("unset", ClientAuthMethod::as_str)
+            )));
+        }
+        self.secret()?;
+        Ok(Authentication::AssertionSource(
+            super::super::assertion_source::ClientAssertion::new(source),
+        ))
+    }
+
     /// The mTLS methods need a certificate, presented by the built-in client made with the
     /// identity, or by the caller's HTTP client; no secret (one given anyway is still checked).
     fn certificate(&mut self, kind: CertificateKind) -> Result<Authentication, Error> {

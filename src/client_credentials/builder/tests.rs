@@ -203,3 +203,51 @@ fn an_identity_is_presented_only_with_an_mtls_method_and_the_built_in_client() {
         .unwrap_err();
     assert!(err.to_string().contains("client_secret_basic"), "{err}");
 }
+
+/// Issue 23: a client assertion source is `private_key_jwt` without any cargo feature; a method
+/// set afterwards that contradicts it is refused by name, and a key given later replaces it.
+#[test]
+fn a_client_assertion_source_is_private_key_jwt_and_a_contradiction_is_named() {
+    use crate::client_credentials::FileAssertion;
+    let source = || FileAssertion::new("/var/run/secrets/tokens/idp-token");
+    let bare = || {
+        ClientCredentials::builder()
+            .token_endpoint("https://idp.example/oauth2/default/v1/token")
+            .unwrap()
+            .client_id("id")
+    };
+    let credentials = bare().client_assertion_source(source()).build().unwrap();
+    assert_eq!(
+        credentials.auth_method(),
+        Some(ClientAuthMethod::PrivateKeyJwt)
+    );
+    let shown = format!("{credentials:?}");
+    assert!(
+        shown.contains("file /var/run/secrets/tokens/idp-token"),
+        "{shown}"
+    );
+
+    let err = bare()
+        .client_assertion_source(source())
+        .auth_method(ClientAuthMethod::ClientSecretBasic)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration);
+    assert!(
+        err.to_string().contains(".client_assertion_source(..)")
+            && err.to_string().contains("client_secret_basic"),
+        "{err}"
+    );
+
+    #[cfg(feature = "jwt-client-auth")]
+    {
+        let pem = include_bytes!("../../../tests/oidc-provider/test-client-key.pem");
+        let credentials = bare()
+            .client_assertion_source(source())
+            .private_key_jwt(crate::JwtSigningAlgorithm::RS256, pem, None)
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(!format!("{credentials:?}").contains("idp-token"));
+    }
+}

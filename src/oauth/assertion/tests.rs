@@ -156,3 +156,20 @@ async fn private_key_jwt_signs_with_rs256_and_es256() {
     let err = PrivateKey::from_pem(JwtSigningAlgorithm::RS256, b"not a key", None).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Configuration);
 }
+
+/// Issue 19 (smaller item): the `jti` comes from the operating system's CSPRNG, not from
+/// fastrand's thread-local generator (64 bits of state, reseedable by any code on the thread).
+/// With fastrand, the same seed gave the same `jti` twice: a server that refuses replays
+/// (RFC 7523 §3) refused the second assertion, and anyone who knew the state could predict it.
+#[test]
+fn the_jti_does_not_follow_the_threads_fastrand_state() {
+    let make = || {
+        fastrand::seed(7);
+        Claims::new("id", "https://idp.example/token", SystemTime::now())
+            .unwrap()
+            .jti
+    };
+    let (first, second) = (make(), make());
+    assert_ne!(first, second);
+    assert_eq!(first.len(), 32);
+}
