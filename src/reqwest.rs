@@ -108,6 +108,8 @@ pub struct BearerAuthMiddleware {
     binding: Binding,
     /// Why the layer cannot work, if it cannot: every request fails with it, unsent.
     refused: Option<Error>,
+    /// Made from a retry layer: what counts as a rejected token, retried once with a new one.
+    rejected: Option<crate::retry::SharedPredicate>,
 }
 
 impl BearerAuthMiddleware {
@@ -119,6 +121,7 @@ impl BearerAuthMiddleware {
             headers: layer.headers.clone(),
             binding: layer.binding.clone(),
             refused: layer.refusal(),
+            rejected: None,
         }
     }
 
@@ -150,6 +153,37 @@ impl From<BearerAuthLayer> for BearerAuthMiddleware {
     }
 }
 
+/// A middleware with the retry stage of `layer` too: a request whose token the API rejects
+/// (the layer's [`retry_if`](crate::retry::RetryUnauthorizedLayer::retry_if), HTTP 401 by
+/// default) is sent once more with a fresh token, when its body can be cloned (not a stream).
+///
+/// ```
+/// # use std::time::Duration;
+/// # use tower_client_credentials::{BearerAuthLayer, BoxFuture, Error, Token, TokenSource};
+/// use tower_client_credentials::reqwest::BearerAuthMiddleware;
+/// use tower_client_credentials::retry::is_invalid_token;
+/// # struct Static;
+/// # impl TokenSource for Static {
+/// #     fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+/// #         Box::pin(async { Token::bearer("t", Some(Duration::from_secs(60))) })
+/// #     }
+/// # }
+///
+/// let layer = BearerAuthLayer::new(Static).retry_on_unauthorized().retry_if(is_invalid_token);
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(BearerAuthMiddleware::from(&layer))
+///     .build();
+/// # let _ = client;
+/// ```
+impl From<&crate::retry::RetryUnauthorizedLayer> for BearerAuthMiddleware {
+    fn from(layer: &crate::retry::RetryUnauthorizedLayer) -> Self {
+        BearerAuthMiddleware {
+            rejected: Some(layer.rejection_predicate().clone()),
+            ..Self::new(layer.get_ref())
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Middleware for BearerAuthMiddleware {
     async fn handle(
@@ -167,36 +201,54 @@ impl Middleware for BearerAuthMiddleware {
         let proof = self.binding.needs_proof(&token).map_err(failed)?;
         self.headers
             .insert_with_authorization(request.headers_mut(), token.header().clone());
-        if !proof {
+        if !proof && self.rejected.is_none() {
             return next.run(request, extensions).await;
         }
-        // A DPoP-bound token: a proof per attempt, and one more attempt on a nonce challenge
-        // that brought its nonce, when the body can be cloned (not a stream).
-        let retry = request.try_clone();
-        let watch = self.prove(&token, &mut request)?;
+        // A second attempt may follow (a DPoP nonce challenge, a rejected token): it needs a
+        // copy of the request, which a streamed body cannot give.
+        let again = request.try_clone();
+        let watch = match proof {
+            true => Some(self.prove(&token, &mut request)?),
+            false => None,
+        };
         let response = next.clone().run(request, extensions).await?;
-        watch.observe(response.headers());
-        let Some(mut retry) = retry else {
+        if let Some(watch) = &watch {
+            watch.observe(response.headers());
+        }
+        let Some(mut again) = again else {
             return Ok(response);
         };
         let sent = crate::retry::Sent {
             cache: self.cache.clone(),
             header: token.header().clone(),
-            proof: true,
+            proof,
         };
         let never_rejected = |_: http::StatusCode, _: &http::HeaderMap| false;
-        let verdict = crate::retry::judge(
-            &sent,
-            response.status(),
-            response.headers(),
-            &never_rejected,
-        );
-        if verdict != crate::retry::Verdict::Resend {
-            return Ok(response);
+        let rejected: &(dyn Fn(http::StatusCode, &http::HeaderMap) -> bool + Send + Sync) =
+            match &self.rejected {
+                Some(rejected) => &**rejected,
+                None => &never_rejected,
+            };
+        let verdict = crate::retry::judge(&sent, response.status(), response.headers(), rejected);
+        let token = match verdict {
+            crate::retry::Verdict::Return => return Ok(response),
+            crate::retry::Verdict::Resend => token,
+            crate::retry::Verdict::Refresh => {
+                let token = self.cache.wait_for_token().await.map_err(failed)?;
+                self.headers
+                    .insert_with_authorization(again.headers_mut(), token.header().clone());
+                token
+            }
+        };
+        let watch = match self.binding.needs_proof(&token).map_err(failed)? {
+            true => Some(self.prove(&token, &mut again)?),
+            false => None,
+        };
+        drop(response);
+        let response = next.run(again, extensions).await?;
+        if let Some(watch) = &watch {
+            watch.observe(response.headers());
         }
-        let watch = self.prove(&token, &mut retry)?;
-        let response = next.run(retry, extensions).await?;
-        watch.observe(response.headers());
         Ok(response)
     }
 }
@@ -240,6 +292,7 @@ impl fmt::Debug for BearerAuthMiddleware {
             .field("cache", &self.cache)
             .field("headers", &self.headers)
             .field("binding", &self.binding)
+            .field("retries_rejections", &self.rejected.is_some())
             .finish()
     }
 }

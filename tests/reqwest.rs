@@ -129,6 +129,33 @@ async fn a_bearer_middleware_refuses_to_send_a_dpop_bound_token() {
 }
 
 /// The middleware made from a `DpopAuthLayer`, against the API that verifies every proof.
+/// The retry stage on reqwest: a middleware made from a retry layer sends a request whose token
+/// the API rejects (revoked) once more with a fresh one; one made from the plain layer hands
+/// the 401 back.
+#[tokio::test]
+async fn a_middleware_from_a_retry_layer_replaces_a_rejected_token_once() {
+    let auth = AuthServer::start().await.unwrap();
+    let api = ApiServer::start(&auth, API_KEY).await.unwrap();
+    let layer = layer(&auth);
+    let retrying = ClientBuilder::new(reqwest::Client::new())
+        .with(BearerAuthMiddleware::from(
+            &layer.clone().retry_on_unauthorized(),
+        ))
+        .build();
+    let plain = reqwest_client(&layer);
+    let body = "{\"order\":1}";
+    let send = |client: &ClientWithMiddleware| client.post(api.url()).body(body).send();
+    assert_eq!(send(&retrying).await.unwrap().status(), StatusCode::OK);
+    auth.revoke_all();
+    assert_eq!(
+        send(&plain).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(send(&retrying).await.unwrap().status(), StatusCode::OK);
+    assert_eq!((api.accepted(), api.rejected()), (2, 2));
+    assert_eq!(auth.token_requests(), 2);
+}
+
 #[cfg(feature = "dpop")]
 mod dpop {
     use super::*;

@@ -59,7 +59,7 @@ use crate::layer::BearerAuthLayer;
 pub type RejectionPredicate = fn(StatusCode, &HeaderMap) -> bool;
 
 /// A predicate as the layer keeps it: shared by every clone of the service.
-type SharedPredicate = Arc<dyn Fn(StatusCode, &HeaderMap) -> bool + Send + Sync>;
+pub(crate) type SharedPredicate = Arc<dyn Fn(StatusCode, &HeaderMap) -> bool + Send + Sync>;
 
 /// The default [`RejectionPredicate`]: HTTP 401.
 pub fn is_unauthorized(status: StatusCode, _headers: &HeaderMap) -> bool {
@@ -144,6 +144,12 @@ impl<L> RetryUnauthorizedLayer<L> {
     /// The layer under the retry stage.
     pub fn get_ref(&self) -> &L {
         &self.auth
+    }
+
+    /// What counts as a rejected token (for the reqwest middleware's retry).
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn rejection_predicate(&self) -> &SharedPredicate {
+        &self.rejected
     }
 
     /// What counts as a rejected token. Default [`is_unauthorized`] (HTTP 401). Any
