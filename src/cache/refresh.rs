@@ -26,7 +26,7 @@ pub(super) struct RefreshState {
     /// The running refresh: the only one whose result counts. Also published in
     /// `Shared::flight` for callers that join it without this lock; that copy is cleared when
     /// the refresh finishes, and one given up on here is refused by those callers too
-    /// ([`Flight::is_live`]).
+    /// ([`Flight::is_joinable`]).
     running: Option<Arc<Flight>>,
     /// The id of the last refresh started.
     last_flight_id: u64,
@@ -183,7 +183,7 @@ impl Shared {
         self.refresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The running refresh if a caller may join it without the mutex (see [`Flight::is_live`]);
+    /// The running refresh if a caller may join it without the mutex (see [`Flight::is_joinable`]);
     /// `None` sends the caller to [`join_or_start`](Self::join_or_start).
     #[inline]
     pub(super) fn joinable_flight(&self) -> Option<Arc<Flight>> {
@@ -191,7 +191,7 @@ impl Shared {
         // nothing to join.
         let flight = self.flight.load();
         let flight = flight.as_ref()?;
-        flight.is_live(Instant::now()).then(|| flight.clone())
+        flight.is_joinable().then(|| flight.clone())
     }
 
     /// Joins the running refresh, or starts one, or says why not.

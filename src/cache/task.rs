@@ -9,6 +9,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::time::Instant;
 
 use super::{metrics, Shared};
+use crate::coarse_clock::CoarseDeadline;
 use crate::error::{Error, ErrorKind};
 use crate::token::Token;
 
@@ -27,6 +28,10 @@ pub(super) struct Flight {
     /// The refresh's time limit plus a grace, from its start: one that outlives it (its runtime
     /// is no longer driven) is given up on, by its waiters and by later callers alike.
     pub(super) give_up_at: Instant,
+    /// `give_up_at` for the coarse clock (less a safety margin): a caller joins without the
+    /// mutex only before it, which costs a coarse clock read instead of a precise one; after
+    /// it (or with tokio's clock paused) callers go through the mutex, which decides precisely.
+    joinable_until: CoarseDeadline,
     /// The runtime the refresh task runs on: a waiter polled there needs no timer of its own (the
     /// task has its own time limit and is driven whenever the waiter is).
     pub(super) runtime: tokio::runtime::Id,
@@ -42,17 +47,19 @@ impl Flight {
         Flight {
             id,
             give_up_at,
+            joinable_until: CoarseDeadline::before(give_up_at),
             runtime,
             outcome: OnceLock::new(),
             wakers: Mutex::new(Some(Vec::new())),
         }
     }
 
-    /// Whether a caller may still join it: not settled, and not past the time its waiters give
-    /// up (a settled or given-up flight is handled under the cache's mutex).
+    /// Whether a caller may join it without the cache's mutex: not settled, and surely before
+    /// the time its waiters give up (a settled flight, or one near or past that time, is
+    /// handled under the mutex).
     #[inline]
-    pub(super) fn is_live(&self, now: Instant) -> bool {
-        self.outcome.get().is_none() && now < self.give_up_at
+    pub(super) fn is_joinable(&self) -> bool {
+        self.outcome.get().is_none() && self.joinable_until.is_ahead()
     }
 
     /// Whether the task went away without a word (dropped before its first poll).

@@ -35,6 +35,8 @@ pub(crate) struct TokenWait {
     stage: Stage,
     /// Refreshes restarted by this wait after their runtime went away.
     restarts: u32,
+    /// The caller has just found no usable token: the first look goes straight to the refresh.
+    missed: bool,
 }
 
 enum Stage {
@@ -57,11 +59,21 @@ impl Default for TokenWait {
         TokenWait {
             stage: Stage::Look,
             restarts: 0,
+            missed: false,
         }
     }
 }
 
 impl TokenWait {
+    /// A wait for a caller that has just read the cache (through its own reader, which sees the
+    /// latest token) and found no usable token: it does not read it again before joining.
+    pub(crate) fn after_a_miss() -> Self {
+        TokenWait {
+            missed: true,
+            ..TokenWait::default()
+        }
+    }
+
     /// Polls the wait: ready with `take` of a token usable now, or with the error every waiter
     /// of the failed refresh gets (or the backoff's). Must be polled within a tokio runtime
     /// when a refresh is needed; outside one it fails with a configuration error.
@@ -77,7 +89,7 @@ impl TokenWait {
         loop {
             match std::mem::replace(&mut self.stage, Stage::Look) {
                 Stage::Look => {
-                    {
+                    if !std::mem::take(&mut self.missed) {
                         let current = shared.current.load();
                         if let Some(current) = current
                             .as_ref()
@@ -135,7 +147,6 @@ impl TokenWait {
                             if timer.is_none() && !runtime_checked {
                                 // Polled again without a wake-up: it may have moved to another
                                 // runtime since it joined, where it needs the timer.
-                                runtime_checked = true;
                                 let here = tokio::runtime::Handle::try_current().map(|h| h.id());
                                 if here.ok() != Some(flight.runtime) {
                                     timer =

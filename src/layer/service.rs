@@ -169,7 +169,7 @@ impl<S> BearerAuth<S> {
                 return Poll::Ready(true);
             }
             match &mut self.pending {
-                Pending::None => self.pending = Pending::Waiting(TokenWait::default()),
+                Pending::None => self.pending = Pending::Waiting(TokenWait::after_a_miss()),
                 Pending::Waiting(wait) => {
                     return Poll::Ready(match ready!(wait.poll_token(&self.cache, cx, |_| ())) {
                         // `call` takes the token from the cache, where the refresh put it.
