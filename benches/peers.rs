@@ -37,7 +37,9 @@
 //!   own clone of the arm, find a cold cache; the token request takes 20 ms; every storm asserts
 //!   one token request): time until all N have sent; ratio to `layer`;
 //! * `storm-growth/<arm>`: each arm's storm at 100,000 callers against its own single caller
-//!   (the issue's goal for the layer: ≤ 1.5 ×).
+//!   (issue 16's goal for the layer: ≤ 1.5 ×);
+//! * `goal/storm-N` (issue 22): per round, the layer's storm time over the bare floor's (goal
+//!   ≤ 1.10) and over the fastest peer's of that round (goal ≤ 1: the fastest arm).
 //!
 //! Output ends with `ratio <bench>/<arm> <value>` lines and `chart <panel> <arm> <x> <value>`
 //! lines (read by `benches/chart.py`). `BENCH_QUICK=1` runs fewer rounds (`benches/summary.sh`).
@@ -68,7 +70,8 @@ use tower_client_credentials::{BearerAuth, BearerAuthLayer, BoxFuture, Error, To
 
 mod common;
 use common::{
-    noop_inner, noop_waker, quantile, quick, report_ratios, set_request_header_static, NoopService,
+    noop_inner, noop_waker, print_ratio, quantile, quick, report_ratios, set_request_header_static,
+    NoopService,
 };
 
 const TOKEN: &str = "eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2ln";
@@ -707,6 +710,30 @@ fn main() {
         for (i, name) in STORM_ARMS.iter().enumerate() {
             let ms = median(&times[i]) * 1e3;
             chart.push(format!("chart storm {name} {callers} {ms:.2}"));
+        }
+        // The issue-22 goals, per round: the layer against the bare floor (≤ 1.10), and against
+        // the fastest peer of that round (≤ 1: the fastest arm).
+        let layer = &times[0];
+        let over_floor: Vec<f64> = (0..storm_rounds).map(|r| layer[r] / times[1][r]).collect();
+        let over_fastest: Vec<f64> = (0..storm_rounds)
+            .map(|r| {
+                layer[r]
+                    / (2..STORM_ARMS.len())
+                        .map(|i| times[i][r])
+                        .fold(f64::MAX, f64::min)
+            })
+            .collect();
+        for (arm, ratios) in [
+            ("layer_over_floor", over_floor),
+            ("layer_over_fastest_peer", over_fastest),
+        ] {
+            let mut ratios = ratios;
+            let (mid, low, high) = (
+                quantile(&mut ratios, 0.5),
+                quantile(&mut ratios, 0.25),
+                quantile(&mut ratios, 0.75),
+            );
+            print_ratio(&format!("goal/storm-{callers}"), arm, mid, low, high);
         }
     }
 
