@@ -663,7 +663,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if part("storm") {
+    if part("storm") || part("sizes") {
         // What each storm task carries (spawning moves it to the heap; 100,000 of them touch
         // fresh pages): the arm's clone, the request and the send's state.
         fn task_size<A: Arm>(mut arm: A) -> usize {

@@ -143,10 +143,12 @@ impl Shared {
         (Instant::now() < current.expires_at).then(|| current.token.clone())
     }
 
-    /// Whether `token` is still the cached token and has not expired.
+    /// Whether `token` is still the cached token and has not expired. Asked by every waiter of
+    /// a refresh: the coarse clock answers for a fresh token, the precise one near expiry.
     pub(super) fn is_cached_and_unexpired(&self, token: &Arc<Token>) -> bool {
         self.current.load().as_ref().is_some_and(|current| {
-            Arc::ptr_eq(&current.token, token) && Instant::now() < current.expires_at
+            Arc::ptr_eq(&current.token, token)
+                && (current.fresh_until.is_ahead() || Instant::now() < current.expires_at)
         })
     }
 }

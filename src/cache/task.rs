@@ -8,6 +8,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::time::Instant;
 
+use super::wait::NO_SLOT;
 use super::{metrics, Shared};
 use crate::coarse_clock::CoarseDeadline;
 use crate::error::{Error, ErrorKind};
@@ -68,10 +69,10 @@ impl Flight {
     }
 
     /// The outcome once settled; until then registers (or updates) this waiter's waker at
-    /// `slot` (its index in the list, `None` before the first registration).
+    /// `slot` (its index in the list, [`NO_SLOT`] before the first registration).
     pub(super) fn poll_settled(
         &self,
-        slot: &mut Option<usize>,
+        slot: &mut u32,
         cx: &mut Context<'_>,
     ) -> Poll<&Option<Outcome>> {
         if let Some(outcome) = self.outcome.get() {
@@ -83,11 +84,15 @@ impl Flight {
             drop(wakers);
             return Poll::Ready(self.outcome.get().unwrap_or(&None));
         };
-        match *slot {
-            Some(i) if !list[i].will_wake(cx.waker()) => list[i] = cx.waker().clone(),
-            Some(_) => {}
+        match list.get_mut(*slot as usize) {
+            Some(registered) => {
+                if !registered.will_wake(cx.waker()) {
+                    *registered = cx.waker().clone();
+                }
+            }
             None => {
-                *slot = Some(list.len());
+                // Past `u32::MAX - 1` waiters a waiter re-registers at every poll: harmless.
+                *slot = u32::try_from(list.len()).unwrap_or(NO_SLOT);
                 list.push(cx.waker().clone());
             }
         }

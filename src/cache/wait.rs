@@ -27,37 +27,36 @@ use crate::token::Token;
 
 /// How many refreshes whose runtime went away one caller restarts before it gives up: should
 /// its own runtime be going away too, each restart would end at once, forever.
-const MAX_RESTARTS: u32 = 3;
+const MAX_RESTARTS: u8 = 3;
+
+/// [`TokenWait::slot`] before the waiter registers its waker.
+pub(super) const NO_SLOT: u32 = u32::MAX;
 
 /// A wait for a usable token (see the module docs). Made idle; [`poll_token`](Self::poll_token)
 /// drives it. Dropping it cancels nothing but this wait.
+///
+/// Kept small (24 bytes), since a service carries it inline: looking at the cache (no flight,
+/// no timer), waiting for a refresh (its flight, and a timer only off its runtime), or backing
+/// off (a timer only).
 pub(crate) struct TokenWait {
-    stage: Stage,
+    /// The refresh joined, while waiting for it.
+    flight: Option<Arc<Flight>>,
+    /// Joined off the refresh task's runtime: its give-up time. Backing off: the next attempt.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// This waiter's place in the flight's waker list ([`NO_SLOT`] before it registers).
+    slot: u32,
     /// Refreshes restarted by this wait after their runtime went away.
-    restarts: u32,
+    restarts: u8,
     /// The caller has just found no usable token: the first look goes straight to the refresh.
     missed: bool,
-}
-
-enum Stage {
-    /// Look at the cache: a usable token, a refresh to join or start, or a backoff.
-    Look,
-    /// Waiting for this refresh's outcome.
-    Joined {
-        flight: Arc<Flight>,
-        /// This waiter's place in the flight's waker list, once registered.
-        slot: Option<usize>,
-        /// The give-up time, only when polled off the refresh task's runtime.
-        timer: Option<Pin<Box<Sleep>>>,
-    },
-    /// Backing off, allowed to wait for the next attempt (`max_backoff_wait`).
-    Backoff(Pin<Box<Sleep>>),
 }
 
 impl Default for TokenWait {
     fn default() -> Self {
         TokenWait {
-            stage: Stage::Look,
+            flight: None,
+            timer: None,
+            slot: NO_SLOT,
             restarts: 0,
             missed: false,
         }
@@ -87,104 +86,94 @@ impl TokenWait {
         // Whether this poll already checked the runtime (when it joined).
         let mut runtime_checked = false;
         loop {
-            match std::mem::replace(&mut self.stage, Stage::Look) {
-                Stage::Look => {
-                    if !std::mem::take(&mut self.missed) {
-                        let current = shared.current.load();
-                        if let Some(current) = current
-                            .as_ref()
-                            .and_then(|c| cache.usable_starting_refresh_ahead(c))
-                        {
-                            return Poll::Ready(Ok(take(&current.token)));
-                        }
-                    }
-                    let flight = match shared.joinable_flight() {
-                        Some(flight) => flight,
-                        None => {
-                            let mut state = shared.lock_state();
-                            // Checked again under the lock: a refresh may have finished since.
-                            if let Some(token) = shared.unexpired_token() {
-                                return Poll::Ready(Ok(take(&token)));
-                            }
-                            match shared.join_or_start(&mut state) {
-                                Ok(flight) => flight,
-                                Err(Backoff::Wait(until)) => {
-                                    drop(state);
-                                    if tokio::runtime::Handle::try_current().is_err() {
-                                        return Poll::Ready(Err(outside_a_runtime()));
-                                    }
-                                    self.stage =
-                                        Stage::Backoff(Box::pin(tokio::time::sleep_until(until)));
-                                    continue;
-                                }
-                                Err(Backoff::Fail(error)) => return Poll::Ready(Err(error)),
+            if let Some(flight) = self.flight.take() {
+                let outcome = match flight.poll_settled(&mut self.slot, cx) {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => {
+                        if self.timer.is_none() && !runtime_checked {
+                            // Polled again without a wake-up: it may have moved to another
+                            // runtime since it joined, where it needs the timer.
+                            let here = tokio::runtime::Handle::try_current().map(|h| h.id());
+                            if here.ok() != Some(flight.runtime) {
+                                self.timer =
+                                    Some(Box::pin(tokio::time::sleep_until(flight.give_up_at)));
                             }
                         }
-                    };
-                    // Waiting takes a runtime (a refresh started elsewhere may be joined from
-                    // anywhere), and off the task's own runtime, that runtime's timer.
-                    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                        return Poll::Ready(Err(outside_a_runtime()));
-                    };
-                    runtime_checked = true;
-                    metrics::waiter();
-                    let timer = (runtime.id() != flight.runtime)
-                        .then(|| Box::pin(tokio::time::sleep_until(flight.give_up_at)));
-                    self.stage = Stage::Joined {
-                        flight,
-                        slot: None,
-                        timer,
-                    };
-                }
-                Stage::Joined {
-                    flight,
-                    mut slot,
-                    mut timer,
-                } => {
-                    let outcome = match flight.poll_settled(&mut slot, cx) {
-                        Poll::Ready(outcome) => outcome,
-                        Poll::Pending => {
-                            if timer.is_none() && !runtime_checked {
-                                // Polled again without a wake-up: it may have moved to another
-                                // runtime since it joined, where it needs the timer.
-                                let here = tokio::runtime::Handle::try_current().map(|h| h.id());
-                                if here.ok() != Some(flight.runtime) {
-                                    timer =
-                                        Some(Box::pin(tokio::time::sleep_until(flight.give_up_at)));
-                                }
-                            }
-                            let stalled = timer
-                                .as_mut()
-                                .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-                            if !stalled {
-                                self.stage = Stage::Joined {
-                                    flight,
-                                    slot,
-                                    timer,
-                                };
-                                return Poll::Pending;
-                            }
-                            // `live_refresh` gives up on it for later callers too.
-                            return Poll::Ready(Err(Error::new(
-                                ErrorKind::RefreshAborted,
-                                "the refresh task stalled without a result; check that the tokio \
-                                 runtime that started it is still running and has timers enabled",
-                            )));
+                        let stalled = self
+                            .timer
+                            .as_mut()
+                            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                        if !stalled {
+                            self.flight = Some(flight);
+                            return Poll::Pending;
                         }
-                    };
-                    match self.judge(cache, outcome) {
-                        Judged::Token(token) => return Poll::Ready(Ok(take(token))),
-                        Judged::Error(error) => return Poll::Ready(Err(error)),
-                        Judged::LookAgain => {}
+                        // `live_refresh` gives up on it for later callers too.
+                        self.timer = None;
+                        self.slot = NO_SLOT;
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::RefreshAborted,
+                            "the refresh task stalled without a result; check that the tokio \
+                             runtime that started it is still running and has timers enabled",
+                        )));
                     }
-                }
-                Stage::Backoff(mut sleep) => {
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        self.stage = Stage::Backoff(sleep);
-                        return Poll::Pending;
-                    }
+                };
+                self.timer = None;
+                self.slot = NO_SLOT;
+                match self.judge(cache, outcome) {
+                    Judged::Token(token) => return Poll::Ready(Ok(take(token))),
+                    Judged::Error(error) => return Poll::Ready(Err(error)),
+                    Judged::LookAgain => continue,
                 }
             }
+            if let Some(backoff) = self.timer.as_mut() {
+                if backoff.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.timer = None;
+            }
+            // Look at the cache: a usable token, a refresh to join or start, or a backoff.
+            if !std::mem::take(&mut self.missed) {
+                let current = shared.current.load();
+                if let Some(current) = current
+                    .as_ref()
+                    .and_then(|c| cache.usable_starting_refresh_ahead(c))
+                {
+                    return Poll::Ready(Ok(take(&current.token)));
+                }
+            }
+            let flight = match shared.joinable_flight() {
+                Some(flight) => flight,
+                None => {
+                    let mut state = shared.lock_state();
+                    // Checked again under the lock: a refresh may have finished since.
+                    if let Some(token) = shared.unexpired_token() {
+                        return Poll::Ready(Ok(take(&token)));
+                    }
+                    match shared.join_or_start(&mut state) {
+                        Ok(flight) => flight,
+                        Err(Backoff::Wait(until)) => {
+                            drop(state);
+                            if tokio::runtime::Handle::try_current().is_err() {
+                                return Poll::Ready(Err(outside_a_runtime()));
+                            }
+                            self.timer = Some(Box::pin(tokio::time::sleep_until(until)));
+                            continue;
+                        }
+                        Err(Backoff::Fail(error)) => return Poll::Ready(Err(error)),
+                    }
+                }
+            };
+            // Waiting takes a runtime (a refresh started elsewhere may be joined from
+            // anywhere), and off the task's own runtime, that runtime's timer.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return Poll::Ready(Err(outside_a_runtime()));
+            };
+            runtime_checked = true;
+            metrics::waiter();
+            if runtime.id() != flight.runtime {
+                self.timer = Some(Box::pin(tokio::time::sleep_until(flight.give_up_at)));
+            }
+            self.flight = Some(flight);
         }
     }
 
