@@ -62,7 +62,7 @@ use http::HeaderValue;
 pub use self::builder::TokenCacheBuilder;
 #[cfg(feature = "metrics")]
 pub use self::metrics::metric;
-pub(crate) use self::read::Reader;
+pub(crate) use self::read::{CurrentGuard, Reader};
 pub use self::status::{TokenState, TokenStatus};
 pub(crate) use self::wait::TokenWait;
 

@@ -59,6 +59,9 @@ impl Current {
     }
 }
 
+/// The current token as [`TokenCache::current_guard`] holds it.
+pub(crate) type CurrentGuard = arc_swap::Guard<Option<Arc<Current>>>;
+
 /// A per-service view of the cache's current token: an `arc_swap::Cache`, whose load is one
 /// atomic pointer comparison with the shared slot (cheaper than a fresh `ArcSwap` load).
 pub(crate) struct Reader(arc_swap::Cache<Arc<ArcSwapOption<Current>>, Option<Arc<Current>>>);
@@ -81,6 +84,21 @@ impl TokenCache {
     #[inline(always)]
     pub(crate) fn usable<'r>(&self, reader: &'r mut Reader) -> Option<&'r Current> {
         self.usable_starting_refresh_ahead(reader.0.load().as_ref()?)
+    }
+
+    /// The current token as a guard: for a caller with no [`Reader`] (a service clone used
+    /// once). A guard takes a slot of this thread's own, not a reference count shared with
+    /// every other core, so a storm of clones does not bounce one cache line between them.
+    #[inline(always)]
+    pub(crate) fn current_guard(&self) -> CurrentGuard {
+        self.shared.current.load()
+    }
+
+    /// [`usable`](Self::usable) for the token in `guard` (see
+    /// [`current_guard`](Self::current_guard)).
+    #[inline(always)]
+    pub(crate) fn usable_in<'g>(&self, guard: &'g CurrentGuard) -> Option<&'g Current> {
+        self.usable_starting_refresh_ahead(guard.as_ref()?)
     }
 
     /// The `Authorization` value of the cached token if it is usable now; see

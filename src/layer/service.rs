@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::Request;
@@ -7,7 +8,7 @@ use tower_service::Service;
 use super::headers::OwnHeaders;
 use super::{BearerAuthLayer, ResponseFuture};
 use super::{Binding, ExtraHeaders, ResponseHeaders, Watch};
-use crate::cache::{Reader, TokenCache, TokenWait};
+use crate::cache::{CurrentGuard, Reader, TokenCache, TokenWait};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::retry::{Authenticate, Report, Sent};
 
@@ -38,10 +39,12 @@ use crate::retry::{Authenticate, Report, Sent};
 /// channel's, and `Error = BoxError` (which tonic requires to be `Into<BoxError>`).
 pub struct BearerAuth<S> {
     inner: S,
-    cache: TokenCache,
-    reader: Reader,
-    headers: ExtraHeaders,
-    binding: Binding,
+    /// What every clone shares: one reference count per clone (a storm clones a service per
+    /// caller), and nothing the fresh path reads.
+    parts: Arc<Parts>,
+    /// This service's view of the current token, made with its own header copies: a clone used
+    /// once reads the cache through a guard instead, which touches no shared reference count.
+    reader: Option<Reader>,
     /// Why the layer cannot work, if it cannot (see [`BearerAuthLayer::refusal`]).
     refused: Option<Error>,
     /// This service's own copies of the headers for one token (see [`OwnHeaders`]): on the fresh
@@ -53,6 +56,13 @@ pub struct BearerAuth<S> {
     shared_calls_left: u8,
     /// Only when no valid token is cached (cold path).
     pending: Pending,
+}
+
+/// The layer's parts a service needs off the fresh path.
+struct Parts {
+    cache: TokenCache,
+    headers: ExtraHeaders,
+    binding: Binding,
 }
 
 enum Pending {
@@ -71,11 +81,13 @@ impl<S> BearerAuth<S> {
     pub fn new(inner: S, layer: BearerAuthLayer) -> Self {
         BearerAuth {
             inner,
-            reader: layer.cache.reader(),
+            reader: None,
             refused: layer.refusal(),
-            cache: layer.cache,
-            headers: layer.headers,
-            binding: layer.binding,
+            parts: Arc::new(Parts {
+                cache: layer.cache,
+                headers: layer.headers,
+                binding: layer.binding,
+            }),
             own: None,
             shared_calls_left: SHARED_CALLS,
             pending: Pending::None,
@@ -84,7 +96,19 @@ impl<S> BearerAuth<S> {
 
     /// The shared token cache.
     pub fn cache(&self) -> &TokenCache {
-        &self.cache
+        &self.parts.cache
+    }
+
+    /// Whether a token is usable now (the fresh path's check; see `cache/read.rs`).
+    #[inline(always)]
+    fn usable_now(&mut self) -> bool {
+        match &mut self.reader {
+            Some(reader) => self.parts.cache.usable(reader).is_some(),
+            None => {
+                let guard = self.parts.cache.current_guard();
+                self.parts.cache.usable_in(&guard).is_some()
+            }
+        }
     }
 
     /// The inner service.
@@ -120,8 +144,7 @@ where
             // the right answer, and no request is ever sent.
             return Poll::Ready(Err(Box::new(refused.clone())));
         }
-        let fresh =
-            matches!(self.pending, Pending::None) && self.cache.usable(&mut self.reader).is_some();
+        let fresh = matches!(self.pending, Pending::None) && self.usable_now();
         if !fresh && !ready!(self.poll_token(cx)) {
             // Ready, so that `call` can hand the error to the caller; returning it here would
             // tell tower to discard the service. The inner service is not polled: `call` will
@@ -137,8 +160,10 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The fresh path: a valid bearer token whose copies this service already made (own
         // copies are made only for tokens that need no proof, so a match proves that too).
-        if matches!(self.pending, Pending::None) {
-            if let (Some(current), Some(own)) = (self.cache.usable(&mut self.reader), &self.own) {
+        if let (Pending::None, Some(reader), Some(own)) =
+            (&self.pending, &mut self.reader, &self.own)
+        {
+            if let Some(current) = self.parts.cache.usable(reader) {
                 if own.generation == current.generation() {
                     own.insert(request.headers_mut());
                     return ResponseFuture::new(self.inner.call(request), None);
@@ -163,7 +188,7 @@ impl<S> BearerAuth<S> {
             self.pending = Pending::None;
         }
         loop {
-            if self.cache.usable(&mut self.reader).is_some() {
+            if self.usable_now() {
                 // A wait left by an earlier, abandoned `poll_ready` is stale now.
                 self.pending = Pending::None;
                 return Poll::Ready(true);
@@ -171,17 +196,19 @@ impl<S> BearerAuth<S> {
             match &mut self.pending {
                 Pending::None => self.pending = Pending::Waiting(TokenWait::after_a_miss()),
                 Pending::Waiting(wait) => {
-                    return Poll::Ready(match ready!(wait.poll_token(&self.cache, cx, |_| ())) {
-                        // `call` takes the token from the cache, where the refresh put it.
-                        Ok(_) => {
-                            self.pending = Pending::None;
-                            true
-                        }
-                        Err(error) => {
-                            self.pending = Pending::Failed(error);
-                            false
-                        }
-                    });
+                    return Poll::Ready(
+                        match ready!(wait.poll_token(&self.parts.cache, cx, |_| ())) {
+                            // `call` takes the token from the cache, where the refresh put it.
+                            Ok(_) => {
+                                self.pending = Pending::None;
+                                true
+                            }
+                            Err(error) => {
+                                self.pending = Pending::Failed(error);
+                                false
+                            }
+                        },
+                    );
                 }
                 Pending::Failed(_) => return Poll::Ready(false),
             }
@@ -201,7 +228,16 @@ impl<S> BearerAuth<S> {
         if let Pending::Failed(error) = std::mem::replace(&mut self.pending, Pending::None) {
             return Err(error);
         }
-        let Some(current) = self.cache.usable(&mut self.reader) else {
+        let parts = &*self.parts;
+        let guard: CurrentGuard;
+        let current = match &mut self.reader {
+            Some(reader) => parts.cache.usable(reader),
+            None => {
+                guard = parts.cache.current_guard();
+                parts.cache.usable_in(&guard)
+            }
+        };
+        let Some(current) = current else {
             // The token `poll_ready` saw expired or was invalidated since, and no newer one is
             // cached (or `call` came without `poll_ready`). Never block in `call`: fail this
             // request; `poll_ready` waits for the refresh.
@@ -214,12 +250,13 @@ impl<S> BearerAuth<S> {
             ));
         };
         let token = current.token();
-        if self.binding.needs_proof(token)? {
+        if parts.binding.needs_proof(token)? {
             let (method, uri) = (request.method().clone(), request.uri().clone());
             let headers = request.headers_mut();
-            self.headers
+            parts
+                .headers
                 .insert_with_authorization(headers, token.header().clone());
-            return self.binding.prove(token, &method, &uri, headers).map(Some);
+            return parts.binding.prove(token, &method, &uri, headers).map(Some);
         }
         let headers = request.headers_mut();
         match &self.own {
@@ -228,14 +265,19 @@ impl<S> BearerAuth<S> {
                 let own = OwnHeaders::new(
                     current.generation(),
                     current.token().secret_header(),
-                    &self.headers,
+                    &parts.headers,
                 );
                 own.insert(headers);
                 self.own = Some(own);
+                // Used again: from now on, the cheaper check of a reader of its own.
+                if self.reader.is_none() {
+                    self.reader = Some(parts.cache.reader());
+                }
             }
             _ => {
                 self.shared_calls_left -= 1;
-                self.headers
+                parts
+                    .headers
                     .insert_with_authorization(headers, token.header().clone());
             }
         }
@@ -252,7 +294,7 @@ where
     fn call_reporting(&mut self, mut request: Request<B>) -> (Self::Future, Report) {
         match self.authorize_slow(&mut request) {
             Ok(watch) => {
-                let sent = Sent::of(&self.cache, request.headers(), watch.is_some());
+                let sent = Sent::of(&self.parts.cache, request.headers(), watch.is_some());
                 let future = ResponseFuture::new(self.inner.call(request), watch);
                 (future, sent.into())
             }
@@ -266,10 +308,9 @@ impl<S: Clone> Clone for BearerAuth<S> {
         // A wait or failure of this service is not the clone's: the clone starts idle.
         BearerAuth {
             inner: self.inner.clone(),
-            cache: self.cache.clone(),
-            reader: self.reader.clone(),
-            headers: self.headers.clone(),
-            binding: self.binding.clone(),
+            parts: self.parts.clone(),
+            // Made by the clone itself with its own copies (see `shared_calls_left`).
+            reader: None,
             refused: self.refused.clone(),
             // Made by the clone itself if it is used more than once (see `shared_calls_left`).
             own: None,
@@ -289,8 +330,8 @@ impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
         f.debug_struct("BearerAuth")
             .field("inner", &self.inner)
             .field("state", &state)
-            .field("headers", &self.headers)
-            .field("binding", &self.binding)
+            .field("headers", &self.parts.headers)
+            .field("binding", &self.parts.binding)
             .finish()
     }
 }
