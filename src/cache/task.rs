@@ -39,8 +39,9 @@ pub(super) struct Flight {
     /// `Some(outcome)`, or `None` when the task was dropped before its first poll (its runtime
     /// was shutting down) and could not say more.
     outcome: OnceLock<Option<Outcome>>,
-    /// The waiters to wake; `None` once settled.
-    wakers: Mutex<Option<Vec<Waker>>>,
+    /// The waiters to wake, in one list per shard (a thread registers in its own shard, so the
+    /// runtime's workers do not contend for one lock in a storm); `None` once settled.
+    wakers: [Shard; SHARDS],
 }
 
 impl Flight {
@@ -51,7 +52,7 @@ impl Flight {
             joinable_until: CoarseDeadline::before(give_up_at),
             runtime,
             outcome: OnceLock::new(),
-            wakers: Mutex::new(Some(Vec::new())),
+            wakers: std::array::from_fn(|_| Shard(Mutex::new(Some(Vec::new())))),
         }
     }
 
@@ -78,21 +79,37 @@ impl Flight {
         if let Some(outcome) = self.outcome.get() {
             return Poll::Ready(outcome);
         }
-        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        // A waiter that registered stays in its shard (its slot says which), also if it is
+        // polled on another thread later.
+        let shard = match *slot {
+            NO_SLOT => this_threads_shard(),
+            slot => slot as usize % SHARDS,
+        };
+        let mut wakers = self.wakers[shard]
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let Some(list) = wakers.as_mut() else {
             // Settled since the check above: the outcome is set before the list is taken.
             drop(wakers);
             return Poll::Ready(self.outcome.get().unwrap_or(&None));
         };
-        match list.get_mut(*slot as usize) {
+        match list.get_mut((*slot as usize) / SHARDS) {
             Some(registered) => {
                 if !registered.will_wake(cx.waker()) {
                     *registered = cx.waker().clone();
                 }
             }
             None => {
-                // Past `u32::MAX - 1` waiters a waiter re-registers at every poll: harmless.
-                *slot = u32::try_from(list.len()).unwrap_or(NO_SLOT);
+                // Past about 500 million waiters per shard, a waiter re-registers at every poll:
+                // harmless.
+                *slot = list
+                    .len()
+                    .checked_mul(SHARDS)
+                    .map(|i| i + shard)
+                    .and_then(|i| u32::try_from(i).ok())
+                    .filter(|i| *i != NO_SLOT)
+                    .unwrap_or(NO_SLOT);
                 list.push(cx.waker().clone());
             }
         }
@@ -102,11 +119,31 @@ impl Flight {
     /// Sets the outcome (the first call wins) and wakes every waiter.
     fn settle(&self, outcome: Option<Outcome>) {
         let _ = self.outcome.set(outcome);
-        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner()).take();
-        for waker in wakers.into_iter().flatten() {
-            waker.wake();
+        for shard in &self.wakers {
+            let wakers = shard.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+            for waker in wakers.into_iter().flatten() {
+                waker.wake();
+            }
         }
     }
+}
+
+/// Shards of a flight's waker list.
+const SHARDS: usize = 8;
+
+/// One shard of the waker list, on cache lines of its own.
+#[repr(align(128))]
+struct Shard(Mutex<Option<Vec<Waker>>>);
+
+/// The shard this thread registers in: threads are spread over the shards in the order they
+/// first wait.
+fn this_threads_shard() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|shard| *shard)
 }
 
 /// The refresh task's end of a [`Flight`]: dropped without an outcome (the task was dropped

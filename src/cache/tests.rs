@@ -626,3 +626,48 @@ fn a_waiter_moved_off_the_refresh_runtime_still_gives_up_in_time() {
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(a);
 }
+
+/// Issue 22: the waker list of a refresh is sharded per thread; waiters polled on several
+/// worker threads, and some moved between threads by a re-poll, are all woken once it settles.
+#[test]
+fn every_waiter_on_every_worker_is_woken() {
+    let source = scripted(50, 3600, 0);
+    let cache = TokenCache::new(source.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_time()
+        .build()
+        .unwrap();
+    let woken = runtime.block_on(async {
+        let tasks: Vec<_> = (0..2_000)
+            .map(|i| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    let mut wait = TokenWait::default();
+                    if i % 3 == 0 {
+                        // Registered, then polled again from wherever the task runs next.
+                        let first = std::future::poll_fn(|cx| {
+                            std::task::Poll::Ready(wait.poll_token(&cache, cx, |_| ()))
+                        })
+                        .await;
+                        if first.is_ready() {
+                            return true;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    std::future::poll_fn(|cx| wait.poll_token(&cache, cx, |_| ()))
+                        .await
+                        .is_ok()
+                })
+            })
+            .collect();
+        let mut woken = 0;
+        for task in tasks {
+            let done = tokio::time::timeout(Duration::from_secs(10), task).await;
+            woken += usize::from(done.expect("a waiter was never woken").unwrap());
+        }
+        woken
+    });
+    assert_eq!(woken, 2_000);
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+}
