@@ -182,13 +182,15 @@ impl<S> BearerAuth<S> {
     /// `true` when a valid token is cached, `false` with `self.pending` holding the error.
     #[cold]
     fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        // Idle, `poll_ready` has just looked at the cache: no second look before the wait.
+        let mut look = !matches!(self.pending, Pending::None);
         if matches!(self.pending, Pending::Failed(_)) {
             // Polled again instead of called: the failure may be stale (the backoff may have
             // passed); look again rather than report it.
             self.pending = Pending::None;
         }
         loop {
-            if self.usable_now() {
+            if std::mem::replace(&mut look, false) && self.usable_now() {
                 // A wait left by an earlier, abandoned `poll_ready` is stale now.
                 self.pending = Pending::None;
                 return Poll::Ready(true);
