@@ -22,6 +22,7 @@ COLOURS = {
     "layer": "#d62728",
     "set_request_header": "#7f7f7f",
     "floor_watch": "#7f7f7f",
+    "floor_watch_request": "#bcbd22",
     "rwlock": "#1f77b4",
     "mutex": "#2ca02c",
     "once_cell": "#9467bd",
@@ -33,6 +34,7 @@ LABELS = {
     "layer": "this crate's layer",
     "set_request_header": "SetRequestHeader x2, static (floor)",
     "floor_watch": "bare tasks on one watch (floor)",
+    "floor_watch_request": "the same, each sending its request (floor)",
     "rwlock": "tokio RwLock<Option<Token>> (design card)",
     "mutex": "std Mutex per request (Go ReuseTokenSource)",
     "once_cell": "tokio OnceCell replaced at expiry",
@@ -40,7 +42,7 @@ LABELS = {
     "notified": "RedisStore, waiters woken by pub/sub",
     "polling": "same store, waiters polling (before)",
 }
-DASHED = {"set_request_header", "floor_watch", "polling"}
+DASHED = {"set_request_header", "floor_watch", "floor_watch_request", "polling"}
 
 W, H = 460, 330  # one panel
 LEFT, RIGHT, TOP, BOTTOM = 62, 16, 40, 130

@@ -3,7 +3,7 @@
 //! service keeps in a field: no box per waiter.
 //!
 //! A storm of callers meets one refresh without the cache's mutex: the running refresh is
-//! published beside the current token ([`Shared::joinable_flight`]), and joining it is two atomic
+//! published beside the current token (`Shared::joinable_flight`), and joining it is two atomic
 //! loads, a reference count and a waker pushed on its list. The mutex is taken only to start a
 //! refresh, to see a backoff, or when the published one may not be joined (settled, given up).
 //!
