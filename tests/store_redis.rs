@@ -745,4 +745,115 @@ mod store_operations {
             "{waited:?}"
         );
     }
+
+    fn credentials(auth: &super::AuthServer) -> tower_client_credentials::ClientCredentialsBuilder {
+        tower_client_credentials::ClientCredentials::builder()
+            .token_endpoint(auth.token_endpoint())
+            .unwrap()
+            .client_id(super::AuthServer::CLIENT_ID)
+            .client_secret(super::AuthServer::CLIENT_SECRET)
+            .auth_method(super::ClientAuthMethod::ClientSecretBasic)
+    }
+
+    /// Issue 19 defect 1 on a real Redis: replicas that load one DPoP key share one DPoP token
+    /// (read back as DPoP, bound to that key), and a replica with a key of its own gets its
+    /// own token; each token is bound (per the server) to the key of the replica using it.
+    #[cfg(feature = "dpop")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_share_a_dpop_token_only_with_the_same_key() {
+        use tower_client_credentials::dpop::DpopKey;
+        let redis = RedisServer::start();
+        let auth = super::AuthServer::start().await.unwrap();
+        let replica = |key: &DpopKey| {
+            let credentials = credentials(&auth).dpop(key.clone()).build().unwrap();
+            super::TokenCache::builder(credentials)
+                .store(RedisStore::new(&redis.url()).unwrap())
+                .build()
+        };
+        let (shared, own) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+        let first = replica(&shared).token().await.unwrap();
+        let second = replica(&shared).token().await.unwrap();
+        assert_eq!(auth.token_requests(), 1);
+        assert!(second.is_dpop(), "read back as {}", second.token_type());
+        assert_eq!(second.dpop_thumbprint(), Some(shared.thumbprint()));
+        use secrecy::ExposeSecret;
+        let text = |t: &tower_client_credentials::Token| t.secret().expose_secret().to_owned();
+        assert_eq!(text(&first), text(&second));
+        assert_eq!(
+            auth.dpop_jkt(&text(&second)).as_deref(),
+            Some(shared.thumbprint())
+        );
+        let other = replica(&own).token().await.unwrap();
+        assert_eq!(auth.token_requests(), 2);
+        assert_ne!(text(&other), text(&first));
+        assert_eq!(
+            auth.dpop_jkt(&text(&other)).as_deref(),
+            Some(own.thumbprint())
+        );
+    }
+
+    /// Issue 19 defect 2 on a real Redis: a fleet restarted with a `max_lifetime` shorter than
+    /// the provider's lifetime does not adopt a stored token past the cap (its caches would
+    /// refuse it): one replica fetches, the others adopt that one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fleet_restarted_with_a_short_max_lifetime_fetches_and_shares() {
+        let redis = RedisServer::start();
+        let auth = super::AuthServer::start().await.unwrap();
+        let replica = |max_lifetime: Option<Duration>| {
+            let mut cache = super::TokenCache::builder(credentials(&auth).build().unwrap())
+                .store(RedisStore::new(&redis.url()).unwrap());
+            if let Some(max) = max_lifetime {
+                cache = cache.max_lifetime(max);
+            }
+            cache.build()
+        };
+        // Before the restart: one-hour tokens, no cap.
+        replica(None).token().await.unwrap();
+        assert_eq!(auth.token_requests(), 1);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // After: capped at 2 s, so the stored token (2.5 s old) is past its believed life.
+        let capped = Some(Duration::from_secs(2));
+        let started = Instant::now();
+        let token = replica(capped).token().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(auth.token_requests(), 2);
+        assert_eq!(token.lifetime(), Some(Duration::from_secs(3600)));
+        // The next replica adopts it: still within its capped life.
+        replica(capped).token().await.unwrap();
+        assert_eq!(auth.token_requests(), 2);
+    }
+
+    /// A Redis user whose ACL allows no channel: writes still work (their announcements are
+    /// best effort), and waiters poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_channel_permission_writes_work_and_waiters_poll() {
+        let redis = RedisServer::start();
+        let created = redis.command(&[
+            "ACL",
+            "SETUSER",
+            "limited",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ]);
+        assert_eq!(created.as_deref(), Some("+OK"));
+        let url = redis.url().replace("redis://", "redis://limited:pw@");
+        let store = RedisStore::new(&url).unwrap();
+        let key = StoreKey::builder("https://idp.example/token", "acl").build();
+        let record = Record::new("fp", b"payload".to_vec());
+        store
+            .save(&key, Slot::Token, record, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(store.load(&key).await.unwrap().token.is_some());
+        let started = Instant::now();
+        store
+            .changed(&key, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(290));
+        assert!(store.remove_if(&key, Slot::Token, "fp").await.unwrap());
+    }
 }

@@ -240,7 +240,9 @@ impl TokenCacheBuilder {
             None => {
                 tracing::warn!(
                     "the token source does not name its credential set (TokenSource::store_key), \
-                     so the shared token store is not used"
+                     so the shared token store is not used (ClientCredentials names none when \
+                     its certificate is presented by your own HTTP client: give the identity to \
+                     `.tls_client_auth(..)` to share certificate-bound tokens)"
                 );
                 None
             }

@@ -22,6 +22,9 @@ use crate::source::BoxFuture;
 // Values are `<fingerprint>:<saved at, ms by the server's TIME>:<payload>`. The save time is
 // the server's, and so is the "now" every read returns beside the values: a reader computes an
 // entry's age from two readings of one clock, never from a replica's wall clock.
+//
+// Announcements (`PUBLISH`) are best effort (`pcall`): a user whose ACL has no channel
+// permission still writes; its waiters poll.
 
 /// Writes an entry stamped with the server's time, and announces it on the key's channel.
 /// KEYS: the entry. ARGV: fingerprint, payload, time-to-live (ms), channel.
@@ -29,7 +32,7 @@ const SAVE: &str = r"
 local t = redis.call('TIME')
 local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. now .. ':' .. ARGV[2], 'PX', ARGV[3])
-redis.call('PUBLISH', ARGV[4], 'saved')
+redis.pcall('PUBLISH', ARGV[4], 'saved')
 return 1";
 
 /// Both entries and the server's time. KEYS: token, failure.
@@ -55,7 +58,7 @@ const REMOVE_IF: &str = r"
 local value = redis.call('GET', KEYS[1])
 if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'removed')
+  redis.pcall('PUBLISH', ARGV[2], 'removed')
   return 1
 end
 return 0";
@@ -71,7 +74,7 @@ return 0";
 const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'released')
+  redis.pcall('PUBLISH', ARGV[2], 'released')
   return 1
 end
 return 0";
@@ -91,8 +94,9 @@ return 0";
 /// `TIME` beside the values, so ages are measured by Redis' clock alone. Saves, removals and
 /// releases are published on the channel `tcc:{<key>}:changed`, to which
 /// [`changed`](TokenStore::changed) subscribes (one extra connection per store, made on the
-/// first wait); on a Cluster, and while that connection cannot be made, waiters poll. Redis 5
-/// or later (scripts that call `TIME` before writing).
+/// first wait); on a Cluster, and while that connection cannot be made (or an ACL without the
+/// channel permission `&tcc:*` refuses it), waiters poll. Redis 5 or later (scripts that call
+/// `TIME` before writing).
 ///
 /// **Tokens at rest are credentials**: whoever reads the store can use them until they expire.
 /// Restrict access to Redis (ACLs, TLS) and set an [`encryption_key`](Self::encryption_key).
@@ -522,7 +526,7 @@ impl TokenStore for RedisStore {
 
     /// Waits for a message on the key's channel (a save, a compare-and-delete or a release by
     /// any process), or `timeout`. The subscription is made once per key, on a connection of
-    /// its own, and kept; making it is bounded by the operation limit and comes before the
+    /// its own, and kept; making it is bounded by one operation limit and comes before the
     /// wait (so the first wait for a key may last that much longer: cutting the subscription
     /// short instead would make a slow link start it again at every short wait). While it
     /// cannot be made (or on a Cluster, whose pub/sub this store does not use), this polls: it
@@ -539,7 +543,9 @@ impl TokenStore for RedisStore {
             tokio::pin!(notified);
             // Registered before subscribing: a message that arrives meanwhile is not missed.
             notified.as_mut().enable();
-            if self.subscribe(&channel).await {
+            let limit = self.inner.operation_timeout;
+            let subscribed = tokio::time::timeout(limit, self.subscribe(&channel)).await;
+            if subscribed == Ok(true) {
                 let _ = tokio::time::timeout(timeout, notified).await;
             } else {
                 tokio::time::sleep(timeout).await;
