@@ -218,7 +218,8 @@ impl DpopKey {
         &self.inner.nonces
     }
 
-    /// A proof for a request of `method` to `uri` (its query and fragment left out of `htu`),
+    /// A proof for a request of `method` to `uri` (its user info, query and fragment left out
+    /// of `htu`, RFC 9449 §4.2),
     /// with the nonce last given by the URI's origin, and `ath` when `access_token` is given:
     /// the value of a `DPoP` header, marked sensitive.
     pub fn proof(

@@ -138,3 +138,64 @@ pub(crate) mod sealed {
         fn call_reporting(&mut self, request: Request<B>) -> (Self::Future, Report);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::header::WWW_AUTHENTICATE;
+
+    use super::*;
+    use crate::{BoxFuture, Error, Token, TokenSource};
+
+    struct Static;
+
+    impl TokenSource for Static {
+        fn fetch_token(&self) -> BoxFuture<'_, Result<Token, Error>> {
+            Box::pin(async { Token::dpop("t0k3n", Some(Duration::from_secs(60))) })
+        }
+    }
+
+    fn sent(proof: bool) -> Sent {
+        Sent {
+            cache: TokenCache::new(Static),
+            header: HeaderValue::from_static("DPoP t0k3n"),
+            proof,
+        }
+    }
+
+    #[cfg_attr(not(feature = "dpop"), allow(dead_code))]
+    fn challenge(nonce: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"DPoP error="use_dpop_nonce""#),
+        );
+        if let Some(nonce) = nonce {
+            headers.insert("dpop-nonce", nonce.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    #[cfg(feature = "dpop")]
+    fn a_nonce_challenge_is_resent_only_with_a_proof_and_a_nonce() {
+        let always = |_: StatusCode, _: &HeaderMap| true;
+        let status = StatusCode::UNAUTHORIZED;
+        let verdict = |proof, nonce| judge(&sent(proof), status, &challenge(nonce), &always);
+        assert_eq!(verdict(true, Some("n-1")), Verdict::Resend);
+        // Defect 19.7: no nonce to put in the next proof, so no second attempt.
+        assert_eq!(verdict(true, None), Verdict::Return);
+        assert_eq!(verdict(true, Some("bad nonce")), Verdict::Return);
+        // No proof was sent: a nonce cannot help.
+        assert_eq!(verdict(false, Some("n-1")), Verdict::Return);
+    }
+
+    #[test]
+    fn a_response_the_predicate_does_not_reject_is_returned() {
+        let never = |_: StatusCode, _: &HeaderMap| false;
+        let headers = HeaderMap::new();
+        let verdict = judge(&sent(false), StatusCode::UNAUTHORIZED, &headers, &never);
+        assert_eq!(verdict, Verdict::Return);
+    }
+}
