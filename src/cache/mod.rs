@@ -54,6 +54,7 @@ mod tests;
 mod wait;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -111,9 +112,12 @@ pub struct TokenCache {
 
 /// What every clone of a [`TokenCache`] shares.
 struct Shared {
-    /// The token being served, read lock-free. In its own `Arc` so that each service can keep an
-    /// `arc_swap::Cache` of it ([`Reader`]).
-    current: Arc<ArcSwapOption<Current>>,
+    /// The token being served, read lock-free; replaced only through
+    /// [`replace_current`](Shared::replace_current).
+    current: ArcSwapOption<Current>,
+    /// How many times `current` was replaced: what a [`Reader`] compares to know its token is
+    /// still the current one.
+    replaced: AtomicU64,
     source: Arc<dyn TokenSource>,
     config: Config,
     /// The running refresh, for callers that join it without the mutex (see `wait.rs`); the
@@ -145,7 +149,8 @@ impl TokenCache {
     ) -> Self {
         TokenCache {
             shared: Arc::new(Shared {
-                current: Arc::new(ArcSwapOption::empty()),
+                current: ArcSwapOption::empty(),
+                replaced: AtomicU64::new(0),
                 flight: ArcSwapOption::empty(),
                 source,
                 config,
@@ -211,6 +216,15 @@ impl TokenCache {
     /// background refresh on, this also starts the refresh schedule.
     pub async fn prefetch(&self) -> Result<(), Error> {
         self.usable_or_refreshed().await.map(drop)
+    }
+}
+
+impl Shared {
+    /// Replaces the current token; readers see it at their next check.
+    fn replace_current(&self, current: Option<Arc<Current>>) {
+        self.current.store(current);
+        // After the store (release): a reader that sees this count loads the new token.
+        self.replaced.fetch_add(1, Ordering::Release);
     }
 }
 

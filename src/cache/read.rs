@@ -9,9 +9,9 @@
 //! precise clock decide. `benches/hot_path.rs` measures it against tower-http's
 //! `SetRequestHeader` with static values (`benches/RESULTS.md`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 #[cfg(test)]
 use http::HeaderValue;
 use tokio::time::Instant;
@@ -62,20 +62,47 @@ impl Current {
 /// The current token as [`TokenCache::current_guard`] holds it.
 pub(crate) type CurrentGuard = arc_swap::Guard<Option<Arc<Current>>>;
 
-/// A per-service view of the cache's current token: an `arc_swap::Cache`, whose load is one
-/// atomic pointer comparison with the shared slot (cheaper than a fresh `ArcSwap` load).
-pub(crate) struct Reader(arc_swap::Cache<Arc<ArcSwapOption<Current>>, Option<Arc<Current>>>);
+/// A per-service view of the cache's current token: the token it last saw, and the count of
+/// the cache's token replacements at that time. A check loads that count (one atomic load, no
+/// write: the line stays shared by every core) and reloads the token only when it moved; all
+/// of it inlined into the caller, unlike `arc_swap::Cache`, whose revalidation is a call.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    cache: TokenCache,
+    /// `Shared::replaced` when `current` was loaded.
+    seen: u64,
+    current: Option<Arc<Current>>,
+}
 
-impl Clone for Reader {
-    fn clone(&self) -> Self {
-        Reader(self.0.clone())
+impl Reader {
+    #[inline(always)]
+    fn load(&mut self) -> Option<&Current> {
+        // Acquire: pairs with the release increment after each replacement, so a reader that
+        // sees the new count loads the new token (or a later one).
+        let replaced = self.cache.shared.replaced.load(Ordering::Acquire);
+        if replaced != self.seen {
+            self.reload(replaced);
+        }
+        self.current.as_deref()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reload(&mut self, replaced: u64) {
+        self.current = self.cache.shared.current.load_full();
+        self.seen = replaced;
     }
 }
 
 impl TokenCache {
     /// A reader for [`usable_header`](Self::usable_header), one per service.
     pub(crate) fn reader(&self) -> Reader {
-        Reader(arc_swap::Cache::new(self.shared.current.clone()))
+        let seen = self.shared.replaced.load(Ordering::Acquire);
+        Reader {
+            cache: self.clone(),
+            seen,
+            current: self.shared.current.load_full(),
+        }
     }
 
     /// The cached token if it is usable now (the hot path, see the module docs). Past the
@@ -83,7 +110,8 @@ impl TokenCache {
     /// waits for.
     #[inline(always)]
     pub(crate) fn usable<'r>(&self, reader: &'r mut Reader) -> Option<&'r Current> {
-        self.usable_starting_refresh_ahead(reader.0.load().as_ref()?)
+        debug_assert!(Arc::ptr_eq(&self.shared, &reader.cache.shared));
+        self.usable_starting_refresh_ahead(reader.load()?)
     }
 
     /// The current token as a guard: for a caller with no [`Reader`] (a service clone used

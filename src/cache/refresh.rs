@@ -113,7 +113,7 @@ impl TokenCache {
             }
         }
         state.last_invalidation = Some(now);
-        self.shared.current.store(None);
+        self.shared.replace_current(None);
         // The rejected token leaves the shared store too (compare-and-delete).
         #[cfg(feature = "store")]
         if let Some(store) = &self.shared.store {
@@ -320,7 +320,7 @@ impl Shared {
         let current = self.current.load();
         if let Some(current) = current.as_ref().filter(|c| c.generation == generation) {
             let refresh_at = until.map_or(current.expires_at, |u| u.min(current.expires_at));
-            self.current.store(Some(Arc::new(Current::new(
+            self.replace_current(Some(Arc::new(Current::new(
                 current.token.clone(),
                 refresh_at,
                 current.expires_at,
@@ -378,7 +378,7 @@ impl Shared {
                 state.last_error = None;
                 state.next_generation += 1;
                 let generation = state.next_generation;
-                self.current.store(Some(Arc::new(Current::new(
+                self.replace_current(Some(Arc::new(Current::new(
                     token.clone(),
                     refresh_at,
                     expires_at,
