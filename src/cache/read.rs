@@ -1,8 +1,9 @@
 //! The per-request read path: is the cached token usable now?
 //!
 //! This is the hot path of the whole crate, and the one place its cost is stated: with a fresh
-//! token cached, a check costs one atomic load and pointer comparison (a per-service
-//! `arc_swap::Cache` of the shared slot) and one read of the coarse monotonic clock (vDSO, about
+//! token cached, a check costs one atomic load and comparison (a per-service [`Reader`]: the
+//! cache's count of token replacements against the one it saw; a service clone used once reads
+//! through an `arc_swap` guard instead) and one read of the coarse monotonic clock (vDSO, about
 //! 10 ns, no syscall) against the token's refresh point moved earlier by a safety margin
 //! ([`CoarseDeadline`]); no allocation, lock, await or shared write. Only in the last second
 //! (plus a tick) before the refresh point or expiry, or under tokio's paused clock, does the
