@@ -44,8 +44,8 @@ LABELS = {
 }
 DASHED = {"set_request_header", "floor_watch", "floor_watch_request", "polling"}
 
-W, H = 460, 330  # one panel
-LEFT, RIGHT, TOP, BOTTOM = 62, 16, 40, 130
+W, H = 460, 350  # one panel
+LEFT, RIGHT, TOP, BOTTOM = 62, 16, 40, 150
 
 
 def esc(text):
