@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Draws benches/chart.svg from the `chart <panel> <arm> <x> <value>` lines that
-`cargo bench --all-features --bench peers` prints (benches/summary.sh chart pipes them here).
+`cargo bench --all-features --bench peers` and `--bench fleet` print (benches/summary.sh chart
+pipes them here).
 
 Several runs' lines may be piped in at once (each point is then the median of its runs, the upper one of an even count).
 
 Left panel: CPU time per request against the number of threads (each with its own clone).
 Right panel: time until every caller has sent, against the number of callers in a refresh storm
-(log-log). Standard library only.
+(log-log). Third panel (when `chart fleet ...` lines are given): K replicas waiting on one token
+request through Redis, time from the token's write to the last replica having it. Standard
+library only.
 
     grep '^chart ' peers-output.txt | python3 benches/chart.py > benches/chart.svg
 """
@@ -19,24 +22,30 @@ COLOURS = {
     "layer": "#d62728",
     "set_request_header": "#7f7f7f",
     "floor_watch": "#7f7f7f",
+    "floor_watch_request": "#bcbd22",
     "rwlock": "#1f77b4",
     "mutex": "#2ca02c",
     "once_cell": "#9467bd",
     "aliri_tokens": "#ff7f0e",
+    "notified": "#d62728",
+    "polling": "#7f7f7f",
 }
 LABELS = {
     "layer": "this crate's layer",
     "set_request_header": "SetRequestHeader x2, static (floor)",
     "floor_watch": "bare tasks on one watch (floor)",
+    "floor_watch_request": "the same, each sending its request (floor)",
     "rwlock": "tokio RwLock<Option<Token>> (design card)",
     "mutex": "std Mutex per request (Go ReuseTokenSource)",
     "once_cell": "tokio OnceCell replaced at expiry",
     "aliri_tokens": "aliri_tokens TokenWatcher",
+    "notified": "RedisStore, waiters woken by pub/sub",
+    "polling": "same store, waiters polling (before)",
 }
-DASHED = {"set_request_header", "floor_watch"}
+DASHED = {"set_request_header", "floor_watch", "floor_watch_request", "polling"}
 
-W, H = 460, 330  # one panel
-LEFT, RIGHT, TOP, BOTTOM = 62, 16, 40, 130
+W, H = 460, 350  # one panel
+LEFT, RIGHT, TOP, BOTTOM = 62, 16, 40, 150
 
 
 def esc(text):
@@ -97,7 +106,7 @@ def panel(x0, series, title, xlabel, ylabel, xlog, ylog, xfmt, yfmt, xs_all):
         pts = sorted(pts)
         colour = COLOURS.get(arm, "#000")
         dash = ' stroke-dasharray="5,4"' if arm in DASHED else ""
-        width = 3 if arm == "layer" else 1.6
+        width = 3 if arm in ("layer", "notified") else 1.6
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="{width}"{dash}/>')
         for x, y in pts:
@@ -138,11 +147,21 @@ def main():
         "concurrent callers", "ms until every caller has sent", True, True,
         lambda x: f"{x:,.0f}", lambda y: f"{y:g}", callers,
     )
+    panels = 2
+    if "fleet" in data:
+        replicas = sorted({x for pts in data["fleet"].values() for x, _ in pts})
+        body += panel(
+            2 * W, data["fleet"], "Fleet: replicas waiting on one token request",
+            "replicas (tasks, each with its own Redis connections)",
+            "ms from the write to the last replica", True, True,
+            lambda x: f"{x:g}", lambda y: f"{y:g}", replicas,
+        )
+        panels = 3
     print(
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{panels * W}" height="{H}" '
         f'font-family="sans-serif" font-size="11">'
     )
-    print(f'<rect width="{2 * W}" height="{H}" fill="white"/>')
+    print(f'<rect width="{panels * W}" height="{H}" fill="white"/>')
     print("\n".join(body))
     print("</svg>")
 

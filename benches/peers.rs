@@ -23,7 +23,11 @@
 //!   flight of its own: the storm arm makes the watcher in a `tokio::sync::OnceCell` that every
 //!   caller awaits, the way one would start it lazily;
 //! * `floor_watch` (storm only): no cache; N tasks await a `tokio::sync::watch` value one task
-//!   publishes after the token request's 20 ms: what the runtime alone costs for a storm.
+//!   publishes after the token request's 20 ms: what the runtime alone costs for a storm (the
+//!   issue's "bare-runtime floor");
+//! * `floor_watch_request` (storm only): the same, and then each task builds its request, adds
+//!   the two headers (clones of reference-counted values) and sends it to the no-op inner
+//!   service, as every arm must: the floor of any arm that sends a request.
 //!
 //! Measured, in the paired form (arms in alternating rounds, order rotated, median of per-round
 //! ratios; robust to the load of a shared machine):
@@ -37,7 +41,9 @@
 //!   own clone of the arm, find a cold cache; the token request takes 20 ms; every storm asserts
 //!   one token request): time until all N have sent; ratio to `layer`;
 //! * `storm-growth/<arm>`: each arm's storm at 100,000 callers against its own single caller
-//!   (the issue's goal for the layer: ≤ 1.5 ×).
+//!   (issue 16's goal for the layer: ≤ 1.5 ×);
+//! * `goal/storm-N` (issue 22): per round, the layer's storm time over the bare floor's (goal
+//!   ≤ 1.10) and over the fastest peer's of that round (goal ≤ 1: the fastest arm).
 //!
 //! Output ends with `ratio <bench>/<arm> <value>` lines and `chart <panel> <arm> <x> <value>`
 //! lines (read by `benches/chart.py`). `BENCH_QUICK=1` runs fewer rounds (`benches/summary.sh`).
@@ -68,7 +74,8 @@ use tower_client_credentials::{BearerAuth, BearerAuthLayer, BoxFuture, Error, To
 
 mod common;
 use common::{
-    noop_inner, noop_waker, quantile, quick, report_ratios, set_request_header_static, NoopService,
+    noop_inner, noop_waker, print_ratio, quantile, quick, report_ratios, set_request_header_static,
+    NoopService,
 };
 
 const TOKEN: &str = "eyJraWQiOiJrZXktMSIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2ln";
@@ -502,6 +509,44 @@ async fn floor_storm(callers: usize) -> Duration {
     elapsed
 }
 
+/// The floor of any arm that sends a request: the bare floor, and then each task builds its
+/// request, adds the two headers (clones of reference-counted values, as a cache must hand out)
+/// and sends it to the same no-op inner service, as every arm does.
+async fn floor_request_storm(callers: usize) -> Duration {
+    let (sender, receiver) = tokio::sync::watch::channel(None::<HeaderValue>);
+    let mut api_key = HeaderValue::from_str(API_KEY).unwrap();
+    api_key.set_sensitive(true);
+    let start = Instant::now();
+    let publisher = tokio::spawn(async move {
+        tokio::time::sleep(SOURCE_DELAY).await;
+        let mut header = HeaderValue::from_str(BEARER).unwrap();
+        header.set_sensitive(true);
+        sender.send_replace(Some(header));
+        sender
+    });
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let mut receiver = receiver.clone();
+            let api_key = api_key.clone();
+            tokio::spawn(async move {
+                let header = receiver.wait_for(Option::is_some).await.unwrap().clone();
+                let mut request = request();
+                let headers = request.headers_mut();
+                headers.insert(AUTHORIZATION, header.unwrap());
+                headers.insert(HeaderName::from_static("x-api-key"), api_key);
+                let response = noop_inner().call(request).await.unwrap();
+                black_box(response);
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    drop(publisher.await.unwrap());
+    elapsed
+}
+
 /// The cache alone: `callers` tasks await `TokenCache::token()` (no layer, no boxed wait).
 async fn cache_storm(callers: usize) -> Duration {
     let fetcher = Fetcher::new(SOURCE_DELAY);
@@ -546,9 +591,10 @@ const HOT_ARMS: [&str; 6] = [
     "once_cell",
     "aliri_tokens",
 ];
-const STORM_ARMS: [&str; 6] = [
+const STORM_ARMS: [&str; 7] = [
     "layer",
     "floor_watch",
+    "floor_watch_request",
     "rwlock",
     "mutex",
     "once_cell",
@@ -660,7 +706,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if part("storm") {
+    if part("storm") || part("sizes") {
         // What each storm task carries (spawning moves it to the heap; 100,000 of them touch
         // fresh pages): the arm's clone, the request and the send's state.
         fn task_size<A: Arm>(mut arm: A) -> usize {
@@ -689,6 +735,7 @@ fn main() {
             &mut [
                 &mut || runtime.block_on(storm("layer", layer_arm, callers)),
                 &mut || runtime.block_on(floor_storm(callers)),
+                &mut || runtime.block_on(floor_request_storm(callers)),
                 &mut || runtime.block_on(storm("rwlock", rwlock_arm, callers)),
                 &mut || runtime.block_on(storm("mutex", mutex_arm, callers)),
                 &mut || runtime.block_on(storm("once_cell", once_cell_arm, callers)),
@@ -707,6 +754,33 @@ fn main() {
         for (i, name) in STORM_ARMS.iter().enumerate() {
             let ms = median(&times[i]) * 1e3;
             chart.push(format!("chart storm {name} {callers} {ms:.2}"));
+        }
+        // The issue-22 goals, per round: the layer against the bare floor (≤ 1.10), and against
+        // the fastest peer of that round (≤ 1: the fastest arm).
+        let layer = &times[0];
+        let over_floor: Vec<f64> = (0..storm_rounds).map(|r| layer[r] / times[1][r]).collect();
+        let over_request_floor: Vec<f64> =
+            (0..storm_rounds).map(|r| layer[r] / times[2][r]).collect();
+        let over_fastest: Vec<f64> = (0..storm_rounds)
+            .map(|r| {
+                layer[r]
+                    / (3..STORM_ARMS.len())
+                        .map(|i| times[i][r])
+                        .fold(f64::MAX, f64::min)
+            })
+            .collect();
+        for (arm, ratios) in [
+            ("layer_over_floor", over_floor),
+            ("layer_over_floor_with_request", over_request_floor),
+            ("layer_over_fastest_peer", over_fastest),
+        ] {
+            let mut ratios = ratios;
+            let (mid, low, high) = (
+                quantile(&mut ratios, 0.5),
+                quantile(&mut ratios, 0.25),
+                quantile(&mut ratios, 0.75),
+            );
+            print_ratio(&format!("goal/storm-{callers}"), arm, mid, low, high);
         }
     }
 

@@ -51,8 +51,10 @@ mod status;
 mod task;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -61,12 +63,14 @@ use http::HeaderValue;
 pub use self::builder::TokenCacheBuilder;
 #[cfg(feature = "metrics")]
 pub use self::metrics::metric;
-pub(crate) use self::read::Reader;
+pub(crate) use self::read::{CurrentGuard, Reader};
 pub use self::status::{TokenState, TokenStatus};
+pub(crate) use self::wait::TokenWait;
 
 use self::builder::Config;
 use self::read::Current;
 use self::refresh::RefreshState;
+use self::task::Flight;
 use crate::error::Error;
 use crate::source::TokenSource;
 use crate::token::Token;
@@ -108,12 +112,19 @@ pub struct TokenCache {
 
 /// What every clone of a [`TokenCache`] shares.
 struct Shared {
-    /// The token being served, read lock-free. In its own `Arc` so that each service can keep an
-    /// `arc_swap::Cache` of it ([`Reader`]).
-    current: Arc<ArcSwapOption<Current>>,
+    /// The token being served, read lock-free; replaced only through
+    /// [`replace_current`](Shared::replace_current).
+    current: ArcSwapOption<Current>,
+    /// How many times `current` was replaced: what a [`Reader`] compares to know its token is
+    /// still the current one.
+    replaced: AtomicU64,
     source: Arc<dyn TokenSource>,
     config: Config,
-    /// Refresh and backoff state; never locked on the read path.
+    /// The running refresh, for callers that join it without the mutex (see `wait.rs`); the
+    /// mutex's state decides which refresh runs.
+    flight: ArcSwapOption<Flight>,
+    /// Refresh and backoff state; never locked on the read path, nor by a caller joining a
+    /// running refresh.
     refresh: Mutex<RefreshState>,
     /// Coordinates refreshes with other processes through a shared store (feature `store`).
     #[cfg(feature = "store")]
@@ -138,7 +149,9 @@ impl TokenCache {
     ) -> Self {
         TokenCache {
             shared: Arc::new(Shared {
-                current: Arc::new(ArcSwapOption::empty()),
+                current: ArcSwapOption::empty(),
+                replaced: AtomicU64::new(0),
+                flight: ArcSwapOption::empty(),
                 source,
                 config,
                 refresh: Mutex::new(RefreshState::default()),
@@ -165,6 +178,7 @@ impl TokenCache {
     }
 
     /// The `Authorization` value of a token valid now, waiting for the refresh if needed.
+    #[cfg(test)]
     pub(crate) async fn wait_for_header(&self) -> Result<HeaderValue, Error> {
         self.usable_or_refreshed().await.map(|t| t.header().clone())
     }
@@ -202,6 +216,15 @@ impl TokenCache {
     /// background refresh on, this also starts the refresh schedule.
     pub async fn prefetch(&self) -> Result<(), Error> {
         self.usable_or_refreshed().await.map(drop)
+    }
+}
+
+impl Shared {
+    /// Replaces the current token; readers see it at their next check.
+    fn replace_current(&self, current: Option<Arc<Current>>) {
+        self.current.store(current);
+        // After the store (release): a reader that sees this count loads the new token.
+        self.replaced.fetch_add(1, Ordering::Release);
     }
 }
 

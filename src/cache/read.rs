@@ -1,17 +1,18 @@
 //! The per-request read path: is the cached token usable now?
 //!
 //! This is the hot path of the whole crate, and the one place its cost is stated: with a fresh
-//! token cached, a check costs one atomic load and pointer comparison (a per-service
-//! `arc_swap::Cache` of the shared slot) and one read of the coarse monotonic clock (vDSO, about
+//! token cached, a check costs one atomic load and comparison (a per-service [`Reader`]: the
+//! cache's count of token replacements against the one it saw; a service clone used once reads
+//! through an `arc_swap` guard instead) and one read of the coarse monotonic clock (vDSO, about
 //! 10 ns, no syscall) against the token's refresh point moved earlier by a safety margin
 //! ([`CoarseDeadline`]); no allocation, lock, await or shared write. Only in the last second
 //! (plus a tick) before the refresh point or expiry, or under tokio's paused clock, does the
 //! precise clock decide. `benches/hot_path.rs` measures it against tower-http's
 //! `SetRequestHeader` with static values (`benches/RESULTS.md`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 #[cfg(test)]
 use http::HeaderValue;
 use tokio::time::Instant;
@@ -59,20 +60,50 @@ impl Current {
     }
 }
 
-/// A per-service view of the cache's current token: an `arc_swap::Cache`, whose load is one
-/// atomic pointer comparison with the shared slot (cheaper than a fresh `ArcSwap` load).
-pub(crate) struct Reader(arc_swap::Cache<Arc<ArcSwapOption<Current>>, Option<Arc<Current>>>);
+/// The current token as [`TokenCache::current_guard`] holds it.
+pub(crate) type CurrentGuard = arc_swap::Guard<Option<Arc<Current>>>;
 
-impl Clone for Reader {
-    fn clone(&self) -> Self {
-        Reader(self.0.clone())
+/// A per-service view of the cache's current token: the token it last saw, and the count of
+/// the cache's token replacements at that time. A check loads that count (one atomic load, no
+/// write: the line stays shared by every core) and reloads the token only when it moved; all
+/// of it inlined into the caller, unlike `arc_swap::Cache`, whose revalidation is a call.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    cache: TokenCache,
+    /// `Shared::replaced` when `current` was loaded.
+    seen: u64,
+    current: Option<Arc<Current>>,
+}
+
+impl Reader {
+    #[inline(always)]
+    fn load(&mut self) -> Option<&Current> {
+        // Acquire: pairs with the release increment after each replacement, so a reader that
+        // sees the new count loads the new token (or a later one).
+        let replaced = self.cache.shared.replaced.load(Ordering::Acquire);
+        if replaced != self.seen {
+            self.reload(replaced);
+        }
+        self.current.as_deref()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reload(&mut self, replaced: u64) {
+        self.current = self.cache.shared.current.load_full();
+        self.seen = replaced;
     }
 }
 
 impl TokenCache {
     /// A reader for [`usable_header`](Self::usable_header), one per service.
     pub(crate) fn reader(&self) -> Reader {
-        Reader(arc_swap::Cache::new(self.shared.current.clone()))
+        let seen = self.shared.replaced.load(Ordering::Acquire);
+        Reader {
+            cache: self.clone(),
+            seen,
+            current: self.shared.current.load_full(),
+        }
     }
 
     /// The cached token if it is usable now (the hot path, see the module docs). Past the
@@ -80,7 +111,23 @@ impl TokenCache {
     /// waits for.
     #[inline(always)]
     pub(crate) fn usable<'r>(&self, reader: &'r mut Reader) -> Option<&'r Current> {
-        self.usable_starting_refresh_ahead(reader.0.load().as_ref()?)
+        debug_assert!(Arc::ptr_eq(&self.shared, &reader.cache.shared));
+        self.usable_starting_refresh_ahead(reader.load()?)
+    }
+
+    /// The current token as a guard: for a caller with no [`Reader`] (a service clone used
+    /// once). A guard takes a slot of this thread's own, not a reference count shared with
+    /// every other core, so a storm of clones does not bounce one cache line between them.
+    #[inline(always)]
+    pub(crate) fn current_guard(&self) -> CurrentGuard {
+        self.shared.current.load()
+    }
+
+    /// [`usable`](Self::usable) for the token in `guard` (see
+    /// [`current_guard`](Self::current_guard)).
+    #[inline(always)]
+    pub(crate) fn usable_in<'g>(&self, guard: &'g CurrentGuard) -> Option<&'g Current> {
+        self.usable_starting_refresh_ahead(guard.as_ref()?)
     }
 
     /// The `Authorization` value of the cached token if it is usable now; see
@@ -143,10 +190,12 @@ impl Shared {
         (Instant::now() < current.expires_at).then(|| current.token.clone())
     }
 
-    /// Whether `token` is still the cached token and has not expired.
+    /// Whether `token` is still the cached token and has not expired. Asked by every waiter of
+    /// a refresh: the coarse clock answers for a fresh token, the precise one near expiry.
     pub(super) fn is_cached_and_unexpired(&self, token: &Arc<Token>) -> bool {
         self.current.load().as_ref().is_some_and(|current| {
-            Arc::ptr_eq(&current.token, token) && Instant::now() < current.expires_at
+            Arc::ptr_eq(&current.token, token)
+                && (current.fresh_until.is_ahead() || Instant::now() < current.expires_at)
         })
     }
 }

@@ -5,11 +5,10 @@
 use std::sync::{Arc, MutexGuard, TryLockError, Weak};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::read::Current;
-use super::task::{aborted, Outcome, RefreshTask};
+use super::task::{Flight, FlightSender, Outcome, RefreshTask};
 use super::{metrics, schedule, Shared, TokenCache};
 use crate::error::{Error, ErrorKind};
 #[cfg(feature = "store")]
@@ -20,16 +19,15 @@ use crate::token::Token;
 /// Extra time, past a refresh's own time limit, before waiters give up on it.
 const REFRESH_GRACE: Duration = Duration::from_secs(1);
 
-/// How many refreshes whose runtime went away one caller restarts before it gives up: should
-/// its own runtime be going away too, each restart would end at once, forever.
-const MAX_RESTARTS: u32 = 3;
-
 /// Everything about refreshing that is not the current token: the running refresh, the backoff,
 /// the invalidation rate limit. Behind the cache's one mutex, never touched by the hot path.
 #[derive(Default)]
 pub(super) struct RefreshState {
-    /// The running refresh: the only one whose result counts.
-    running: Option<Flight>,
+    /// The running refresh: the only one whose result counts. Also published in
+    /// `Shared::flight` for callers that join it without this lock; that copy is cleared when
+    /// the refresh finishes, and one given up on here is refused by those callers too
+    /// ([`Flight::is_joinable`]).
+    running: Option<Arc<Flight>>,
     /// The id of the last refresh started.
     last_flight_id: u64,
     /// Consecutive failures since the last success.
@@ -55,27 +53,18 @@ pub(super) struct RefreshSnapshot {
     pub(super) not_before: Option<Instant>,
 }
 
-/// One refresh: its id, its result channel and when its waiters give up on it.
-#[derive(Clone)]
-struct Flight {
-    id: u64,
-    receiver: watch::Receiver<Option<Outcome>>,
-    /// The refresh's time limit plus [`REFRESH_GRACE`], counted from its start: one that
-    /// outlives it (its runtime is no longer driven) is given up on, by its waiters and by
-    /// later callers alike, however late they joined.
-    give_up_at: Instant,
-}
-
 impl RefreshState {
     /// The running refresh, unless its task is gone without a word (dropped before its first
     /// poll), or it has outlived its time limit by far (its runtime is no longer driven: a
     /// `current_thread` runtime whose `block_on` returned). A refresh given up on no longer
     /// owns the state: its late result is discarded (see `finish`).
-    fn live_refresh(&mut self) -> Option<&Flight> {
+    fn live_refresh(&mut self) -> Option<&Arc<Flight>> {
         let now = Instant::now();
-        if self.running.as_ref().is_some_and(|flight| {
-            flight.receiver.has_changed().is_err() || now >= flight.give_up_at
-        }) {
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|flight| flight.abandoned() || now >= flight.give_up_at)
+        {
             self.running = None;
         }
         self.running.as_ref()
@@ -92,7 +81,7 @@ impl RefreshState {
 }
 
 /// Why no refresh was joined or started.
-enum Backoff {
+pub(super) enum Backoff {
     /// Wait until then for the next attempt (within `max_backoff_wait`).
     Wait(Instant),
     /// Fail now with this error.
@@ -100,84 +89,6 @@ enum Backoff {
 }
 
 impl TokenCache {
-    /// A token usable now: the cached one, or the result of the (single, shared) refresh.
-    pub(super) async fn usable_or_refreshed(&self) -> Result<Arc<Token>, Error> {
-        let mut restarts = 0;
-        loop {
-            // The guard is dropped here, not held across the awaits below.
-            let usable = {
-                let current = self.shared.current.load();
-                current
-                    .as_ref()
-                    .and_then(|c| self.usable_starting_refresh_ahead(c))
-                    .map(|c| c.token.clone())
-            };
-            if let Some(token) = usable {
-                return Ok(token);
-            }
-            let joined = {
-                let mut state = self.shared.lock_state();
-                // Checked again under the lock: a refresh may have finished since.
-                if let Some(token) = self.shared.unexpired_token() {
-                    return Ok(token);
-                }
-                self.shared.join_or_start(&mut state)
-            };
-            match joined {
-                Ok(mut flight) => {
-                    // Waiting takes a runtime's timer (a refresh started elsewhere may be
-                    // joined from anywhere).
-                    if tokio::runtime::Handle::try_current().is_err() {
-                        return Err(outside_a_runtime());
-                    }
-                    metrics::waiter();
-                    // Bounded: a refresh whose runtime is no longer driven must not hold its
-                    // waiters forever (`live_refresh` gives up on it for later callers too).
-                    let outcome = tokio::time::timeout_at(
-                        flight.give_up_at,
-                        flight.receiver.wait_for(Option::is_some),
-                    )
-                    .await;
-                    let outcome = match outcome {
-                        Ok(Ok(outcome)) => outcome.clone(),
-                        // The task was dropped before its first poll (its runtime was shutting
-                        // down): an aborted refresh that could not say so.
-                        Ok(Err(_)) => Some(Err(aborted())),
-                        Err(_) => None,
-                    };
-                    return match outcome {
-                        // A refresh that ended long ago (a waiter left unpolled for a while)
-                        // may have produced a token that has expired since, and a superseded
-                        // one a token that was never cached: look again.
-                        Some(Ok(token)) if !self.shared.is_cached_and_unexpired(&token) => continue,
-                        // Its runtime went away: that says nothing about the token endpoint,
-                        // so this caller starts (or joins) the refresh again, here.
-                        Some(Err(error))
-                            if error.kind() == ErrorKind::RefreshAborted
-                                && restarts < MAX_RESTARTS =>
-                        {
-                            restarts += 1;
-                            continue;
-                        }
-                        Some(outcome) => outcome,
-                        None => Err(Error::new(
-                            ErrorKind::RefreshAborted,
-                            "the refresh task stalled without a result; check that the tokio \
-                             runtime that started it is still running and has timers enabled",
-                        )),
-                    };
-                }
-                Err(Backoff::Wait(until)) => {
-                    if tokio::runtime::Handle::try_current().is_err() {
-                        return Err(outside_a_runtime());
-                    }
-                    tokio::time::sleep_until(until).await
-                }
-                Err(Backoff::Fail(error)) => return Err(error),
-            }
-        }
-    }
-
     /// Drops the cached token if its `Authorization` value is `header`, and starts one refresh;
     /// see [`TokenCache::invalidate`].
     pub(crate) fn invalidate_header(&self, header: &http::HeaderValue) -> bool {
@@ -202,7 +113,7 @@ impl TokenCache {
             }
         }
         state.last_invalidation = Some(now);
-        self.shared.current.store(None);
+        self.shared.replace_current(None);
         // The rejected token leaves the shared store too (compare-and-delete).
         #[cfg(feature = "store")]
         if let Some(store) = &self.shared.store {
@@ -272,8 +183,22 @@ impl Shared {
         self.refresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The running refresh if a caller may join it without the mutex (see [`Flight::is_joinable`]);
+    /// `None` sends the caller to [`join_or_start`](Self::join_or_start).
+    #[inline]
+    pub(super) fn joinable_flight(&self) -> Option<Arc<Flight>> {
+        // Checked through a guard first: no shared reference count is touched when there is
+        // nothing to join.
+        let flight = self.flight.load();
+        let flight = flight.as_ref()?;
+        flight.is_joinable().then(|| flight.clone())
+    }
+
     /// Joins the running refresh, or starts one, or says why not.
-    fn join_or_start(self: &Arc<Self>, state: &mut RefreshState) -> Result<Flight, Backoff> {
+    pub(super) fn join_or_start(
+        self: &Arc<Self>,
+        state: &mut RefreshState,
+    ) -> Result<Arc<Flight>, Backoff> {
         if let Some(flight) = state.live_refresh() {
             return Ok(flight.clone());
         }
@@ -323,24 +248,26 @@ impl Shared {
     }
 
     /// Starts the refresh task. Called with the lock held and no refresh running.
-    fn start(self: &Arc<Self>, state: &mut RefreshState) -> Result<Flight, Error> {
+    fn start(self: &Arc<Self>, state: &mut RefreshState) -> Result<Arc<Flight>, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| outside_a_runtime())?;
-        let (sender, receiver) = watch::channel(None);
         state.last_flight_id = state.last_flight_id.wrapping_add(1);
         let refresh_id = state.last_flight_id;
         let limit = self.config.refresh_timeout.saturating_add(REFRESH_GRACE);
         let now = Instant::now();
-        let flight = Flight {
-            id: refresh_id,
-            receiver,
-            give_up_at: now.checked_add(limit).unwrap_or(now + ONE_YEAR),
-        };
+        let flight = Arc::new(Flight::new(
+            refresh_id,
+            now.checked_add(limit).unwrap_or(now + ONE_YEAR),
+            runtime.id(),
+        ));
+        let sender = FlightSender::new(flight.clone());
         state.running = Some(flight.clone());
+        self.flight.store(Some(flight.clone()));
         let shared = self.clone();
         let credentials_changed = std::mem::take(&mut state.credentials_changed);
         // The task is made at its first poll: a task dropped unpolled (its runtime is shutting
         // down) must not run `RefreshTask`'s `Drop`, which takes the lock we hold. Its dropped
-        // sender marks the refresh as dead instead (see `live_refresh`).
+        // sender marks the refresh as abandoned instead (see `live_refresh`), taking no lock but
+        // the flight's own.
         runtime.spawn(async move {
             RefreshTask::new(shared, sender, refresh_id, credentials_changed)
                 .run()
@@ -393,7 +320,7 @@ impl Shared {
         let current = self.current.load();
         if let Some(current) = current.as_ref().filter(|c| c.generation == generation) {
             let refresh_at = until.map_or(current.expires_at, |u| u.min(current.expires_at));
-            self.current.store(Some(Arc::new(Current::new(
+            self.replace_current(Some(Arc::new(Current::new(
                 current.token.clone(),
                 refresh_at,
                 current.expires_at,
@@ -440,6 +367,7 @@ impl Shared {
             return result.map(|(token, _, _)| Arc::new(token));
         }
         state.running = None;
+        self.flight.store(None);
         let now = Instant::now();
         match result {
             Ok((token, refresh_at, expires_at)) => {
@@ -450,7 +378,7 @@ impl Shared {
                 state.last_error = None;
                 state.next_generation += 1;
                 let generation = state.next_generation;
-                self.current.store(Some(Arc::new(Current::new(
+                self.replace_current(Some(Arc::new(Current::new(
                     token.clone(),
                     refresh_at,
                     expires_at,
@@ -542,7 +470,7 @@ impl Shared {
     }
 }
 
-fn outside_a_runtime() -> Error {
+pub(super) fn outside_a_runtime() -> Error {
     Error::config(
         "a token refresh was needed outside a tokio runtime; call the service from within a \
          tokio runtime",

@@ -554,3 +554,120 @@ async fn status_reports_state_expiry_scope_failures_and_never_the_token() {
         .to_string()
         .starts_with("failed; last refresh failed: "));
 }
+
+/// Issue 22: callers join a running refresh without the cache's mutex (in a storm, 10,000
+/// callers queued on it). Fails on the code before: the second caller blocks on the lock.
+#[test]
+fn a_running_refresh_is_joined_without_the_lock() {
+    let source = scripted(300, 3600, 0);
+    let cache = TokenCache::new(source.clone());
+    let runtime = multi_thread_runtime();
+    let first = {
+        let cache = cache.clone();
+        runtime.spawn(async move { cache.wait_for_header().await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cache.shared.flight.load().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no refresh started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let state = cache.shared.lock_state();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let joiner = {
+        let (cache, handle) = (cache.clone(), runtime.handle().clone());
+        std::thread::spawn(move || {
+            let _runtime = handle.enter();
+            let mut wait = TokenWait::default();
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            let polled = wait.poll_token(&cache, &mut context, |_| ());
+            sender.send(polled.is_pending()).unwrap();
+        })
+    };
+    let joined = receiver.recv_timeout(Duration::from_secs(2));
+    drop(state);
+    joiner.join().unwrap();
+    assert_eq!(joined, Ok(true), "the joiner waited for the lock");
+    assert_eq!(runtime.block_on(first).unwrap().unwrap(), "Bearer token-0");
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+}
+
+/// Issue 22: a waiter on the refresh task's own runtime arms no timer (the task bounds itself);
+/// one that joined there and is then polled on another runtime, while the first is no longer
+/// driven, must still give up at the refresh's give-up time instead of waiting forever.
+#[test]
+fn a_waiter_moved_off_the_refresh_runtime_still_gives_up_in_time() {
+    let source = scripted(10, 3600, 0);
+    let cache = TokenCache::builder(source.clone())
+        .refresh_timeout(Duration::from_millis(100))
+        .build();
+    let mut wait = TokenWait::default();
+    let a = current_thread_runtime();
+    let first = a.block_on(std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(wait.poll_token(&cache, cx, |_| ()))
+    }));
+    assert!(
+        first.is_pending(),
+        "joined the refresh it started on runtime A"
+    );
+    // Runtime A is no longer driven: its refresh stalls. The waiter moves to runtime B.
+    let b = multi_thread_runtime();
+    let started = std::time::Instant::now();
+    let ended = b.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| wait.poll_token(&cache, cx, |_| ())),
+        )
+        .await
+    });
+    let error = ended
+        .expect("the moved waiter gave up in time")
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RefreshAborted);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(a);
+}
+
+/// Issue 22: the waker list of a refresh is sharded per thread; waiters polled on several
+/// worker threads, and some moved between threads by a re-poll, are all woken once it settles.
+#[test]
+fn every_waiter_on_every_worker_is_woken() {
+    let source = scripted(50, 3600, 0);
+    let cache = TokenCache::new(source.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_time()
+        .build()
+        .unwrap();
+    let woken = runtime.block_on(async {
+        let tasks: Vec<_> = (0..2_000)
+            .map(|i| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    let mut wait = TokenWait::default();
+                    if i % 3 == 0 {
+                        // Registered, then polled again from wherever the task runs next.
+                        let first = std::future::poll_fn(|cx| {
+                            std::task::Poll::Ready(wait.poll_token(&cache, cx, |_| ()))
+                        })
+                        .await;
+                        if first.is_ready() {
+                            return true;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    std::future::poll_fn(|cx| wait.poll_token(&cache, cx, |_| ()))
+                        .await
+                        .is_ok()
+                })
+            })
+            .collect();
+        let mut woken = 0;
+        for task in tasks {
+            let done = tokio::time::timeout(Duration::from_secs(10), task).await;
+            woken += usize::from(done.expect("a waiter was never woken").unwrap());
+        }
+        woken
+    });
+    assert_eq!(woken, 2_000);
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+}

@@ -24,8 +24,10 @@ pub(crate) struct Binding {
 /// What the response of a proven request is read for afterwards: the `DPoP-Nonce` its origin
 /// hands out, kept for the next proof to that origin. Without the feature `dpop`, never made.
 pub(crate) struct Watch {
+    /// Boxed: a response future carries an `Option<Watch>` on every request, bearer ones
+    /// included, and a pointer keeps that to one word (the proof itself allocates anyway).
     #[cfg(feature = "dpop")]
-    inner: crate::dpop::NonceWatch,
+    inner: Box<crate::dpop::NonceWatch>,
     #[cfg(not(feature = "dpop"))]
     _never: std::convert::Infallible,
 }
@@ -78,9 +80,9 @@ impl Binding {
     ) -> Result<Watch, Error> {
         #[cfg(feature = "dpop")]
         if let Some(stage) = &self.dpop {
-            return stage
-                .prove(token, method, uri, headers)
-                .map(|inner| Watch { inner });
+            return stage.prove(token, method, uri, headers).map(|inner| Watch {
+                inner: Box::new(inner),
+            });
         }
         let _ = (token, method, uri, headers);
         Err(Error::config(
@@ -101,7 +103,9 @@ impl Binding {
         if let Some(stage) = &self.dpop {
             return stage
                 .prove_parts(token, method, (scheme, authority, path), headers)
-                .map(|inner| Watch { inner });
+                .map(|inner| Watch {
+                    inner: Box::new(inner),
+                });
         }
         let _ = (token, method, scheme, authority, path, headers);
         Err(Error::config(

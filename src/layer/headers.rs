@@ -126,8 +126,8 @@ impl OwnHeaders {
         }
     }
 
-    /// Inserts `authorization`, then the extra headers.
-    #[inline]
+    /// Inserts `authorization`, then the extra headers (the fresh path: inlined).
+    #[inline(always)]
     pub(crate) fn insert(&self, headers: &mut HeaderMap) {
         headers.insert(AUTHORIZATION, self.authorization.clone());
         for (name, value) in self.extra.iter() {

@@ -1,20 +1,16 @@
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::header::HeaderValue;
 use http::Request;
 use tower_service::Service;
 
 use super::headers::OwnHeaders;
 use super::{BearerAuthLayer, ResponseFuture};
 use super::{Binding, ExtraHeaders, ResponseHeaders, Watch};
-use crate::cache::{Reader, TokenCache};
+use crate::cache::{CurrentGuard, Reader, TokenCache, TokenWait};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::retry::{Authenticate, Report, Sent};
-
-type WaitForToken = Pin<Box<dyn Future<Output = Result<HeaderValue, Error>> + Send + Sync>>;
 
 /// Middleware that adds a bearer token and fixed headers to every request, and a DPoP proof
 /// when the layer has a DPoP key and the token is DPoP-bound. Made by [`BearerAuthLayer`]; see
@@ -43,10 +39,12 @@ type WaitForToken = Pin<Box<dyn Future<Output = Result<HeaderValue, Error>> + Se
 /// channel's, and `Error = BoxError` (which tonic requires to be `Into<BoxError>`).
 pub struct BearerAuth<S> {
     inner: S,
-    cache: TokenCache,
-    reader: Reader,
-    headers: ExtraHeaders,
-    binding: Binding,
+    /// What every clone shares: one reference count per clone (a storm clones a service per
+    /// caller), and nothing the fresh path reads.
+    parts: Arc<Parts>,
+    /// This service's view of the current token, made with its own header copies: a clone used
+    /// once reads the cache through a guard instead, which touches no shared reference count.
+    reader: Option<Reader>,
     /// Why the layer cannot work, if it cannot (see [`BearerAuthLayer::refusal`]).
     refused: Option<Error>,
     /// This service's own copies of the headers for one token (see [`OwnHeaders`]): on the fresh
@@ -60,11 +58,17 @@ pub struct BearerAuth<S> {
     pending: Pending,
 }
 
+/// The layer's parts a service needs off the fresh path.
+struct Parts {
+    cache: TokenCache,
+    headers: ExtraHeaders,
+    binding: Binding,
+}
+
 enum Pending {
     None,
-    /// Waiting for the shared refresh; boxed once per refresh per waiting service, never on the
-    /// hot path.
-    Waiting(WaitForToken),
+    /// Waiting for the shared refresh (a named future kept in place: no allocation).
+    Waiting(TokenWait),
     /// Getting a token failed: the next call fails at once with this error.
     Failed(Error),
 }
@@ -77,11 +81,13 @@ impl<S> BearerAuth<S> {
     pub fn new(inner: S, layer: BearerAuthLayer) -> Self {
         BearerAuth {
             inner,
-            reader: layer.cache.reader(),
+            reader: None,
             refused: layer.refusal(),
-            cache: layer.cache,
-            headers: layer.headers,
-            binding: layer.binding,
+            parts: Arc::new(Parts {
+                cache: layer.cache,
+                headers: layer.headers,
+                binding: layer.binding,
+            }),
             own: None,
             shared_calls_left: SHARED_CALLS,
             pending: Pending::None,
@@ -90,7 +96,19 @@ impl<S> BearerAuth<S> {
 
     /// The shared token cache.
     pub fn cache(&self) -> &TokenCache {
-        &self.cache
+        &self.parts.cache
+    }
+
+    /// Whether a token is usable now (the fresh path's check; see `cache/read.rs`).
+    #[inline(always)]
+    fn usable_now(&mut self) -> bool {
+        match &mut self.reader {
+            Some(reader) => self.parts.cache.usable(reader).is_some(),
+            None => {
+                let guard = self.parts.cache.current_guard();
+                self.parts.cache.usable_in(&guard).is_some()
+            }
+        }
     }
 
     /// The inner service.
@@ -126,8 +144,7 @@ where
             // the right answer, and no request is ever sent.
             return Poll::Ready(Err(Box::new(refused.clone())));
         }
-        let fresh =
-            matches!(self.pending, Pending::None) && self.cache.usable(&mut self.reader).is_some();
+        let fresh = matches!(self.pending, Pending::None) && self.usable_now();
         if !fresh && !ready!(self.poll_token(cx)) {
             // Ready, so that `call` can hand the error to the caller; returning it here would
             // tell tower to discard the service. The inner service is not polled: `call` will
@@ -143,8 +160,10 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The fresh path: a valid bearer token whose copies this service already made (own
         // copies are made only for tokens that need no proof, so a match proves that too).
-        if matches!(self.pending, Pending::None) {
-            if let (Some(current), Some(own)) = (self.cache.usable(&mut self.reader), &self.own) {
+        if let (Pending::None, Some(reader), Some(own)) =
+            (&self.pending, &mut self.reader, &self.own)
+        {
+            if let Some(current) = self.parts.cache.usable(reader) {
                 if own.generation == current.generation() {
                     own.insert(request.headers_mut());
                     return ResponseFuture::new(self.inner.call(request), None);
@@ -163,35 +182,35 @@ impl<S> BearerAuth<S> {
     /// `true` when a valid token is cached, `false` with `self.pending` holding the error.
     #[cold]
     fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        // Idle, `poll_ready` has just looked at the cache: no second look before the wait.
+        let mut look = !matches!(self.pending, Pending::None);
         if matches!(self.pending, Pending::Failed(_)) {
             // Polled again instead of called: the failure may be stale (the backoff may have
             // passed); look again rather than report it.
             self.pending = Pending::None;
         }
         loop {
-            if self.cache.usable(&mut self.reader).is_some() {
+            if std::mem::replace(&mut look, false) && self.usable_now() {
                 // A wait left by an earlier, abandoned `poll_ready` is stale now.
                 self.pending = Pending::None;
                 return Poll::Ready(true);
             }
             match &mut self.pending {
-                Pending::None => {
-                    let cache = self.cache.clone();
-                    self.pending =
-                        Pending::Waiting(Box::pin(async move { cache.wait_for_header().await }));
-                }
+                Pending::None => self.pending = Pending::Waiting(TokenWait::after_a_miss()),
                 Pending::Waiting(wait) => {
-                    return Poll::Ready(match ready!(wait.as_mut().poll(cx)) {
-                        // `call` takes the token from the cache, where the refresh put it.
-                        Ok(_) => {
-                            self.pending = Pending::None;
-                            true
-                        }
-                        Err(error) => {
-                            self.pending = Pending::Failed(error);
-                            false
-                        }
-                    });
+                    return Poll::Ready(
+                        match ready!(wait.poll_token(&self.parts.cache, cx, |_| ())) {
+                            // `call` takes the token from the cache, where the refresh put it.
+                            Ok(_) => {
+                                self.pending = Pending::None;
+                                true
+                            }
+                            Err(error) => {
+                                self.pending = Pending::Failed(error);
+                                false
+                            }
+                        },
+                    );
                 }
                 Pending::Failed(_) => return Poll::Ready(false),
             }
@@ -211,7 +230,16 @@ impl<S> BearerAuth<S> {
         if let Pending::Failed(error) = std::mem::replace(&mut self.pending, Pending::None) {
             return Err(error);
         }
-        let Some(current) = self.cache.usable(&mut self.reader) else {
+        let parts = &*self.parts;
+        let guard: CurrentGuard;
+        let current = match &mut self.reader {
+            Some(reader) => parts.cache.usable(reader),
+            None => {
+                guard = parts.cache.current_guard();
+                parts.cache.usable_in(&guard)
+            }
+        };
+        let Some(current) = current else {
             // The token `poll_ready` saw expired or was invalidated since, and no newer one is
             // cached (or `call` came without `poll_ready`). Never block in `call`: fail this
             // request; `poll_ready` waits for the refresh.
@@ -224,12 +252,13 @@ impl<S> BearerAuth<S> {
             ));
         };
         let token = current.token();
-        if self.binding.needs_proof(token)? {
+        if parts.binding.needs_proof(token)? {
             let (method, uri) = (request.method().clone(), request.uri().clone());
             let headers = request.headers_mut();
-            self.headers
+            parts
+                .headers
                 .insert_with_authorization(headers, token.header().clone());
-            return self.binding.prove(token, &method, &uri, headers).map(Some);
+            return parts.binding.prove(token, &method, &uri, headers).map(Some);
         }
         let headers = request.headers_mut();
         match &self.own {
@@ -238,14 +267,19 @@ impl<S> BearerAuth<S> {
                 let own = OwnHeaders::new(
                     current.generation(),
                     current.token().secret_header(),
-                    &self.headers,
+                    &parts.headers,
                 );
                 own.insert(headers);
                 self.own = Some(own);
+                // Used again: from now on, the cheaper check of a reader of its own.
+                if self.reader.is_none() {
+                    self.reader = Some(parts.cache.reader());
+                }
             }
             _ => {
                 self.shared_calls_left -= 1;
-                self.headers
+                parts
+                    .headers
                     .insert_with_authorization(headers, token.header().clone());
             }
         }
@@ -262,7 +296,7 @@ where
     fn call_reporting(&mut self, mut request: Request<B>) -> (Self::Future, Report) {
         match self.authorize_slow(&mut request) {
             Ok(watch) => {
-                let sent = Sent::of(&self.cache, request.headers(), watch.is_some());
+                let sent = Sent::of(&self.parts.cache, request.headers(), watch.is_some());
                 let future = ResponseFuture::new(self.inner.call(request), watch);
                 (future, sent.into())
             }
@@ -276,10 +310,9 @@ impl<S: Clone> Clone for BearerAuth<S> {
         // A wait or failure of this service is not the clone's: the clone starts idle.
         BearerAuth {
             inner: self.inner.clone(),
-            cache: self.cache.clone(),
-            reader: self.reader.clone(),
-            headers: self.headers.clone(),
-            binding: self.binding.clone(),
+            parts: self.parts.clone(),
+            // Made by the clone itself with its own copies (see `shared_calls_left`).
+            reader: None,
             refused: self.refused.clone(),
             // Made by the clone itself if it is used more than once (see `shared_calls_left`).
             own: None,
@@ -299,8 +332,8 @@ impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
         f.debug_struct("BearerAuth")
             .field("inner", &self.inner)
             .field("state", &state)
-            .field("headers", &self.headers)
-            .field("binding", &self.binding)
+            .field("headers", &self.parts.headers)
+            .field("binding", &self.parts.binding)
             .finish()
     }
 }
