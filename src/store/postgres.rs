@@ -22,16 +22,13 @@
 //!   expires by the database's clock whatever happens to its holder, and renewing and releasing
 //!   it are compare-and-set statements on any connection.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{AsyncMessage, Client, Config, Row};
+use tokio_postgres::types::Type;
+use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::crypto::Cipher;
@@ -42,15 +39,20 @@ use super::{
 use crate::error::{BoxError, Error};
 use crate::source::BoxFuture;
 
+mod display;
+mod listener;
+mod pool;
+mod sql;
+
+use display::{describe, shown, shown_config};
+use listener::Listener;
+use pool::{Pool, Pooled};
+use sql::{Table, ENTRY_COLUMNS};
+
 /// The default table name.
 const DEFAULT_TABLE: &str = "tcc_token_store";
 /// Connections of the pool, by default (the listener for waiters is one more).
 const DEFAULT_MAX_CONNECTIONS: usize = 4;
-/// While the listener is not connected, [`TokenStore::changed`] returns after at most this:
-/// waiters poll rather than sleep through their whole wait.
-const POLL_WITHOUT_LISTENER: Duration = Duration::from_millis(50);
-/// Pause between two attempts of the listener to connect.
-const LISTENER_RETRY: Duration = Duration::from_secs(1);
 
 /// A [`TokenStore`] on a PostgreSQL table: one token, one token request per expiry and one
 /// backoff for a whole fleet that shares a database.
@@ -144,38 +146,6 @@ struct Inner {
     listener: Arc<Listener>,
     /// For `Debug` and errors: host, port and database only, never a password.
     shown: String,
-}
-
-/// The table's name, quoted for SQL, and the notification channel named after it.
-#[derive(Clone)]
-struct Table {
-    quoted: String,
-    channel: String,
-}
-
-impl Table {
-    fn parse(name: &str) -> Option<Table> {
-        let parts: Vec<&str> = name.split('.').collect();
-        let valid = |part: &&str| {
-            !part.is_empty()
-                && part.len() <= 63
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-                && !part.starts_with(|c: char| c.is_ascii_digit() || c == '$')
-        };
-        if parts.len() > 2 || !parts.iter().all(valid) || name.len() > 63 {
-            return None;
-        }
-        Some(Table {
-            quoted: parts
-                .iter()
-                .map(|p| format!("\"{p}\""))
-                .collect::<Vec<_>>()
-                .join("."),
-            channel: name.to_owned(),
-        })
-    }
 }
 
 impl PostgresStore {
@@ -358,43 +328,6 @@ impl PostgresStore {
         Ok(connection)
     }
 
-    async fn ensure_table(&self, client: &Client) -> Result<(), BoxError> {
-        let table = &self.inner.table;
-        if table_exists(client, &table.quoted)
-            .await
-            .map_err(|e| self.failed(e))?
-        {
-            return Ok(());
-        }
-        if !self.inner.create_table {
-            return Err(format!(
-                "PostgreSQL at {}: the table {} does not exist and creating it is off; create it \
-                 with the statement in PostgresStore's documentation",
-                self.inner.shown, table.channel
-            )
-            .into());
-        }
-        // One creator at a time (a transaction-scoped advisory lock: held only for these
-        // statements), since concurrent `CREATE TABLE IF NOT EXISTS` can fail on the catalog's
-        // unique index.
-        let create = format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('tower-client-credentials table')); \
-             {}; COMMIT;",
-            create_sql(&table.quoted)
-        );
-        match client.batch_execute(&create).await {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                if table_exists(client, &table.quoted).await.unwrap_or(false) {
-                    Ok(())
-                } else {
-                    Err(self.failed(error))
-                }
-            }
-        }
-    }
-
     fn failed(&self, error: tokio_postgres::Error) -> BoxError {
         if error.code() == Some(&SqlState::UNDEFINED_TABLE) {
             self.inner.table_ready.store(false, Ordering::Release);
@@ -408,49 +341,6 @@ impl PostgresStore {
             Some(cipher) => cipher.seal_record(key, slot, record),
             None => Some(record.payload().to_vec()),
         }
-    }
-
-    /// A record from a row's columns, `None` if absent, expired or not decrypting.
-    fn record(
-        &self,
-        key: &StoreKey,
-        slot: Slot,
-        row: &Row,
-        first: usize,
-    ) -> Result<Option<Record>, BoxError> {
-        let fingerprint: Option<String> = row.try_get(first).map_err(|e| self.failed(e))?;
-        let payload: Option<Vec<u8>> = row.try_get(first + 1).map_err(|e| self.failed(e))?;
-        let age_ms: Option<i64> = row.try_get(first + 2).map_err(|e| self.failed(e))?;
-        let (Some(fingerprint), Some(payload)) = (fingerprint, payload) else {
-            return Ok(None);
-        };
-        let payload = match &self.inner.cipher {
-            Some(cipher) => match cipher.open_record(key, slot, &fingerprint, &payload) {
-                Some(plain) => plain,
-                None => {
-                    tracing::debug!(
-                        slot = slot_name(slot),
-                        "ignoring a stored value that does not decrypt with the configured key"
-                    );
-                    return Ok(None);
-                }
-            },
-            None => payload,
-        };
-        // The database's clock measured the age: a replica's wall clock plays no part.
-        let age = Duration::from_millis(age_ms.unwrap_or(0).max(0).unsigned_abs());
-        Ok(Some(Record::new(fingerprint, payload).with_age(age)))
-    }
-
-    /// Both entries from a row whose columns are [`ENTRY_COLUMNS`], starting at `first`.
-    fn stored(&self, key: &StoreKey, row: Option<&Row>, first: usize) -> Result<Stored, BoxError> {
-        let Some(row) = row else {
-            return Ok(Stored::default());
-        };
-        Ok(Stored::new(
-            self.record(key, Slot::Token, row, first)?,
-            self.record(key, Slot::Failure, row, first + 3)?,
-        ))
     }
 
     /// Takes the lease if free (or already `owner`'s) and reads both entries, in one statement.
@@ -493,62 +383,6 @@ impl PostgresStore {
             self.stored(key, Some(&row), 1)?,
         ))
     }
-
-    /// Starts the task that `LISTEN`s for the fleet's changes, once.
-    fn start_listener(&self) {
-        let listener = &self.inner.listener;
-        let mut task = lock(&listener.task);
-        if task.is_some() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (config, tls, limit) = (
-            self.inner.config.clone(),
-            self.inner.tls.clone(),
-            self.inner.operation_timeout,
-        );
-        let listen = format!("LISTEN \"{}\"", self.inner.table.channel);
-        let shared = listener.clone();
-        *task = Some(
-            runtime
-                .spawn(listen_forever(shared, config, tls, limit, listen))
-                .abort_handle(),
-        );
-    }
-}
-
-/// The entries' columns as statements return them: for the token then the failure, the
-/// fingerprint and payload when not expired, and the age by the database's clock in ms.
-const ENTRY_COLUMNS: &str = "\
-    CASE WHEN s.token_expires_at > now() THEN s.token_fingerprint END, \
-    CASE WHEN s.token_expires_at > now() THEN s.token_payload END, \
-    (extract(epoch FROM now() - s.token_saved_at) * 1000)::int8, \
-    CASE WHEN s.failure_expires_at > now() THEN s.failure_fingerprint END, \
-    CASE WHEN s.failure_expires_at > now() THEN s.failure_payload END, \
-    (extract(epoch FROM now() - s.failure_saved_at) * 1000)::int8";
-
-async fn table_exists(client: &Client, quoted: &str) -> Result<bool, tokio_postgres::Error> {
-    let row = client
-        .query_typed_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[(&quoted, Type::TEXT)],
-        )
-        .await?;
-    row.try_get(0)
-}
-
-fn create_sql(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {table} (\
-           store_key text PRIMARY KEY, \
-           token_fingerprint text, token_payload bytea, \
-           token_saved_at timestamptz, token_expires_at timestamptz, \
-           failure_fingerprint text, failure_payload bytea, \
-           failure_saved_at timestamptz, failure_expires_at timestamptz, \
-           lease_owner text, lease_expires_at timestamptz)"
-    )
 }
 
 fn slot_name(slot: Slot) -> &'static str {
@@ -753,412 +587,9 @@ impl TokenStore for PostgresStore {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The pool.
-
-/// At most `max` connections; an idle one is reused if still open.
-struct Pool {
-    max: usize,
-    permits: Semaphore,
-    idle: Mutex<Vec<Connection>>,
-}
-
-/// A client and the task driving its socket (aborted when the client is dropped, so that a
-/// stalled socket does not outlive it).
-struct Connection {
-    client: Client,
-    task: tokio::task::AbortHandle,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Pool {
-    fn new(max: usize) -> Pool {
-        Pool {
-            max,
-            permits: Semaphore::new(max),
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    async fn get<'a>(&'a self, inner: &Inner) -> Result<Pooled<'a>, BoxError> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| "the PostgreSQL store's pool is closed")?;
-        let idle = {
-            let mut idle = lock(&self.idle);
-            idle.retain(|c| !c.client.is_closed());
-            idle.pop()
-        };
-        let connection = match idle {
-            Some(connection) => connection,
-            None => connect(&inner.config, inner.tls.clone(), &inner.shown).await?,
-        };
-        Ok(Pooled {
-            pool: self,
-            connection: Some(connection),
-            finished: false,
-            _permit: permit,
-        })
-    }
-}
-
-/// A connection out of the pool. Back to the pool on drop only if its last operation finished:
-/// one cut short (its future dropped at the time limit) may sit on a stalled socket.
-struct Pooled<'a> {
-    pool: &'a Pool,
-    connection: Option<Connection>,
-    finished: bool,
-    _permit: tokio::sync::SemaphorePermit<'a>,
-}
-
-impl Pooled<'_> {
-    fn client(&self) -> &Client {
-        &self
-            .connection
-            .as_ref()
-            .expect("present until dropped")
-            .client
-    }
-
-    /// One statement (one round trip: `query_typed` prepares nothing), its last row.
-    async fn query_opt(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Option<Row>, tokio_postgres::Error> {
-        // Not reusable unless the exchange completes (even with an error from the database).
-        self.finished = false;
-        let rows = self.client().query_typed(sql, params).await;
-        self.finished = true;
-        Ok(rows?.pop())
-    }
-
-    async fn query_one(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Row, tokio_postgres::Error> {
-        self.finished = false;
-        let row = self.client().query_typed_one(sql, params).await;
-        self.finished = true;
-        row
-    }
-}
-
-impl std::ops::Deref for Pooled<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.connection.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for Pooled<'_> {
-    fn drop(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            if self.finished && !connection.client.is_closed() {
-                lock(&self.pool.idle).push(connection);
-            }
-        }
-    }
-}
-
-async fn connect(
-    config: &Config,
-    tls: MakeRustlsConnect,
-    shown: &str,
-) -> Result<Connection, BoxError> {
-    let (client, connection) = config.connect(tls).await.map_err(|e| describe(shown, &e))?;
-    let task = tokio::spawn(async move {
-        // Ends when the client is dropped or the server goes away; `is_closed` tells the pool.
-        let _ = connection.await;
-    })
-    .abort_handle();
-    Ok(Connection { client, task })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Waiters: LISTEN/NOTIFY.
-
-/// What the listening connection has heard: a count of notifications per store key, and for
-/// each key read, the count and the connection (epoch) at the time of the read.
-#[derive(Default)]
-struct Listener {
-    state: Mutex<ListenState>,
-    notify: Notify,
-    task: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-#[derive(Default)]
-struct ListenState {
-    listening: bool,
-    /// Counts the listening connections made: a read made before the current one may have
-    /// missed a change while none was listening.
-    epoch: u64,
-    heard: HashMap<String, u64>,
-    read_at: HashMap<String, (u64, u64)>,
-}
-
-impl Listener {
-    /// Called before reading `key`'s entries: a change heard after this wakes a waiter.
-    fn read(&self, key: &str) {
-        let mut state = lock(&self.state);
-        let heard = state.heard.get(key).copied().unwrap_or(0);
-        let epoch = state.epoch;
-        state.read_at.insert(key.to_owned(), (epoch, heard));
-    }
-
-    /// Whether `key` may have changed since it was last read; `None` while not listening.
-    fn changed_since_read(&self, key: &str) -> Option<bool> {
-        let state = lock(&self.state);
-        if !state.listening {
-            return None;
-        }
-        let heard = state.heard.get(key).copied().unwrap_or(0);
-        Some(
-            state
-                .read_at
-                .get(key)
-                .is_none_or(|read| *read != (state.epoch, heard)),
-        )
-    }
-
-    fn heard(&self, key: &str) {
-        let mut state = lock(&self.state);
-        *state.heard.entry(key.to_owned()).or_default() += 1;
-        drop(state);
-        self.notify.notify_waiters();
-    }
-
-    fn set_listening(&self, listening: bool) {
-        let mut state = lock(&self.state);
-        state.listening = listening;
-        if listening {
-            state.epoch += 1;
-        }
-        drop(state);
-        // Waiters re-check: polling while not listening, and after a reconnection anything
-        // may have changed.
-        self.notify.notify_waiters();
-    }
-}
-
-/// Keeps one connection `LISTEN`ing, reconnecting after a pause when it fails.
-async fn listen_forever(
-    listener: Arc<Listener>,
-    config: Config,
-    tls: MakeRustlsConnect,
-    limit: Duration,
-    listen: String,
-) {
-    let limit = limit.max(Duration::from_secs(1));
-    loop {
-        if let Ok(Ok((client, mut connection))) =
-            tokio::time::timeout(limit, config.connect(tls.clone())).await
-        {
-            // Drives the socket (the LISTEN below needs it), counting notifications.
-            let heard = listener.clone();
-            let mut driver = tokio::spawn(async move {
-                while let Some(Ok(message)) =
-                    std::future::poll_fn(|cx| connection.poll_message(cx)).await
-                {
-                    if let AsyncMessage::Notification(n) = message {
-                        heard.heard(n.payload());
-                    }
-                }
-            });
-            let listening = tokio::time::timeout(limit, client.batch_execute(&listen)).await;
-            if matches!(listening, Ok(Ok(()))) {
-                listener.set_listening(true);
-                // Until the connection ends (the server went away, or it was cut).
-                let _ = (&mut driver).await;
-                listener.set_listening(false);
-            }
-            driver.abort();
-        }
-        tokio::time::sleep(LISTENER_RETRY).await;
-    }
-}
-
-impl PostgresStore {
-    /// Resolves when `key`'s entries may have changed since they were last read, or after
-    /// `timeout`.
-    async fn wait_changed(&self, key: &StoreKey, timeout: Duration) {
-        self.start_listener();
-        let listener = &self.inner.listener;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = listener.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let wait_until = match listener.changed_since_read(key.as_str()) {
-                Some(true) => return,
-                Some(false) => deadline,
-                None => deadline.min(tokio::time::Instant::now() + POLL_WITHOUT_LISTENER),
-            };
-            if tokio::time::timeout_at(wait_until, notified).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(task) = lock(&self.listener.task).take() {
-            task.abort();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// What errors and `Debug` show.
-
-/// `postgres://host:port/database` of a connection string, for messages: never the user name
-/// or password (and for the `key=value` form, only that it is one).
-fn shown(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = authority
-                .rsplit_once('@')
-                .map_or(authority, |(_, host)| host);
-            format!("{scheme}://{host}")
-        }
-        None => "(key=value connection string)".to_owned(),
-    }
-}
-
-fn shown_config(config: &Config) -> String {
-    use tokio_postgres::config::Host;
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let host = match host {
-                Host::Tcp(name) => name.clone(),
-                Host::Unix(path) => path.display().to_string(),
-            };
-            let ports = config.get_ports();
-            match ports.get(i).or(ports.first()) {
-                Some(port) => format!("{host}:{port}"),
-                None => host,
-            }
-        })
-        .collect();
-    format!(
-        "postgres://{}/{}",
-        hosts.join(","),
-        config.get_dbname().unwrap_or("")
-    )
-}
-
-/// The failure as the database or the socket told it: the SQLSTATE and message of a database
-/// error (not its DETAIL, which can quote a row's values), or the kind of a connection error.
-fn describe(shown: &str, error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!(
-            "PostgreSQL at {shown}: {} {}: {}",
-            db.severity(),
-            db.code().code(),
-            db.message()
-        ),
-        None => {
-            let cause = std::error::Error::source(error)
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            format!("PostgreSQL at {shown}: {error}{cause}")
-        }
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl fmt::Debug for PostgresStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresStore")
-            .field("server", &self.inner.shown)
-            .field("table", &self.inner.table.channel)
-            .field("encrypted", &self.inner.cipher.is_some())
-            .field("lease_ttl", &self.inner.lease_ttl)
-            .field("operation_timeout", &self.inner.operation_timeout)
-            .field("max_connections", &self.inner.pool.max)
-            .finish()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_strings_parse_without_network_and_never_show_the_password() {
-        for url in [
-            "postgres://tcc:hunter2@db.internal/app",
-            "postgresql://tcc:hunter2@10.0.0.1:6432/app?sslmode=require",
-            "host=db.internal user=tcc password=hunter2 dbname=app",
-        ] {
-            let store = PostgresStore::new(url).unwrap();
-            let shown = format!("{store:?}");
-            assert!(
-                !shown.contains("hunter2")
-                    && (shown.contains("db.internal") || shown.contains("10.0.0.1")),
-                "{shown}"
-            );
-        }
-        for bad in [
-            "postgres://tcc:hunter2@db.internal:notaport/app",
-            "host=db.internal password=hunter2 sslmode=sometimes",
-            "postgres://tcc:hunter2@/app",
-        ] {
-            let error = PostgresStore::new(bad).unwrap_err().to_string();
-            assert!(!error.contains("hunter2"), "{error}");
-        }
-    }
-
-    #[test]
-    fn table_names_are_identifiers_or_refused() {
-        let table = Table::parse("auth.token_store").unwrap();
-        assert_eq!(table.quoted, "\"auth\".\"token_store\"");
-        assert_eq!(table.channel, "auth.token_store");
-        for bad in [
-            "",
-            "a.b.c",
-            "x;DROP TABLE y",
-            "t\"",
-            "1abc",
-            "a..b",
-            &"x".repeat(64),
-        ] {
-            assert!(Table::parse(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn settings_have_floors_and_apply_to_a_shared_store_as_a_copy() {
-        let store = PostgresStore::new("postgres://db.internal/app")
-            .unwrap()
-            .lease_ttl(Duration::ZERO)
-            .operation_timeout(Duration::ZERO)
-            .max_connections(0);
-        assert_eq!(TokenStore::lease_ttl(&store), Duration::from_millis(100));
-        assert_eq!(
-            TokenStore::operation_timeout(&store),
-            Duration::from_millis(1)
-        );
-        assert_eq!(store.inner.pool.max, 1);
-        let shared = store.clone();
-        let changed = store.lease_ttl(Duration::from_secs(3));
-        assert_eq!(TokenStore::lease_ttl(&changed), Duration::from_secs(3));
-        assert_eq!(TokenStore::lease_ttl(&shared), Duration::from_millis(100));
-    }
-}
+mod tests;
