@@ -72,6 +72,11 @@ pub(crate) struct Reader {
     cache: TokenCache,
     /// `Shared::replaced` when `current` was loaded.
     seen: u64,
+    /// `current`'s coarse refresh deadline and generation, copied: the fresh check
+    /// ([`is_fresh`](Self::is_fresh)) reads only this reader and the replacement count, and
+    /// follows no pointer to the token.
+    fresh_until: CoarseDeadline,
+    generation: u64,
     current: Option<Arc<Current>>,
 }
 
@@ -87,11 +92,37 @@ impl Reader {
         self.current.as_deref()
     }
 
+    /// The per-request check of a service that has read the cache before (the hot path): the
+    /// token this reader holds is still the cache's, and fresh by the coarse clock. One atomic
+    /// load and one coarse clock read; `false` sends the caller to [`TokenCache::usable`],
+    /// which decides near the refresh point and starts the refresh ahead of expiry.
+    #[inline(always)]
+    pub(crate) fn is_fresh(&self) -> bool {
+        // Acquire, as in `load`.
+        self.cache.shared.replaced.load(Ordering::Acquire) == self.seen
+            && self.fresh_until.is_ahead()
+    }
+
+    /// The generation of the token this reader holds (see [`Current::generation`]); meaningful
+    /// after [`is_fresh`](Self::is_fresh) or [`TokenCache::usable`] said yes.
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     #[cold]
     #[inline(never)]
     fn reload(&mut self, replaced: u64) {
-        self.current = self.cache.shared.current.load_full();
-        self.seen = replaced;
+        self.set(replaced, self.cache.shared.current.load_full());
+    }
+
+    fn set(&mut self, seen: u64, current: Option<Arc<Current>>) {
+        (self.fresh_until, self.generation) = match &current {
+            Some(current) => (current.fresh_until, current.generation),
+            None => (CoarseDeadline::PASSED, 0),
+        };
+        self.seen = seen;
+        self.current = current;
     }
 }
 
@@ -99,11 +130,15 @@ impl TokenCache {
     /// A reader for [`usable_header`](Self::usable_header), one per service.
     pub(crate) fn reader(&self) -> Reader {
         let seen = self.shared.replaced.load(Ordering::Acquire);
-        Reader {
+        let mut reader = Reader {
             cache: self.clone(),
             seen,
-            current: self.shared.current.load_full(),
-        }
+            fresh_until: CoarseDeadline::PASSED,
+            generation: 0,
+            current: None,
+        };
+        reader.set(seen, self.shared.current.load_full());
+        reader
     }
 
     /// The cached token if it is usable now (the hot path, see the module docs). Past the

@@ -101,27 +101,68 @@ where
 {
     type Output = Result<R, BoxError>;
 
-    #[inline(always)]
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
-        loop {
-            match kind.as_mut().project() {
-                KindProj::Inner { future, watch } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if let (Some(watch), Some(headers)) = (watch, response.response_headers()) {
-                        watch.observe(headers);
-                    }
-                    return Poll::Ready(Ok(response));
-                }
-                KindProj::Waiting { wait } => match ready!(wait.as_mut().poll(cx)) {
-                    Ok((future, watch)) => kind.set(Kind::Inner { future, watch }),
-                    Err(error) => kind.set(Kind::Failed { error: Some(error) }),
-                },
-                KindProj::Failed { error } => {
-                    return Poll::Ready(Err(Box::new(error.take().unwrap_or_else(|| {
-                        Error::config("the response future was polled after it completed")
-                    }))))
-                }
+        // The inner future, every request's case, first and alone: the response moves straight
+        // from the inner future to the caller (a loop over every state made copies of it).
+        if let KindProj::Inner { future, watch } = kind.as_mut().project() {
+            let polled = future.poll(cx);
+            if let Some(watch) = watch {
+                return observed(watch, polled);
+            }
+            // Moved straight on: a response whose address is never taken is not copied out to
+            // the stack first (the bearer path).
+            return polled.map_err(Into::into);
+        }
+        poll_not_sent(kind, cx)
+    }
+}
+
+/// `polled`, after reading the response of a proven request (its `DPoP-Nonce`).
+#[inline(never)]
+fn observed<R, E>(watch: &Watch, polled: Poll<Result<R, E>>) -> Poll<Result<R, BoxError>>
+where
+    R: ResponseHeaders,
+    E: Into<BoxError>,
+{
+    if let Poll::Ready(Ok(response)) = &polled {
+        if let Some(headers) = response.response_headers() {
+            watch.observe(headers);
+        }
+    }
+    polled.map_err(Into::into)
+}
+
+/// [`ResponseFuture::poll`] before the inner call: waiting for the token, or failed.
+#[cold]
+#[inline(never)]
+fn poll_not_sent<F, R, E>(
+    mut kind: Pin<&mut Kind<F>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<R, BoxError>>
+where
+    F: Future<Output = Result<R, E>>,
+    R: ResponseHeaders,
+    E: Into<BoxError>,
+{
+    loop {
+        match kind.as_mut().project() {
+            KindProj::Inner { future, watch } => {
+                let polled = future.poll(cx);
+                return match watch {
+                    Some(watch) => observed(watch, polled),
+                    None => polled.map_err(Into::into),
+                };
+            }
+            KindProj::Waiting { wait } => match ready!(wait.as_mut().poll(cx)) {
+                Ok((future, watch)) => kind.set(Kind::Inner { future, watch }),
+                Err(error) => kind.set(Kind::Failed { error: Some(error) }),
+            },
+            KindProj::Failed { error } => {
+                return Poll::Ready(Err(Box::new(error.take().unwrap_or_else(|| {
+                    Error::config("the response future was polled after it completed")
+                }))))
             }
         }
     }

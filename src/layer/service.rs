@@ -144,7 +144,10 @@ where
             // the right answer, and no request is ever sent.
             return Poll::Ready(Err(Box::new(refused.clone())));
         }
-        let fresh = matches!(self.pending, Pending::None) && self.usable_now();
+        // The hot path: a service used before, whose token is still fresh (see
+        // `Reader::is_fresh`); anything else goes through the cache's full check.
+        let fresh = matches!(self.pending, Pending::None)
+            && (self.reader.as_ref().is_some_and(Reader::is_fresh) || self.usable_now());
         if !fresh && !ready!(self.poll_token(cx)) {
             // Ready, so that `call` can hand the error to the caller; returning it here would
             // tell tower to discard the service. The inner service is not polled: `call` will
@@ -160,14 +163,12 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The fresh path: a valid bearer token whose copies this service already made (own
         // copies are made only for tokens that need no proof, so a match proves that too).
-        if let (Pending::None, Some(reader), Some(own)) =
-            (&self.pending, &mut self.reader, &self.own)
-        {
-            if let Some(current) = self.parts.cache.usable(reader) {
-                if own.generation == current.generation() {
-                    own.insert(request.headers_mut());
-                    return ResponseFuture::new(self.inner.call(request), None);
-                }
+        // One atomic load, one coarse clock read, two comparisons: no allocation, lock or
+        // syscall (`Reader::is_fresh`); the headers are this service's own copies.
+        if let (Pending::None, Some(reader), Some(own)) = (&self.pending, &self.reader, &self.own) {
+            if reader.is_fresh() && own.generation == reader.generation() {
+                own.insert(request.headers_mut());
+                return ResponseFuture::new(self.inner.call(request), None);
             }
         }
         match self.authorize_slow(&mut request) {
