@@ -45,8 +45,6 @@ pub struct BearerAuth<S> {
     /// This service's view of the current token, made with its own header copies: a clone used
     /// once reads the cache through a guard instead, which touches no shared reference count.
     reader: Option<Reader>,
-    /// Why the layer cannot work, if it cannot (see [`BearerAuthLayer::refusal`]).
-    refused: Option<Error>,
     /// This service's own copies of the headers for one token (see [`OwnHeaders`]): on the fresh
     /// path, a request bumps only reference counts that no other service touches.
     own: Option<OwnHeaders>,
@@ -63,6 +61,9 @@ struct Parts {
     cache: TokenCache,
     headers: ExtraHeaders,
     binding: Binding,
+    /// Why the layer cannot work, if it cannot (see [`BearerAuthLayer::refusal`]). A refused
+    /// service never makes a reader, so the fresh path need not look here.
+    refused: Option<Error>,
 }
 
 enum Pending {
@@ -82,8 +83,8 @@ impl<S> BearerAuth<S> {
         BearerAuth {
             inner,
             reader: None,
-            refused: layer.refusal(),
             parts: Arc::new(Parts {
+                refused: layer.refusal(),
                 cache: layer.cache,
                 headers: layer.headers,
                 binding: layer.binding,
@@ -139,20 +140,22 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Some(refused) = &self.refused {
-            // A configuration that cannot work: permanent, so tower's "this service failed" is
-            // the right answer, and no request is ever sent.
-            return Poll::Ready(Err(Box::new(refused.clone())));
-        }
         // The hot path: a service used before, whose token is still fresh (see
         // `Reader::is_fresh`); anything else goes through the cache's full check.
-        let fresh = matches!(self.pending, Pending::None)
-            && (self.reader.as_ref().is_some_and(Reader::is_fresh) || self.usable_now());
-        if !fresh && !ready!(self.poll_token(cx)) {
-            // Ready, so that `call` can hand the error to the caller; returning it here would
-            // tell tower to discard the service. The inner service is not polled: `call` will
-            // not reach it.
-            return Poll::Ready(Ok(()));
+        let idle = matches!(self.pending, Pending::None);
+        if !(idle && self.reader.as_ref().is_some_and(Reader::is_fresh)) {
+            if let Some(refused) = &self.parts.refused {
+                // A configuration that cannot work: permanent, so tower's "this service failed"
+                // is the right answer, and no request is ever sent.
+                return Poll::Ready(Err(Box::new(refused.clone())));
+            }
+            let usable = idle && self.usable_now();
+            if !usable && !ready!(self.poll_token(cx)) {
+                // Ready, so that `call` can hand the error to the caller; returning it here
+                // would tell tower to discard the service. The inner service is not polled:
+                // `call` will not reach it.
+                return Poll::Ready(Ok(()));
+            }
         }
         // The token first, then the inner service: no inner capacity is reserved while the
         // token endpoint is slow. Nothing is held for `call`: it checks the cache again.
@@ -225,7 +228,7 @@ impl<S> BearerAuth<S> {
     #[cold]
     #[inline(never)]
     fn authorize_slow<B>(&mut self, request: &mut Request<B>) -> Result<Option<Watch>, Error> {
-        if let Some(refused) = &self.refused {
+        if let Some(refused) = &self.parts.refused {
             return Err(refused.clone());
         }
         if let Pending::Failed(error) = std::mem::replace(&mut self.pending, Pending::None) {
@@ -314,7 +317,6 @@ impl<S: Clone> Clone for BearerAuth<S> {
             parts: self.parts.clone(),
             // Made by the clone itself with its own copies (see `shared_calls_left`).
             reader: None,
-            refused: self.refused.clone(),
             // Made by the clone itself if it is used more than once (see `shared_calls_left`).
             own: None,
             shared_calls_left: SHARED_CALLS,
