@@ -24,8 +24,9 @@ pub(crate) struct Binding {
 /// What the response of a proven request is read for afterwards: the `DPoP-Nonce` its origin
 /// hands out, kept for the next proof to that origin. Without the feature `dpop`, never made.
 pub(crate) struct Watch {
-    /// Boxed: a response future carries an `Option<Watch>` on every request, bearer ones
-    /// included, and a pointer keeps that to one word (the proof itself allocates anyway).
+    /// Boxed: an `Option<Watch>` travels through the service's and the wait's code on every
+    /// request, bearer ones included, and a pointer keeps it to one word (the proof itself
+    /// allocates anyway).
     #[cfg(feature = "dpop")]
     inner: Box<crate::dpop::NonceWatch>,
     #[cfg(not(feature = "dpop"))]
